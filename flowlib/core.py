@@ -1,0 +1,362 @@
+"""The layer contract, composition, the inverse wrapper and the model (flow + base).
+
+Every layer maps data to latent in ``forward`` and back in ``inverse``::
+
+    z, logdet = flow.forward(x)    # logdet = log|det dz/dx|, shape (batch,)
+    x, logdet = flow.inverse(z)    # logdet = log|det dx/dz| = -forward's logdet
+
+A model puts a base density p_Z on the latent side, and the change of variables gives
+
+    log p_X(x) = log p_Z(f(x)) + log|det df/dx|.
+
+The contract follows nflows (Durkan et al., 2020); the model is also a
+``torch.distributions.Distribution`` in the spirit of zuko (Rozet et al., 2022), so it
+drops into code that expects one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+__all__ = [
+    "Flow",
+    "Compose",
+    "Inverse",
+    "FlowModel",
+    "FlowInputError",
+    "layer_classes",
+    "register_layer",
+]
+
+
+class FlowInputError(ValueError):
+    """Raised when a flow, a model or a training call gets input it cannot use.
+
+    The message always names the layer or call and what it expected.
+    """
+
+
+# Every concrete layer class, by name, filled in by ``Flow.__init_subclass__``.
+_LAYERS: dict[str, type[Flow]] = {}
+
+
+def register_layer(cls: type[Flow]) -> type[Flow]:
+    """Add ``cls`` to the public layer list (done automatically for Flow subclasses)."""
+    _LAYERS[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def layer_classes() -> list[type[Flow]]:
+    """Every concrete layer class of flowlib, so tests can iterate over all of them.
+
+    A class is listed when it subclasses :class:`Flow` and does not set ``abstract = True``
+    in its own body. Each listed class provides :meth:`Flow.example`.
+    """
+    # Import the modules that define layers so that the list is complete whichever
+    # module the caller imported first.
+    import flowlib  # noqa: F401  (side effect: registers every layer module)
+
+    return sorted(_LAYERS.values(), key=lambda c: (c.__module__, c.__qualname__))
+
+
+class Flow(nn.Module):
+    """An invertible map with a tractable log-determinant.
+
+    Subclasses implement ``forward(x) -> (z, logdet)`` (data to latent, the normalizing
+    direction) and ``inverse(z) -> (x, logdet)`` (latent to data, the generative
+    direction). ``logdet`` has shape ``(batch,)``.
+
+    ``event_shape`` is the shape of one sample without the batch dimension, e.g. ``(2,)``
+    for points in the plane or ``(1, 8, 8)`` for an 8x8 grey image; ``None`` means "any
+    shape" (elementwise layers).
+    """
+
+    abstract: ClassVar[bool] = True
+    #: True when ``forward`` (data -> latent) has no closed form and is solved numerically.
+    numerical_forward: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # ``abstract`` must be set in the class's own body to opt out of the list.
+        if not cls.__dict__.get("abstract", False):
+            register_layer(cls)
+
+    def __init__(self, event_shape: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.event_shape: tuple[int, ...] | None = (
+            None if event_shape is None else tuple(int(s) for s in event_shape)
+        )
+
+    # -- the contract ----------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- helpers shared by every layer ------------------------------------------------
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        """Check the tensor's shape against ``event_shape``: metadata only, no GPU sync."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise FlowInputError(f"{name}.{direction}: expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise FlowInputError(
+                f"{name}.{direction}: expected a floating-point tensor, got dtype {x.dtype}"
+            )
+        if self.event_shape is None:
+            if x.dim() < 2:
+                raise FlowInputError(
+                    f"{name}.{direction}: expected a batch of shape (batch, ...), got shape {tuple(x.shape)}"
+                )
+            return
+        want = (-1, *self.event_shape)
+        if x.dim() != len(want) or tuple(x.shape[1:]) != self.event_shape:
+            shown = "(batch, " + ", ".join(str(s) for s in self.event_shape) + ")"
+            raise FlowInputError(
+                f"{name}.{direction}: expected input of shape {shown}, got {tuple(x.shape)}"
+            )
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        """A small instance with a random, non-identity initialisation and a matching batch.
+
+        Used by the test-suite to check every layer against autograd. Each concrete layer
+        overrides it.
+        """
+        raise NotImplementedError(f"{cls.__name__} must implement the classmethod example()")
+
+    def extra_repr(self) -> str:
+        return "" if self.event_shape is None else f"event_shape={self.event_shape}"
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    """Sum every dimension but the first: per-element log-derivatives -> one logdet per sample."""
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+class Compose(Flow):
+    """The composition f = f_K o ... o f_1, with log|det df/dx| = sum_k log|det df_k/dx_{k-1}|.
+
+    ``forward`` applies the layers in order (data -> latent); ``inverse`` in reverse order.
+    """
+
+    def __init__(self, *flows: Flow | Iterable[Flow]) -> None:
+        if len(flows) == 1 and not isinstance(flows[0], Flow):
+            flows = tuple(flows[0])
+        if not flows:
+            raise FlowInputError("Compose: expected at least one flow, got none")
+        for i, f in enumerate(flows):
+            if not isinstance(f, Flow):
+                raise FlowInputError(f"Compose: item {i} is a {type(f).__name__}, expected a Flow")
+        first = next((f.event_shape for f in flows if f.event_shape is not None), None)
+        super().__init__(first)
+        self.flows = nn.ModuleList(flows)
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        # Each layer checks its own input; the first one in the direction of travel
+        # reports a wrong shape with its own name.
+        return None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for f in self.flows:
+            x, ld = f(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = z.new_zeros(z.shape[0])
+        for f in reversed(self.flows):
+            z, ld = f.inverse(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def forward_steps(self, x: Tensor) -> list[Tensor]:
+        """Every intermediate value x_0 = x, x_1, ..., x_K = z (for layer-by-layer pictures)."""
+        out = [x]
+        for f in self.flows:
+            x, _ = f(x)
+            out.append(x)
+        return out
+
+    def inverse_steps(self, z: Tensor) -> list[Tensor]:
+        """Every intermediate value from z back to x, in generative order."""
+        out = [z]
+        for f in reversed(self.flows):
+            z, _ = f.inverse(z)
+            out.append(z)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def __getitem__(self, i: int) -> Flow:
+        return self.flows[i]
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        from flowlib.elementwise import Affine
+        from flowlib.permutations import ReversePermutation
+
+        a, x = Affine.example(generator)
+        b, _ = Affine.example(generator)
+        return cls(a, ReversePermutation(x.shape[1]), b), x
+
+
+class Inverse(Flow):
+    """Swap a flow's directions: ``Inverse(f).forward == f.inverse``.
+
+    Useful to train a flow defined in the generative direction (planar, radial) as a
+    density model, or to turn a data -> latent layer into a latent -> data one.
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        if not isinstance(flow, Flow):
+            raise FlowInputError(f"Inverse: expected a Flow, got {type(flow).__name__}")
+        super().__init__(flow.event_shape)
+        self.flow = flow
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        return None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow.inverse(x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow.forward(z)
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        from flowlib.elementwise import SinhArcsinh
+
+        f, x = SinhArcsinh.example(generator)
+        return cls(f), x
+
+
+def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str) -> None:
+    """Validate data where it enters a model: shape, dtype, device and finiteness.
+
+    The finiteness check reads the values (on a GPU this synchronises), so it is done
+    once per call at the model's door, never inside a layer.
+    """
+    if not isinstance(x, Tensor):
+        raise FlowInputError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+    want = "(batch, " + ", ".join(str(s) for s in event_shape) + ")"
+    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
+        raise FlowInputError(f"{where}: expected data of shape {want}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise FlowInputError(f"{where}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.device.type != device.type or (
+        device.index is not None and x.device.index is not None and x.device.index != device.index
+    ):
+        raise FlowInputError(
+            f"{where}: the data is on {x.device} but the model is on {device}; "
+            f"move one of them, e.g. x.to({str(device)!r})"
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise FlowInputError(f"{where}: expected finite data, found {bad} NaN or inf values")
+
+
+class FlowModel(nn.Module, Distribution):
+    """A normalizing flow: a bijection ``flow`` (data -> latent) and a base density on z.
+
+    log p_X(x) = log p_Z(f(x)) + log|det df/dx|               (change of variables)
+
+    Sampling draws z ~ N(0, T^2 I) (``temperature`` T, Kingma & Dhariwal 2018) from the
+    base and returns x = f^{-1}(z). The model is an ``nn.Module`` (parameters, ``.to``,
+    state dicts) and a ``torch.distributions.Distribution`` (``log_prob``, ``sample``,
+    ``rsample``), so it can be used wherever either is expected.
+    """
+
+    has_rsample = True
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.real
+
+    def __init__(self, flow: Flow, base: nn.Module, validate: bool = True) -> None:
+        nn.Module.__init__(self)
+        if not isinstance(flow, Flow):
+            raise FlowInputError(f"FlowModel: expected a Flow as 'flow', got {type(flow).__name__}")
+        event_shape = tuple(getattr(base, "event_shape", ()))
+        if not event_shape:
+            raise FlowInputError("FlowModel: the base distribution must have an event_shape")
+        Distribution.__init__(self, batch_shape=torch.Size(), event_shape=torch.Size(event_shape),
+                              validate_args=False)
+        self.flow = flow
+        self.base = base
+        self.validate = validate
+
+    # nn.Module and Distribution both define __repr__; the module's is the useful one.
+    __repr__ = nn.Module.__repr__
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def dim(self) -> int:
+        """Number of scalar dimensions of one sample (for bits per dimension)."""
+        return math.prod(self.event_shape)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """z, log|det df/dx| for data x (no validation; use log_prob at the door)."""
+        return self.flow(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p_X(x) = log p_Z(f(x)) + log|det df/dx|, one value per sample."""
+        if self.validate:
+            check_data(x, tuple(self.event_shape), self.device, f"{type(self).__name__}.log_prob")
+        z, logdet = self.flow(x)
+        return self.base.log_prob(z) + logdet
+
+    def _shape(self, sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
+        if isinstance(sample_shape, int):
+            return (sample_shape,)
+        return tuple(sample_shape)
+
+    def rsample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
+                temperature: float = 1.0) -> Tensor:
+        """Differentiable samples x = f^{-1}(z), z ~ N(0, T^2 I): shape sample_shape + event_shape."""
+        shape = self._shape(sample_shape)
+        n = math.prod(shape) if shape else 1
+        z = self.base.sample(n, temperature=temperature)
+        x, _ = self.flow.inverse(z)
+        return x.reshape(*shape, *self.event_shape)
+
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
+               temperature: float = 1.0) -> Tensor:
+        """Samples without gradients; ``temperature`` T scales the base's spread (T=0: the mode)."""
+        if temperature < 0:
+            raise FlowInputError(f"{type(self).__name__}.sample: temperature must be >= 0, got {temperature}")
+        with torch.no_grad():
+            return self.rsample(sample_shape, temperature=temperature)
+
+    def sample_and_log_prob(self, n: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Differentiable samples and their log-density under the model (T = 1), in one pass.
+
+        log p_X(x) = log p_Z(z) - log|det dx/dz|: the generative direction only, which is
+        what reverse-KL training (e.g. planar flows on energies) needs.
+        """
+        z = self.base.sample(n, temperature=temperature)
+        log_pz = self.base.log_prob(z)
+        x, logdet = self.flow.inverse(z)
+        return x, log_pz - logdet
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The generative map x = f^{-1}(z) (used for interpolation in latent space)."""
+        return self.flow.inverse(z)[0]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The normalizing map z = f(x)."""
+        return self.flow(x)[0]

@@ -1,0 +1,2 @@
+"""Image data sets (being written)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""2D toy densities (being written)."""
+__all__: list[str] = []
