@@ -1,0 +1,385 @@
+"""flowlib.train.fit and flowlib.checkpoint on a tiny elementwise flow and Gaussian data.
+
+Each test trains for well under a second on a CPU; the DistributedDataParallel test
+launches two processes with torchrun and is marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import flowlib
+from flowlib.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from flowlib.core import FlowInputError
+from flowlib.elementwise import Affine, SinhArcsinh
+from flowlib.train import FitResult, TrainingError, fit
+
+MEAN = torch.tensor([2.0, -1.0])
+STD = torch.tensor([0.5, 2.0])
+
+
+def tiny_model(seed: int = 0) -> flowlib.FlowModel:
+    torch.manual_seed(seed)
+    flow = flowlib.Compose(Affine(2), SinhArcsinh(2), Affine(2))
+    model = flowlib.FlowModel(flow, flowlib.StandardNormal(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.1)
+    return model
+
+
+def gaussian(n: int, seed: int = 0, mean: torch.Tensor = MEAN) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * STD + mean
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"parameter {k} differs: {a[k]} vs {b[k]}"
+
+
+QUIET = {"progress": False}
+
+
+# -- learning and budgets ----------------------------------------------------------------------
+def test_loss_goes_down_and_result_is_filled():
+    model = tiny_model()
+    x, x_val, x_test = gaussian(2000, 0), gaussian(500, 1), gaussian(500, 2)
+    r = fit(model, x, val_data=x_val, test_data=x_test, steps=150, batch_size=128, lr=2e-2, seed=0, **QUIET)
+    assert isinstance(r, FitResult)
+    assert r.metric == "bits/dim" and r.steps == 150 and r.stop_reason == "steps"
+    assert len(r.losses) == len(r.lrs) == 150
+    assert np.mean(r.losses[-10:]) < np.mean(r.losses[:10]) - 0.5
+    # The true entropy of the data in bits/dim is a lower bound the model approaches.
+    entropy = (0.5 * math.log(2 * math.pi * math.e) + torch.log(STD).mean().item()) / math.log(2)
+    assert r.test is not None and entropy - 0.05 < r.test < entropy + 0.2
+    assert r.val_steps[-1] == 150 and r.best_val == min(r.val)
+    assert r.device == "cpu" and r.amp is None and r.world_size == 1
+    assert "steps=150" in repr(r)
+
+
+def test_step_epoch_and_seconds_budgets():
+    x = gaussian(1000)
+    r = fit(tiny_model(), x, steps=37, batch_size=100, **QUIET)
+    assert r.steps == 37 and len(r.losses) == 37 and r.stop_reason == "steps"
+    r = fit(tiny_model(), x, epochs=2, batch_size=100, **QUIET)
+    assert r.steps == 20 and r.epochs == 2.0 and r.stop_reason == "epochs"
+    r = fit(tiny_model(), x, epochs=50, seconds=0.3, batch_size=100, **QUIET)
+    assert r.stop_reason == "seconds" and 0.3 <= r.seconds < 1.5 and 0 < r.steps < 1000
+    # The first budget reached wins.
+    r = fit(tiny_model(), x, epochs=1, steps=1000, batch_size=100, **QUIET)
+    assert r.steps == 10 and r.stop_reason == "epochs"
+
+
+def test_learning_rate_warmup_then_cosine_or_constant():
+    x = gaussian(1000)
+    r = fit(tiny_model(), x, steps=100, lr=1e-2, warmup_steps=10, batch_size=100, **QUIET)
+    assert r.lrs[0] == pytest.approx(1e-3) and r.lrs[9] == pytest.approx(1e-2, rel=3e-2)
+    assert all(a < b for a, b in zip(r.lrs[:9], r.lrs[1:10], strict=True))  # linear warm-up
+    assert r.lrs[-1] < 1e-4  # cosine decays to about 0 at the end of the budget
+    r = fit(tiny_model(), x, steps=30, lr=1e-2, warmup_steps=5, schedule="constant", **QUIET)
+    assert r.lrs[10:] == [1e-2] * 20
+
+
+def test_dataloader_of_pairs_is_accepted():
+    x = gaussian(640)
+    loader = DataLoader(TensorDataset(x, torch.zeros(640)), batch_size=64, shuffle=True)
+    r = fit(tiny_model(), loader, val_data=loader, epochs=3, lr=2e-2, **QUIET)
+    assert r.steps == 30 and r.stop_reason == "epochs" and r.best_val is not None
+    assert np.mean(r.losses[-5:]) < np.mean(r.losses[:5])
+
+
+def test_progress_bar_shows_bits_per_dim(capsys):
+    fit(tiny_model(), gaussian(500), val_data=gaussian(100, 1), steps=20, batch_size=50, progress=True)
+    err = capsys.readouterr().err
+    assert "bpd=" in err and "val=" in err
+
+
+def test_custom_loss_fn_is_minimised_and_reported():
+    def loss_fn(model, x):
+        return -model.log_prob(x).mean()
+
+    r = fit(tiny_model(), gaussian(1000), steps=50, lr=2e-2, loss_fn=loss_fn, **QUIET)
+    assert r.metric == "loss" and r.losses[-1] < r.losses[0]
+
+
+# -- input validation at the door -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (torch.randn(100, 3), "shape"),
+        (torch.randn(100), "shape"),
+        (torch.randint(0, 5, (100, 2)), "floating"),
+        (torch.tensor([[0.0, float("nan")]] * 10), "finite"),
+        (torch.tensor([[0.0, float("inf")]] * 10), "finite"),
+        (torch.zeros(0, 2), "empty"),
+    ],
+)
+def test_bad_training_data_raises_before_training(data, message):
+    model = tiny_model()
+    before = params(model)
+    with pytest.raises(FlowInputError, match=message):
+        fit(model, data, steps=5, **QUIET)
+    assert_same_params(before, params(model))
+
+
+def test_bad_validation_data_and_arguments_raise():
+    x = gaussian(100)
+    with pytest.raises(FlowInputError, match="val_data"):
+        fit(tiny_model(), x, val_data=torch.full((10, 2), float("nan")), steps=5, **QUIET)
+    with pytest.raises(FlowInputError, match="test_data"):
+        fit(tiny_model(), x, test_data=torch.randn(10, 5), steps=5, **QUIET)
+    with pytest.raises(FlowInputError, match="budget"):
+        fit(tiny_model(), x, **QUIET)
+    with pytest.raises(FlowInputError, match="lr"):
+        fit(tiny_model(), x, steps=5, lr=-1.0, **QUIET)
+    with pytest.raises(FlowInputError, match="schedule"):
+        fit(tiny_model(), x, steps=5, schedule="linear", **QUIET)
+    with pytest.raises(FlowInputError, match="log_prob"):
+        fit(torch.nn.Linear(2, 2), x, steps=5, **QUIET)
+
+
+# -- validation, best model, early stopping ------------------------------------------------------
+def shifted_problem():
+    """Train on N((3, 3), .) and validate on N((1, 1), .): validation improves, then worsens."""
+    return gaussian(2000, 0, mean=torch.tensor([3.0, 3.0])), gaussian(500, 1, mean=torch.tensor([1.0, 1.0]))
+
+
+def test_best_validation_weights_are_restored():
+    x, x_val = shifted_problem()
+    model = tiny_model()
+    r = fit(model, x, val_data=x_val, steps=200, lr=5e-2, warmup_steps=0, schedule="constant", eval_every=5,
+            seed=0, **QUIET)
+    assert r.best_step < 200 and r.val[-1] > r.best_val + 0.05
+    assert r.val[r.val_steps.index(r.best_step)] == r.best_val
+    with torch.no_grad():
+        now = (-model.log_prob(x_val).mean() / (2 * math.log(2))).item()
+    assert now == pytest.approx(r.best_val, abs=1e-5)
+
+
+def test_early_stopping_with_patience():
+    x, x_val = shifted_problem()
+    r = fit(tiny_model(), x, val_data=x_val, steps=1000, lr=5e-2, warmup_steps=0, schedule="constant",
+            eval_every=5, early_stopping_patience=3, **QUIET)
+    assert r.stop_reason == "early_stopping" and r.steps < 1000
+    assert r.val_steps[-1] == r.best_step + 15
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def test_checkpoint_is_written_and_loads_with_weights_only(tmp_path):
+    path = tmp_path / "run" / "ckpt.pt"
+    x = gaussian(1000)
+    r = fit(tiny_model(), x, val_data=gaussian(200, 1), steps=30, checkpoint=path, checkpoint_every=10,
+            **QUIET)
+    assert path.exists() and r.checkpoint == str(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]  # no temporary file left
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 30
+    assert {"model", "optimizer", "rng", "history", "best", "epoch", "pos", "data_seed"} <= state.keys()
+    assert state["history"]["losses"].shape == (30,)
+    assert set(state["rng"][0]) >= {"torch", "numpy", "python"}
+
+
+def test_crash_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(1)  # noqa: NPY002  (the legacy global generator is what is saved)
+    random.seed(1)
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+class NoisyNLL:
+    """The NLL of slightly jittered data (uses the torch RNG, like dequantization), able to crash."""
+
+    def __init__(self, crash_at: int | None = None, interrupt_at: int | None = None) -> None:
+        self.calls = 0
+        self.crash_at, self.interrupt_at = crash_at, interrupt_at
+
+    def __call__(self, model, x):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("killed (simulated)")
+        if self.calls == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C or a notebook's stop button does
+        return -model.log_prob(x + 0.01 * torch.randn_like(x)).mean()
+
+
+RESUME_KW = dict(steps=100, batch_size=64, lr=2e-2, eval_every=10, checkpoint_every=25, seed=7,
+                 restore_best=False, **QUIET)
+
+
+def uninterrupted(tmp_path):
+    x, x_val = gaussian(1000), gaussian(200, 1)
+    model = tiny_model()
+    r = fit(model, x, val_data=x_val, loss_fn=NoisyNLL(), checkpoint=tmp_path / "full.pt", **RESUME_KW)
+    return x, x_val, params(model), r
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    x, x_val, want, full = uninterrupted(tmp_path)
+    path = tmp_path / "killed.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tiny_model(), x, val_data=x_val, loss_fn=NoisyNLL(crash_at=60), checkpoint=path, **RESUME_KW)
+    assert load_checkpoint(path)["step"] == 50
+    # A new session: fresh model object, the global RNG elsewhere; the checkpoint restores all.
+    torch.manual_seed(12345)
+    model = tiny_model(seed=99)
+    r = fit(model, x, val_data=x_val, loss_fn=NoisyNLL(), checkpoint=path, **RESUME_KW)
+    assert r.resumed_from == 50 and r.steps == 100
+    assert_same_params(want, params(model))
+    assert r.losses == full.losses and r.val == full.val and r.val_steps == full.val_steps
+    assert r.best_step == full.best_step
+
+
+def test_interrupted_run_saves_and_resumes_exactly(tmp_path):
+    x, x_val, want, full = uninterrupted(tmp_path)
+    path = tmp_path / "stopped.pt"
+    model = tiny_model()
+    r = fit(model, x, val_data=x_val, loss_fn=NoisyNLL(interrupt_at=62), checkpoint=path, **RESUME_KW)
+    # Call 62 of the loss is in step 57 (validation calls it too); that step completes.
+    assert r.stop_reason == "interrupted" and r.steps == 57
+    assert load_checkpoint(path)["step"] == 57
+    r = fit(model, x, val_data=x_val, loss_fn=NoisyNLL(), checkpoint=path, **RESUME_KW)
+    assert r.resumed_from == 57
+    assert_same_params(want, params(model))
+    assert r.losses == full.losses and r.val == full.val
+
+
+def test_resume_with_an_unshuffled_dataloader_is_exact(tmp_path):
+    x = gaussian(1000)
+    loader = DataLoader(TensorDataset(x), batch_size=64, shuffle=False)
+    kw = dict(steps=40, lr=2e-2, checkpoint_every=10, seed=3, **QUIET)
+    model = tiny_model()
+    full = fit(model, loader, loss_fn=NoisyNLL(), checkpoint=tmp_path / "full.pt", **kw)
+    want = params(model)
+    path = tmp_path / "killed.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tiny_model(), loader, loss_fn=NoisyNLL(crash_at=25), checkpoint=path, **kw)
+    model = tiny_model(seed=5)
+    r = fit(model, loader, loss_fn=NoisyNLL(), checkpoint=path, **kw)
+    assert r.resumed_from == 20 and r.losses == full.losses  # mid-epoch: 16 batches an epoch
+    assert_same_params(want, params(model))
+
+
+def test_result_plot(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r = fit(tiny_model(), gaussian(500), val_data=gaussian(100, 1), steps=20, batch_size=50, **QUIET)
+    ax = r.plot()
+    assert ax.get_ylabel() == "bits/dim" and len(ax.lines) == 2
+
+
+def test_finished_run_resumes_to_a_larger_budget_and_resume_false_starts_over(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    x = gaussian(1000)
+    fit(tiny_model(), x, steps=20, checkpoint=path, **QUIET)
+    r = fit(tiny_model(), x, steps=20, checkpoint=path, **QUIET)
+    assert r.resumed_from == 20 and r.steps == 20 and len(r.losses) == 20
+    r = fit(tiny_model(), x, steps=30, checkpoint=path, **QUIET)
+    assert r.resumed_from == 20 and r.steps == 30 and len(r.losses) == 30
+    r = fit(tiny_model(), x, steps=10, checkpoint=path, resume=False, **QUIET)
+    assert r.resumed_from is None and r.steps == 10 and load_checkpoint(path)["step"] == 10
+
+
+def test_checkpoint_of_another_model_gives_a_clear_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    fit(tiny_model(), gaussian(500), steps=5, checkpoint=path, **QUIET)
+    other = flowlib.FlowModel(Affine(2), flowlib.StandardNormal(2))
+    with pytest.raises(FlowInputError, match="resume=False"):
+        fit(other, gaussian(500), steps=5, checkpoint=path, **QUIET)
+
+
+# -- the NaN guard -------------------------------------------------------------------------------
+class TurnsNaN(flowlib.FlowModel):
+    """A model whose log-density becomes NaN after a number of calls (an exploding flow)."""
+
+    good_calls = 30
+
+    def log_prob(self, x):
+        self.calls = getattr(self, "calls", 0) + 1
+        lp = super().log_prob(x)
+        return lp * float("nan") if self.calls > self.good_calls else lp
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = TurnsNaN(flowlib.Compose(Affine(2), SinhArcsinh(2)), flowlib.StandardNormal(2))
+    with pytest.raises(TrainingError) as info:
+        fit(model, gaussian(1000), steps=100, checkpoint=path, checkpoint_every=10, **QUIET)
+    message = str(info.value)
+    assert "at step 31" in message and "loss became nan" in message
+    assert "lower learning rate" in message and "warm-up" in message and "step 30" in message
+    assert info.value.step == 31 and info.value.result.steps == 30
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 30
+    # The bad update never happened: the weights in memory equal the last checkpoint's.
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert_same_params(state["model"], params(model))
+
+
+def test_nan_gradient_with_finite_loss_is_caught():
+    def loss_fn(model, x):
+        p = model.flow[0].shift
+        # sqrt at 0 has an infinite derivative: inf * 0 = NaN in the gradient, the loss stays finite.
+        return -model.log_prob(x).mean() + 0.0 * torch.sqrt((p - p.detach()) ** 2).sum()
+
+    with pytest.raises(TrainingError, match="at step 1 .* the gradient norm became nan"):
+        fit(tiny_model(), gaussian(200), steps=10, loss_fn=loss_fn, **QUIET)
+
+
+# -- DistributedDataParallel ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree_and_learn(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         str(worker), str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world_size"] == 2 and r0["steps"] == 80
+    assert_same_params(r0["params"], r1["params"])
+    assert r0["losses"] == r1["losses"] and r0["val"] == r1["val"]  # averaged over ranks
+    assert np.mean(r0["losses"][-10:]) < np.mean(r0["losses"][:10]) - 1.0
+    state = load_checkpoint(tmp_path / "ddp.pt")  # written by rank 0 only, with both ranks' RNGs
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 80
