@@ -49,7 +49,7 @@ def test_round_trip(cls, device):
     with torch.no_grad():
         z, ld_f = layer(x)
         x_back, ld_i = layer.inverse(z)
-    assert z.shape == x.shape and z.device == x.device
+    assert (z.shape == x.shape or getattr(cls, "changes_shape", False)) and z.device == x.device
     assert ld_f.shape == (x.shape[0],) and ld_i.shape == (x.shape[0],)
     torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ld_i, -ld_f, atol=1e-4, rtol=1e-4)
@@ -61,7 +61,7 @@ def test_not_identity(cls):
     layer, x = make(cls)
     with torch.no_grad():
         z, _ = layer(x)
-    assert not torch.allclose(z, x, atol=1e-3), f"{cls.__name__}.example() is the identity"
+    assert not torch.allclose(z.reshape(x.shape), x, atol=1e-3), f"{cls.__name__}.example() is the identity"
 
 
 def _check_jacobian(fn, inp, logdet, name):
@@ -110,7 +110,7 @@ def test_round_trip_any_batch(cls, batch, seed, scale):
         back, ld_i = layer.inverse(z)
         # Each sample alone gives the same result as inside the batch.
         z0, ld0 = layer(xs[:1])
-    assert z.shape == xs.shape and ld.shape == (batch,)
+    assert (z.shape == xs.shape or getattr(cls, "changes_shape", False)) and ld.shape == (batch,)
     torch.testing.assert_close(back, xs, atol=1e-4 * max(1.0, scale), rtol=1e-4)
     torch.testing.assert_close(z0, z[:1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ld0, ld[:1], atol=1e-4, rtol=1e-5)

@@ -1,0 +1,312 @@
+"""The multi-scale architecture of RealNVP and Glow: squeeze, steps, factor out half.
+
+Dinh et al. (2017, section 3.6) process an image at several scales. At each level the image
+is *squeezed* (every 2x2 block of pixels becomes 4 channels: (C, H, W) -> (4C, H/2, W/2)),
+transformed by a few flow steps, and then half of the channels are *factored out*: they are
+final latent variables and only the other half goes on to the next, coarser level. This
+saves computation and gives the latent a coarse-to-fine structure.
+
+Glow (Kingma & Dhariwal, 2018) gives each factored-out half z2 a *learned conditional prior*
+N(mu(z1), sigma(z1)^2) computed from the kept half z1. Here that prior is written as one more
+bijection, :class:`GaussianSplitPrior`,
+
+    eps2 = (z2 - mu(z1)) * exp(-log_sigma(z1)),        log|det| = -sum log_sigma(z1),
+
+so that a standard-normal density on eps2 *is* the learned prior on z2, and everything stays
+within the layer contract. Sampling at temperature T draws every eps ~ N(0, T^2), which scales
+the split priors too; T = 0 gives mu(z1) at every level (the mode, deterministically).
+
+:class:`MultiScale` returns a latent of the same shape as its input: the factored-out parts
+are un-squeezed back into place, a fixed volume-preserving rearrangement. So it passes the
+generic layer tests and plugs into ``FlowModel`` with a ``StandardNormal((C, H, W))`` base;
+:meth:`MultiScale.split_latents` recovers the per-level latents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from flowlib.convnets import ZeroConv2d
+from flowlib.core import Compose, Flow, FlowInputError, sum_except_batch
+
+__all__ = ["squeeze", "unsqueeze", "Squeeze", "GaussianSplitPrior", "MultiScale"]
+
+
+def squeeze(x: Tensor, factor: int = 2) -> Tensor:
+    """Space to depth: (B, C, H, W) -> (B, C*f*f, H/f, W/f); channel c*f*f + i*f + j holds pixel (i, j)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // factor, factor, w // factor, factor)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(b, c * factor * factor, h // factor, w // factor)
+
+
+def unsqueeze(z: Tensor, factor: int = 2) -> Tensor:
+    """Depth to space, the inverse of :func:`squeeze`."""
+    b, c, h, w = z.shape
+    z = z.reshape(b, c // (factor * factor), factor, factor, h, w)
+    return z.permute(0, 1, 4, 2, 5, 3).reshape(b, c // (factor * factor), h * factor, w * factor)
+
+
+class Squeeze(Flow):
+    """Space to depth, (C, H, W) -> (f^2 C, H/f, W/f) (Dinh et al., 2017): a permutation, logdet 0.
+
+    Changes the shape, so H and W must be divisible by the factor f.
+    """
+
+    #: The output shape differs from the input's (the generic round-trip test allows it).
+    changes_shape: ClassVar[bool] = True
+
+    def __init__(self, factor: int = 2) -> None:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise FlowInputError(f"Squeeze: factor must be an integer >= 2, got {factor!r}")
+        super().__init__(None)
+        self.factor = factor
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        name = type(self).__name__
+        f = self.factor
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise FlowInputError(f"{name}.{direction}: expected a float image batch "
+                                 f"(batch, channels, height, width), got {got}")
+        if direction == "forward" and (x.shape[2] % f or x.shape[3] % f):
+            raise FlowInputError(f"{name}.forward: expected height and width divisible by {f}, "
+                                 f"got shape {tuple(x.shape)}")
+        if direction == "inverse" and x.shape[1] % (f * f):
+            raise FlowInputError(f"{name}.inverse: expected channels divisible by {f * f}, "
+                                 f"got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        return squeeze(x, self.factor), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        return unsqueeze(z, self.factor), z.new_zeros(z.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        return cls(2), torch.randn(3, 2, 4, 2, generator=generator)
+
+
+class GaussianSplitPrior(Flow):
+    """Glow's learned prior for the factored-out half, written as a bijection.
+
+    The input (B, C, H, W) is split along channels into z1 (first C/2, kept unchanged) and
+    z2 (last C/2). A zero-initialised convolution of z1 gives mu and a raw log-scale h,
+
+        log_sigma = b * tanh(h / b)               (a soft bound, b = ``bound``, against NaNs)
+        eps2 = (z2 - mu) * exp(-log_sigma),       log|det d(z1, eps2)/d(z1, z2)| = -sum log_sigma,
+
+    so N(eps2; 0, I) = N(z2; mu(z1), sigma(z1)^2) |d eps2/d z2|: a standard normal on eps2 is
+    the conditional prior p(z2 | z1) (Kingma & Dhariwal, 2018). At initialisation mu = 0 and
+    sigma = 1: the map is the identity and the prior is the standard normal of RealNVP.
+    """
+
+    def __init__(self, channels: int, bound: float = 5.0) -> None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2 or channels % 2:
+            raise FlowInputError(
+                f"GaussianSplitPrior: channels must be an even integer >= 2, got {channels!r}"
+            )
+        if not bound > 0:
+            raise FlowInputError(f"GaussianSplitPrior: bound must be > 0, got {bound!r}")
+        super().__init__(None)
+        self.channels = channels
+        self.bound = float(bound)
+        self.net = ZeroConv2d(channels // 2, channels, 3)
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        ok = isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 4
+        if not ok or x.shape[1] != self.channels:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise FlowInputError(f"{type(self).__name__}.{direction}: expected a float tensor of shape "
+                                 f"(batch, {self.channels}, height, width), got {got}")
+
+    def prior_params(self, z1: Tensor) -> tuple[Tensor, Tensor]:
+        """mu(z1) and log_sigma(z1) of the conditional prior p(z2 | z1)."""
+        mu, h = self.net(z1).chunk(2, dim=1)
+        return mu, self.bound * torch.tanh(h / self.bound)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        z1, z2 = x.chunk(2, dim=1)
+        mu, log_sigma = self.prior_params(z1)
+        eps2 = (z2 - mu) * torch.exp(-log_sigma)
+        return torch.cat([z1, eps2], dim=1), -sum_except_batch(log_sigma)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        z1, eps2 = z.chunk(2, dim=1)
+        mu, log_sigma = self.prior_params(z1)
+        z2 = mu + torch.exp(log_sigma) * eps2
+        return torch.cat([z1, z2], dim=1), sum_except_batch(log_sigma)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, bound={self.bound}"
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        f = cls(4)
+        with torch.no_grad():
+            for p in f.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+        return f, torch.randn(3, 4, 3, 3, generator=generator)
+
+
+def _image_shape(event_shape: Sequence[int], who: str) -> tuple[int, int, int]:
+    shape = tuple(event_shape)
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise FlowInputError(f"{who}: expected an image shape (channels, height, width) of positive "
+                             f"integers, got {shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+class MultiScale(Flow):
+    """The multi-scale flow of RealNVP / Glow: per level squeeze, K steps, factor out half.
+
+    For levels l = 0 .. L-1, on h_0 = x:
+
+        h = squeeze(h_l)                  (C_l, H_l, W_l) -> (4 C_l, H_l/2, W_l/2)
+        h = steps[l](h)
+        if l < L-1:  (h_{l+1}, eps_l) = split(prior_l(h))   keep the first half, factor out the rest
+
+    ``steps[l]`` acts on shape ``MultiScale.level_shapes(event_shape, L)[l]``; with
+    ``split_prior=True`` (Glow) ``prior_l`` is a :class:`GaussianSplitPrior`, with ``False``
+    (RealNVP) the factored-out half goes to the base density unchanged. The latent is
+    assembled back to the input's shape by un-squeezing, so ``forward`` maps (B, C, H, W) to
+    (B, C, H, W) and log|det| = sum of the steps' and priors' logdets (squeezes add 0).
+    """
+
+    def __init__(self, event_shape: Sequence[int], steps: Sequence[Flow | Sequence[Flow]],
+                 split_prior: bool = True) -> None:
+        c, h, w = _image_shape(event_shape, "MultiScale")
+        if isinstance(steps, Flow) or len(steps) < 1:
+            raise FlowInputError("MultiScale: steps must be a list with one flow (or list of flows) "
+                                 "per level")
+        levels = len(steps)
+        if h % 2**levels or w % 2**levels:
+            raise FlowInputError(
+                f"MultiScale: {levels} levels squeeze by 2 each, so height and width must be divisible "
+                f"by {2**levels}; got shape {(c, h, w)}"
+            )
+        super().__init__((c, h, w))
+        flows = []
+        for level, s in enumerate(steps):
+            try:
+                flows.append(s if isinstance(s, Flow) else Compose(list(s)))
+            except FlowInputError as err:
+                raise FlowInputError(
+                    f"MultiScale: steps[{level}] is not a flow or list of flows: {err}"
+                ) from err
+        self.steps = torch.nn.ModuleList(flows)
+        shapes = self.level_shapes((c, h, w), levels)
+        self.split_prior = bool(split_prior)
+        self.priors = torch.nn.ModuleList(
+            [GaussianSplitPrior(s[0]) for s in shapes[:-1]] if split_prior else []
+        )
+
+    @property
+    def levels(self) -> int:
+        return len(self.steps)
+
+    @staticmethod
+    def level_shapes(event_shape: Sequence[int], levels: int) -> list[tuple[int, int, int]]:
+        """The shape (4 C_l, H/2^(l+1), W/2^(l+1)) that the steps of each level act on."""
+        c, h, w = _image_shape(event_shape, "MultiScale.level_shapes")
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise FlowInputError(f"MultiScale.level_shapes: levels must be an integer >= 1, got {levels!r}")
+        if h % 2**levels or w % 2**levels:
+            raise FlowInputError(f"MultiScale: {levels} levels need height and width divisible by "
+                                 f"{2**levels}, got shape {(c, h, w)}")
+        shapes = []
+        for _ in range(levels):
+            c, h, w = 4 * c, h // 2, w // 2
+            shapes.append((c, h, w))
+            c //= 2  # half of the channels goes on to the next level
+        return shapes
+
+    # -- the contract ------------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        logdet = x.new_zeros(x.shape[0])
+        factored = []
+        h = x
+        for level, step in enumerate(self.steps):
+            h, ld = step(squeeze(h))
+            logdet = logdet + ld
+            if level < self.levels - 1:
+                if self.split_prior:
+                    h, ld = self.priors[level](h)
+                    logdet = logdet + ld
+                h, eps = h.chunk(2, dim=1)
+                factored.append(eps)
+        return self._assemble(h, factored), logdet
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        h, factored = self._disassemble(z)
+        logdet = z.new_zeros(z.shape[0])
+        for level in reversed(range(self.levels)):
+            if level < self.levels - 1:
+                h = torch.cat([h, factored[level]], dim=1)
+                if self.split_prior:
+                    h, ld = self.priors[level].inverse(h)
+                    logdet = logdet + ld
+            h, ld = self.steps[level].inverse(h)
+            logdet = logdet + ld
+            h = unsqueeze(h)
+        return h, logdet
+
+    # -- the latent's layout -----------------------------------------------------------
+    def _assemble(self, top: Tensor, factored: list[Tensor]) -> Tensor:
+        # Each level undoes its own squeeze, coarsest first: the top level's output alone, every
+        # finer one after putting its factored-out half back beside the kept half.
+        z = unsqueeze(top)
+        for eps in reversed(factored):
+            z = unsqueeze(torch.cat([z, eps], dim=1))
+        return z
+
+    def _disassemble(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        factored = []
+        h = z
+        for _ in range(self.levels - 1):
+            h, eps = squeeze(h).chunk(2, dim=1)
+            factored.append(eps)
+        return squeeze(h), factored
+
+    def split_latents(self, z: Tensor) -> list[Tensor]:
+        """The per-level latents [eps_0, ..., eps_{L-2}, top] (finest first) of a latent ``z``."""
+        self.check_input(z, "split_latents")
+        top, factored = self._disassemble(z)
+        return [*factored, top]
+
+    def merge_latents(self, latents: Sequence[Tensor]) -> Tensor:
+        """The inverse of :meth:`split_latents`: one latent of the input's shape."""
+        if len(latents) != self.levels:
+            raise FlowInputError(
+                f"MultiScale.merge_latents: expected {self.levels} tensors, got {len(latents)}"
+            )
+        return self._assemble(latents[-1], list(latents[:-1]))
+
+    def extra_repr(self) -> str:
+        return f"event_shape={self.event_shape}, levels={self.levels}, split_prior={self.split_prior}"
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        from flowlib.linear import InvertibleLinear, InvertibleLinearLU
+
+        a, b = InvertibleLinearLU.example(generator)[0], InvertibleLinear.example(generator)[0]
+        b8 = InvertibleLinear(8, generator=generator)
+        with torch.no_grad():
+            b8.weight.add_(0.3 * torch.randn(8, 8, generator=generator))
+        f = cls((1, 4, 4), [[a, b], [b8]], split_prior=True)
+        with torch.no_grad():
+            for p in f.priors.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+        return f, torch.randn(3, 1, 4, 4, generator=generator)
