@@ -7,7 +7,22 @@ Every layer follows one contract (see :mod:`flowlib.core`)::
     x, logdet = layer.inverse(z)    # latent -> data, logdet = log|det dx/dz|
 """
 
-from flowlib import distributions, elementwise, permutations
+from flowlib import (
+    actnorm,
+    convnets,
+    coupling,
+    dequantize,
+    distributions,
+    elementwise,
+    image_models,
+    linear,
+    models,
+    multiscale,
+    nets,
+    permutations,
+    planar,
+    reversible,
+)
 from flowlib.core import (
     Compose,
     Flow,
@@ -29,9 +44,20 @@ __all__ = [
     "FlowModel",
     "Inverse",
     "StandardNormal",
+    "actnorm",
+    "convnets",
+    "coupling",
+    "dequantize",
     "distributions",
     "elementwise",
+    "image_models",
     "layer_classes",
+    "linear",
+    "models",
+    "multiscale",
+    "nets",
     "permutations",
+    "planar",
     "register_layer",
+    "reversible",
 ]

@@ -1,0 +1,121 @@
+"""Activation normalisation (ActNorm), Glow's data-initialised per-channel affine layer.
+
+Kingma & Dhariwal (2018) replace batch normalisation, whose statistics change with the
+batch, by a plain affine map per channel whose parameters are merely INITIALISED from data:
+after the first training batch every channel has mean 0 and variance 1, and from then on
+scale and bias are ordinary trainable parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowlib.core import Flow, FlowInputError
+
+__all__ = ["ActNorm"]
+
+
+class ActNorm(Flow):
+    """z = (x + bias) * exp(log_scale), per channel, for vectors (batch, C) and images (batch, C, H, W).
+
+    log|det dz/dx| = sum_c log_scale_c for vectors and H * W * sum_c log_scale_c for images
+    (the same scale acts on each of the H * W pixels).
+
+    Data-dependent initialisation: the first ``forward`` in training mode sets
+    bias = -mean and log_scale = -log(std) per channel over that batch (and pixels), so its
+    output has mean 0 and unit variance. It never happens in ``inverse`` (sampling before
+    training must not "initialise" on latent noise) nor in eval mode. The "initialised"
+    flag is a registered buffer, so it is saved in the state dict and a loaded checkpoint
+    is never re-initialised; a Python mirror of it is read in ``forward`` so that the layer
+    never reads a tensor value (no GPU synchronisation).
+
+    ``event_shape`` is None: any input (batch, C) or (batch, C, H, W) with the right C.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
+        if int(num_features) < 1:
+            raise FlowInputError(f"ActNorm: num_features must be >= 1, got {num_features}")
+        super().__init__(None)
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.bias = nn.Parameter(torch.zeros(self.num_features))
+        self.log_scale = nn.Parameter(torch.zeros(self.num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._initialized = False
+
+    # -- the initialised flag --------------------------------------------------------
+    @property
+    def is_initialized(self) -> bool:
+        return self._initialized
+
+    def mark_initialized(self, value: bool = True) -> None:
+        """Set the flag (buffer and mirror) without touching the parameters."""
+        self.initialized.fill_(bool(value))
+        self._initialized = bool(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "initialized"
+        if key in state_dict:
+            # Reading the value here is fine: loading happens once, not per batch.
+            self._initialized = bool(state_dict[key])
+
+    # -- the layer ---------------------------------------------------------------------
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        super().check_input(x, direction)
+        if x.dim() not in (2, 4) or x.shape[1] != self.num_features:
+            raise FlowInputError(
+                f"ActNorm.{direction}: expected input of shape (batch, {self.num_features}) or "
+                f"(batch, {self.num_features}, height, width), got {tuple(x.shape)}"
+            )
+
+    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+        return p.view(1, -1, 1, 1) if x.dim() == 4 else p.view(1, -1)
+
+    def _pixels(self, x: Tensor) -> int:
+        return x.shape[2] * x.shape[3] if x.dim() == 4 else 1
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set bias and log_scale so that this batch comes out with mean 0 and std 1 per channel."""
+        self.check_input(x, "initialize")
+        values = x.transpose(0, 1).reshape(self.num_features, -1)
+        if values.shape[1] < 2:
+            raise FlowInputError(
+                f"ActNorm.initialize: needs at least 2 values per channel to estimate a variance, "
+                f"got a batch of shape {tuple(x.shape)}"
+            )
+        mean = values.mean(dim=1)
+        std = values.std(dim=1, unbiased=False)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std + self.eps))
+        self.mark_initialized(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        if self.training and not self._initialized:
+            self.initialize(x)
+        z = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
+        logdet = self._pixels(x) * self.log_scale.sum()
+        return z, logdet.expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        x = z * torch.exp(-self._view(self.log_scale, z)) - self._view(self.bias, z)
+        logdet = -self._pixels(z) * self.log_scale.sum()
+        return x, logdet.expand(z.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, initialized={self._initialized}"
+
+    @classmethod
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+        f = cls(3)
+        # Initialise on shifted, scaled data so that the map is far from the identity.
+        data = 2.0 + 3.0 * torch.randn(16, 3, generator=generator)
+        f.train()
+        f(data)
+        return f, torch.randn(5, 3, generator=generator)

@@ -1,0 +1,137 @@
+"""Builders of ready-to-train flow models for d-dimensional vectors.
+
+Each returns a :class:`flowlib.FlowModel` (flow + standard-normal base), so
+``model.log_prob(x)`` trains by maximum likelihood and ``model.sample(n)`` draws:
+
+- :func:`nice`: additive couplings with alternating masks and a final scaling
+  (Dinh et al., 2015);
+- :func:`realnvp`: affine couplings with alternating masks, ActNorm between them, and
+  fixed random permutations or learned linear maps between couplings (Dinh et al., 2017;
+  ActNorm and the learned linear map from Kingma & Dhariwal, 2018);
+- :func:`planar_flow`, :func:`radial_flow`: stacks of planar / radial layers (Rezende &
+  Mohamed, 2015), composed in the generative direction so that
+  ``model.sample_and_log_prob(n)`` needs no numerical inversion (reverse-KL training).
+
+Image builders (a tuple (C, H, W) as first argument) live in another module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from flowlib.actnorm import ActNorm
+from flowlib.core import Compose, Flow, FlowInputError, FlowModel
+from flowlib.coupling import AdditiveCoupling, AffineCoupling, Scaling, half_mask
+from flowlib.distributions import StandardNormal
+from flowlib.linear import InvertibleLinearLU
+from flowlib.nets import MLP
+from flowlib.permutations import Permutation
+from flowlib.planar import Planar, Radial
+
+__all__ = ["nice", "realnvp", "planar_flow", "radial_flow"]
+
+
+def _vector_dim(dim: int | Sequence[int], who: str) -> int:
+    """The dimension d from ``d`` or ``(d,)``; an image shape (C, H, W) is not handled here."""
+    if isinstance(dim, (tuple, list)):
+        if len(dim) == 3:
+            raise NotImplementedError(
+                f"{who}: got the image shape {tuple(dim)}; this builder makes flows for vectors "
+                f"(batch, d). Image flows (multi-scale, checkerboard and channel masks) are built "
+                f"by the image builders."
+            )
+        if len(dim) != 1:
+            raise FlowInputError(f"{who}: expected a dimension d or a shape (d,), got {tuple(dim)}")
+        dim = dim[0]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FlowInputError(f"{who}: expected a dimension d >= 1, got {dim!r}")
+    return dim
+
+
+def _count(value: int, what: str, who: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FlowInputError(f"{who}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def nice(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
+         activation: Callable[[], nn.Module] = nn.SiLU) -> FlowModel:
+    """NICE: ``couplings`` additive couplings (odd / even coordinates in turn) + a diagonal scaling.
+
+    Each conditioner is an MLP with ``layers`` hidden layers of width ``hidden``. The
+    couplings preserve volume; the final :class:`~flowlib.coupling.Scaling` is the only
+    layer that changes it (Dinh et al., 2015).
+    """
+    d = _vector_dim(dim, "nice")
+    couplings = _count(couplings, "couplings", "nice")
+    flows: list[Flow] = []
+    for k in range(couplings):
+        mask = half_mask(d, k % 2, kind="alternate")
+        flows.append(AdditiveCoupling(mask, MLP(d, d, hidden=hidden, layers=layers, activation=activation)))
+    flows.append(Scaling(d))
+    return FlowModel(Compose(flows), StandardNormal(d))
+
+
+def realnvp(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
+            actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
+            activation: Callable[[], nn.Module] = nn.SiLU, seed: int = 0) -> FlowModel:
+    """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
+
+    Layout: [ActNorm] -> { [mixing] -> AffineCoupling -> [ActNorm] } x couplings.
+
+    - ActNorm (``actnorm=True``) standardises the data on the first training batch and
+      keeps every coupling's input at unit scale, which makes training faster and steadier;
+    - masks alternate between odd and even coordinates, so each coordinate is transformed
+      in every other layer;
+    - ``mixing`` before each coupling but the first: ``"none"`` (masks only),
+      ``"permutation"`` (a fixed random permutation, as RealNVP; only when d > 2, since for
+      d = 2 the alternating masks already are all there is), or ``"linear"`` (a learned
+      invertible linear map, LU-parameterised, started at a random rotation: Glow's 1x1
+      convolution for vectors, which lets couplings act along any direction);
+    - ``clamp`` bounds each coupling's log-scale (:func:`~flowlib.coupling.soft_clamp`);
+    - conditioners: MLPs with ``layers`` hidden layers of width ``hidden``, last layer
+      zero, so the model starts as (ActNorm followed by) the identity;
+    - ``seed`` fixes the random permutations / rotations, so a model is reproducible.
+
+    The defaults are the configuration of ``benchmarks/toy_kl.py`` that reached the lowest
+    KL on the 2D toys within two minutes of CPU.
+    """
+    d = _vector_dim(dim, "realnvp")
+    couplings = _count(couplings, "couplings", "realnvp")
+    if mixing not in ("none", "permutation", "linear"):
+        raise FlowInputError(f"realnvp: mixing must be 'none', 'permutation' or 'linear', got {mixing!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    flows: list[Flow] = [ActNorm(d)] if actnorm else []
+    for k in range(couplings):
+        if k > 0 and mixing == "permutation" and d > 2:
+            flows.append(Permutation(torch.randperm(d, generator=g)))
+        elif k > 0 and mixing == "linear":
+            flows.append(InvertibleLinearLU(d, generator=g))
+        mask = half_mask(d, k % 2, kind="alternate")
+        net = MLP(d, 2 * d, hidden=hidden, layers=layers, activation=activation)
+        flows.append(AffineCoupling(mask, net, clamp=clamp))
+        if actnorm:
+            flows.append(ActNorm(d))
+    return FlowModel(Compose(flows), StandardNormal(d))
+
+
+def planar_flow(dim: int | Sequence[int], layers: int = 8, enforce_invertibility: bool = True) -> FlowModel:
+    """``layers`` planar flows; train with ``model.sample_and_log_prob(n)`` (reverse KL).
+
+    The layers are defined generatively, so sampling and its log-density are closed form;
+    ``model.log_prob(x)`` of given data works too, through the numerical inverse.
+    """
+    d = _vector_dim(dim, "planar_flow")
+    layers = _count(layers, "layers", "planar_flow")
+    flows = [Planar(d, enforce_invertibility=enforce_invertibility) for _ in range(layers)]
+    return FlowModel(Compose(flows), StandardNormal(d))
+
+
+def radial_flow(dim: int | Sequence[int], layers: int = 8) -> FlowModel:
+    """``layers`` radial flows; closed form in both directions (see :class:`~flowlib.planar.Radial`)."""
+    d = _vector_dim(dim, "radial_flow")
+    layers = _count(layers, "layers", "radial_flow")
+    return FlowModel(Compose([Radial(d) for _ in range(layers)]), StandardNormal(d))

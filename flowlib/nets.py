@@ -1,0 +1,97 @@
+"""Conditioner networks for coupling layers: an MLP for vectors, a small CNN for images.
+
+A coupling layer z = m*x + (1-m)*(x*exp(s) + t) is the identity when the conditioner
+outputs s = t = 0. Both networks therefore zero-initialise their LAST layer: every
+coupling, and so the whole flow, starts as the identity map, and the first gradient steps
+only bend it a little. Deep flows initialised with random conditioners instead compose
+dozens of random maps, and the log-likelihood starts huge and noisy or overflows (Kingma
+& Dhariwal, 2018, section 3.3, use the same trick). The hidden layers keep PyTorch's
+default random initialisation, so gradients reach the zero layer from the first step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from flowlib.core import FlowInputError
+
+__all__ = ["MLP", "ConvNet", "zero_init"]
+
+
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Set a linear or convolutional layer's weight and bias to zero (in place) and return it."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.zero_()
+    return layer
+
+
+def _positive(value: int, what: str, who: str, minimum: int = 1) -> int:
+    if int(value) < minimum:
+        raise FlowInputError(f"{who}: {what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class MLP(nn.Module):
+    """in_features -> [Linear -> activation] x layers -> Linear(out_features), last layer zero.
+
+    ``layers`` is the number of hidden layers, each of width ``hidden``; ``activation`` is
+    a module class or a zero-argument factory (default ``nn.SiLU``, smooth, so the learned
+    densities are smooth too; ``nn.ReLU`` gives piecewise-linear maps).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,
+                 activation: Callable[[], nn.Module] = nn.SiLU) -> None:
+        super().__init__()
+        in_features = _positive(in_features, "in_features", "MLP")
+        out_features = _positive(out_features, "out_features", "MLP")
+        hidden = _positive(hidden, "hidden", "MLP")
+        layers = _positive(layers, "layers", "MLP", minimum=0)
+        mods: list[nn.Module] = []
+        width = in_features
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), activation()]
+            width = hidden
+        mods.append(zero_init(nn.Linear(width, out_features)))
+        self.net = nn.Sequential(*mods)
+        self.in_features, self.out_features = in_features, out_features
+
+    @property
+    def last(self) -> nn.Linear:
+        """The zero-initialised output layer (perturb it to make an example non-trivial)."""
+        return self.net[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvNet(nn.Module):
+    """A small CNN conditioner for images: 3x3 conv, activation, 1x1 conv(s), 3x3 conv (zero).
+
+    Maps (batch, in_channels, H, W) to (batch, out_channels, H, W) with padding so the
+    spatial size is kept. ``layers`` counts the hidden convolutions (>= 1).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, layers: int = 2,
+                 activation: Callable[[], nn.Module] = nn.SiLU) -> None:
+        super().__init__()
+        in_channels = _positive(in_channels, "in_channels", "ConvNet")
+        out_channels = _positive(out_channels, "out_channels", "ConvNet")
+        hidden = _positive(hidden, "hidden", "ConvNet")
+        layers = _positive(layers, "layers", "ConvNet")
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), activation()]
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(hidden, hidden, 1), activation()]
+        mods.append(zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+        self.net = nn.Sequential(*mods)
+
+    @property
+    def last(self) -> nn.Conv2d:
+        return self.net[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

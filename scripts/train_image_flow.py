@@ -1,0 +1,260 @@
+"""Train an image flow (Glow, RealNVP or NICE) and ship it as a small, safely loadable file.
+
+    python scripts/train_image_flow.py --model glow --data mnist --minutes 20 --out checkpoints/glow_mnist.pt
+    python scripts/train_image_flow.py --model nice --data digits --minutes 1 --out /tmp/nice.pt --no-readme
+
+What it does:
+
+1. loads the data: MNIST / Fashion-MNIST train minus its last 5000 images for training, those
+   5000 for validation, the original 10000 test images for the test; the digits' fixed split;
+2. trains with :func:`flowlib.train.fit` for ``--minutes`` of wall-clock time, validating every
+   ``--eval-every`` steps and keeping the weights with the best validation bits/dim. The full
+   training state goes to ``--state`` (default ``runs/<name>.fit.pt``, git-ignored), written
+   atomically: run the same command again after an interruption and it resumes there, the
+   time budget counting over both runs;
+3. measures the TEST bits/dim of the selected model (importance-weighted over
+   ``--iw-samples`` dequantization draws per image, see ``ImageFlowModel.bits_per_dim``);
+4. writes ``--out`` atomically: a dict of plain values and tensors only, so that it loads with
+   ``torch.load(path, weights_only=True)`` (no code runs on loading)::
+
+       {"format": "flowlib.pretrained/1", "builder": "glow_image", "kwargs": {...},
+        "state_dict": {...}, "data": "mnist", "levels": 256, "metrics": {...}, ...}
+
+   and rebuilds with ``getattr(flowlib.image_models, builder)(**kwargs)`` followed by
+   ``load_state_dict`` (:func:`load_pretrained` does both);
+5. adds (or replaces) the file's row in the README.md beside it: the exact command, the
+   hardware, the time, the steps, the parameters and the test bits/dim.
+
+Only the weights of the model are shipped (float32, a few MB); the optimizer state stays in
+the training state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowlib import image_models
+from flowlib.checkpoint import save_checkpoint
+from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
+from flowlib.image_models import ImageFlowModel, count_parameters
+from flowlib.train import fit
+
+FORMAT = "flowlib.pretrained/1"
+BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_image"}
+#: The builders a shipped file may name: nothing else is ever looked up by name.
+ALLOWED_BUILDERS = frozenset(BUILDERS.values())
+#: Sizes for a CPU: small conditioners, few steps. Override any of them with --set KEY=VALUE.
+DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
+    "glow": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
+    "realnvp": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
+    "nice": {"couplings": 4, "hidden": 32, "blocks": 1},
+}
+MAX_BYTES = 10 * 1024 * 1024
+VAL_SIZE = 5000  # the last 5000 training images of MNIST / Fashion-MNIST validate
+
+README_START = "<!-- shipped-checkpoints:start -->"
+README_END = "<!-- shipped-checkpoints:end -->"
+README_HEADER = (
+    "| file | model | data | test bits/dim | parameters | steps | training time | hardware | command |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+# -- loading a shipped file --------------------------------------------------------------------
+def load_pretrained(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ImageFlowModel:
+    """Rebuild the model stored in ``path`` by this script, in evaluation mode.
+
+    Reads with ``weights_only=True`` (tensors and plain containers only), calls the named
+    builder of :mod:`flowlib.image_models` with the stored keyword arguments and loads the
+    weights (ActNorm's "initialised" flag included, so nothing re-initialises on the first batch).
+    """
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"load_pretrained: {path} is not a {FORMAT!r} file")
+    if blob["builder"] not in ALLOWED_BUILDERS:
+        raise ValueError(f"load_pretrained: {path} names the builder {blob['builder']!r}, "
+                         f"expected one of {sorted(ALLOWED_BUILDERS)}")
+    model = getattr(image_models, blob["builder"])(**blob["kwargs"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(map_location).eval()
+
+
+# -- the data ------------------------------------------------------------------------------------
+def load_splits(name: str, pad: int | None) -> dict[str, torch.Tensor]:
+    """train / val / test images as float grey levels (what fit takes), padded to ``pad`` if given."""
+    if name == "digits":
+        splits = {s: load_digits(s)[0] for s in ("train", "val", "test")}
+    else:
+        train = load_images(name, "train")[0]
+        splits = {"train": train[:-VAL_SIZE], "val": train[-VAL_SIZE:], "test": load_images(name, "test")[0]}
+    if pad:
+        splits = {s: pad_to(x, pad) for s, x in splits.items()}
+    return {s: x.float() for s, x in splits.items()}
+
+
+@torch.no_grad()
+def test_bits_per_dim(model: ImageFlowModel, x: torch.Tensor, samples: int, batch: int = 500) -> float:
+    """Mean bits/dim over ``x``, importance-weighted over ``samples`` dequantization draws per image."""
+    model.eval()
+    total = 0.0
+    for i in range(0, x.shape[0], batch):
+        total += float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
+    return total / x.shape[0]
+
+
+# -- the record ----------------------------------------------------------------------------------
+def hardware() -> str:
+    """CPU model (from /proc/cpuinfo where there is one), threads, torch version, device."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s), "
+            f"torch {torch.__version__}, cpu")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_readme(readme: Path, file_name: str, row: str) -> None:
+    """Put ``row`` in the table of ``readme`` (created if missing), replacing the row of ``file_name``."""
+    text = readme.read_text(encoding="utf-8") if readme.exists() else (
+        "# Shipped checkpoints\n\nWritten by `scripts/train_image_flow.py`.\n\n")
+    if README_START not in text:
+        text = text.rstrip("\n") + f"\n\n{README_START}\n{README_HEADER}\n{README_END}\n"
+    head, rest = text.split(README_START, 1)
+    table, tail = rest.split(README_END, 1)
+    key = f"| `{file_name}` |"
+    rows = [r for r in table.strip().splitlines()[2:] if r.strip() and not r.startswith(key)]
+    rows.append(row)
+    rows.sort()
+    _write_text_atomically(readme, f"{head}{README_START}\n{README_HEADER}\n" + "\n".join(rows)
+                           + f"\n{README_END}{tail}")
+
+
+# -- main ------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(BUILDERS))
+    p.add_argument("--data", required=True, choices=sorted(DATASETS))
+    p.add_argument("--minutes", type=float, required=True, help="wall-clock training budget (over resumes)")
+    p.add_argument("--out", required=True, type=Path, help="the file to ship, e.g. checkpoints/glow_mnist.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a builder argument, e.g. hidden=64 or dequantization=variational")
+    p.add_argument("--pad", type=int, default=None, help="pad the images to PAD x PAD (e.g. 32 for 3 levels)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="validation period in steps (default: 500 for MNIST, fit's choice for digits)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping, in validations (default: off)")
+    p.add_argument("--iw-samples", type=int, default=4, help="dequantization draws per test image")
+    p.add_argument("--state", type=Path, default=None,
+                   help="training state for resuming (default: runs/<out name>.fit.pt)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing training state, start over")
+    p.add_argument("--no-readme", action="store_true", help="do not touch the README beside --out")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], levels: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS[args.model], "bins": levels}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a plain string, e.g. dequantization=variational
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    info = DATASETS[args.data]
+    data = load_splits(args.data, args.pad)
+    shape = tuple(int(s) for s in data["train"].shape[1:])
+    kwargs = builder_kwargs(args, shape, info.levels)
+    builder = BUILDERS[args.model]
+
+    torch.manual_seed(args.seed)
+    model = getattr(image_models, builder)(**kwargs)
+    # ActNorm's data-dependent start on a large batch (a resumed run then loads its weights anyway).
+    model.initialize(data["train"][:1024])
+    state = args.state or Path("runs") / f"{args.out.stem}.fit.pt"
+    eval_every = args.eval_every or (None if args.data == "digits" else 500)
+    print(f"{args.model} ({builder}, {count_parameters(model)} parameters) on {args.data} {shape}: "
+          f"{args.minutes:g} min, training state {state}", flush=True)
+    result = fit(model, data["train"], val_data=data["val"], seconds=60.0 * args.minutes,
+                 batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
+                 eval_every=eval_every, early_stopping_patience=args.patience, checkpoint=state,
+                 resume=not args.fresh, seed=args.seed, device="cpu", progress=sys.stderr.isatty())
+    print(result, flush=True)
+
+    t_test = time.perf_counter()
+    torch.manual_seed(args.seed + 1)  # the test's dequantization draws
+    test_bpd = test_bits_per_dim(model, data["test"], args.iw_samples)
+    test_seconds = time.perf_counter() - t_test
+    metrics = {
+        "test_bpd": test_bpd, "test_iw_samples": args.iw_samples, "test_images": int(data["test"].shape[0]),
+        "best_val_bpd": float(result.best_val), "best_step": int(result.best_step), "steps": int(result.steps),
+        "train_seconds": float(result.seconds), "test_seconds": test_seconds,
+        "parameters": count_parameters(model), "stop_reason": result.stop_reason,
+    }
+    command = "python scripts/train_image_flow.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    blob = {
+        "format": FORMAT, "builder": builder, "kwargs": kwargs,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "data": args.data, "levels": info.levels, "pad": args.pad, "metrics": metrics,
+        "command": command, "hardware": hardware(), "torch_version": torch.__version__,
+    }
+    save_checkpoint(blob, args.out)
+    size = args.out.stat().st_size
+    if size > MAX_BYTES:
+        print(f"WARNING: {args.out} is {size / 2**20:.1f} MiB, over the 10 MiB meant for shipped files",
+              file=sys.stderr)
+    print(f"test bits/dim {test_bpd:.4f} ({args.iw_samples} draws/image, {test_seconds:.0f} s); "
+          f"wrote {args.out} ({size / 2**20:.2f} MiB); total {time.perf_counter() - t_start:.0f} s", flush=True)
+
+    if not args.no_readme:
+        ks = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("shape", "bins"))
+        row = (f"| `{args.out.name}` | {args.model} ({ks}) | {args.data} {'x'.join(map(str, shape))} | "
+               f"**{test_bpd:.3f}** ({args.iw_samples} draws, {metrics['test_images']} images; best val "
+               f"{metrics['best_val_bpd']:.3f}) | {metrics['parameters']:,} | {metrics['steps']} | "
+               f"{metrics['train_seconds'] / 60:.1f} min (+{test_seconds / 60:.1f} min test) | {blob['hardware']} "
+               f"| `{command}` |")
+        update_readme(args.out.parent / "README.md", args.out.name, row)
+    return blob
+
+
+if __name__ == "__main__":
+    main()

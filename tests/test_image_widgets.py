@@ -1,0 +1,222 @@
+"""The image widgets of lecture 5, driven without a browser on a small Glow for 1x8x8 images.
+
+The model is untrained but not trivial: ActNorm is initialised on digits and every
+zero-initialised convolution (the couplings' last layers, the split priors) is perturbed, so
+the decoded images depend on the latent in a non-trivial way.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as W
+import numpy as np
+import pytest
+import torch
+
+from flowlib.core import FlowInputError
+from flowlib.data import load_digits
+from flowlib.image_models import glow_image
+from flowlib.image_widgets import (
+    PAPER_TEMPERATURES,
+    LatentInterpolation,
+    TemperatureGrid,
+    read_only,
+    tile_images,
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_digits("train")[0][:64]
+
+
+@pytest.fixture(scope="module")
+def glow(digits: torch.Tensor):
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), levels=2, steps=2, hidden=16, blocks=1, bins=17)
+    model.initialize(digits.float())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conditioner" in name or "priors" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    model.train()  # left in training mode on purpose: the widgets must not change that
+    return model
+
+
+@pytest.fixture()
+def grid(glow) -> TemperatureGrid:
+    return TemperatureGrid(glow, n=100, temperature=0.7)
+
+
+# -- temperature ---------------------------------------------------------------------------------
+def test_grid_builds_a_10x10_grid(grid: TemperatureGrid) -> None:
+    assert grid.images.shape == (100, 1, 8, 8)
+    assert grid.grid.shape == (10 * 9 + 1, 10 * 9 + 1)  # 8x8 tiles, 1 pixel of padding
+    assert grid.png().startswith(b"\x89PNG")
+    assert isinstance(grid.widget, W.Widget)
+    assert set(grid.controls) == {"temperature"}
+    assert grid.temperatures == PAPER_TEMPERATURES
+    assert [b.description for b in grid.buttons] == [f"T = {t:g}" for t in PAPER_TEMPERATURES]
+
+
+def test_moving_the_slider_changes_the_image(grid: TemperatureGrid) -> None:
+    before, png = grid.grid.copy(), grid.png()
+    grid.controls["temperature"].value = 1.0
+    assert not np.array_equal(before, grid.grid)
+    assert grid.png() != png
+    assert np.array_equal(grid._artist.get_array(), grid.grid)  # the artist shows the data
+
+
+def test_fixed_noise_same_temperature_same_image(grid: TemperatureGrid) -> None:
+    grid.controls["temperature"].value = 0.6
+    first = grid.images.clone()
+    grid.controls["temperature"].value = 0.9
+    grid.controls["temperature"].value = 0.6
+    assert torch.equal(first, grid.images)
+    # Not just the cache: recomputing from the stored noise gives the same images.
+    assert torch.allclose(grid.samples(0.6), first, atol=1e-6)
+    # And a second widget with the same seed draws the same noise.
+    assert torch.equal(TemperatureGrid(grid.model, n=100, temperature=0.6).images, first)
+
+
+def test_temperature_only_scales_the_noise(grid: TemperatureGrid) -> None:
+    assert torch.equal(grid.latent(0.5), 0.5 * grid.eps)
+    with torch.no_grad():
+        expected = grid.model.decode(0.8 * grid.eps).clamp(0, 1)
+    assert torch.allclose(grid.samples(0.8), expected, atol=1e-5)
+
+
+def test_zero_temperature_gives_the_mode_everywhere(grid: TemperatureGrid) -> None:
+    grid.controls["temperature"].value = 0.0
+    images = grid.images
+    assert torch.allclose(images, images[:1].expand_as(images), atol=1e-6)
+    grid.controls["temperature"].value = 0.25
+    assert not torch.allclose(grid.images, grid.images[:1].expand_as(grid.images), atol=1e-3)
+
+
+def test_slider_ends_and_paper_buttons_do_not_raise(grid: TemperatureGrid) -> None:
+    slider = grid.controls["temperature"]
+    for value in (slider.min, slider.max, slider.min):
+        slider.value = value
+        assert torch.isfinite(grid.images).all()
+        assert 0 <= float(grid.images.min()) and float(grid.images.max()) <= 1
+    for button, t in zip(grid.buttons, PAPER_TEMPERATURES, strict=True):
+        button.click()
+        assert grid.temperature == pytest.approx(t)
+
+
+def test_new_noise_changes_the_samples_and_empties_the_cache(grid: TemperatureGrid) -> None:
+    grid.controls["temperature"].value = 1.0
+    before = grid.images.clone()
+    grid.new_noise.click()
+    assert grid.seed == 1
+    assert not torch.allclose(before, grid.images)
+
+
+def test_cache_is_bounded(glow) -> None:
+    widget = TemperatureGrid(glow, n=4, cache_size=3)
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5):
+        widget.set_temperature(t)
+    assert len(widget._cache) == 3
+
+
+def test_widgets_leave_the_model_as_they_found_it(glow, digits) -> None:
+    state = {k: v.clone() for k, v in glow.state_dict().items()}
+    flags = [m.training for m in glow.modules()]
+    widget = TemperatureGrid(glow, n=9)
+    widget.set_temperature(1.0)
+    LatentInterpolation(glow, digits[0], digits[1]).controls["alpha"].value = 0.3
+    assert [m.training for m in glow.modules()] == flags
+    for k, v in glow.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_read_only_leaves_actnorm_uninitialised() -> None:
+    model = glow_image((1, 8, 8), levels=1, steps=1, hidden=8, blocks=1, bins=17)
+    with read_only(model):
+        model.flow(torch.rand(4, 1, 8, 8))
+    assert model.training
+    assert not any(getattr(m, "is_initialized", False) for m in model.modules())
+
+
+def test_grid_rejects_bad_arguments(glow) -> None:
+    with pytest.raises(FlowInputError, match="TemperatureGrid.*n"):
+        TemperatureGrid(glow, n=0)
+    with pytest.raises(FlowInputError, match="temperature"):
+        TemperatureGrid(glow, temperature=1.5)
+    with pytest.raises(FlowInputError, match="temperatures"):
+        TemperatureGrid(glow, temperatures=())
+    with pytest.raises(FlowInputError, match="flow model"):
+        TemperatureGrid(torch.nn.Linear(2, 2))
+
+
+# -- interpolation -----------------------------------------------------------------------------
+@pytest.fixture()
+def interp(glow, digits) -> LatentInterpolation:
+    return LatentInterpolation(glow, digits[0], digits[7], steps=7)
+
+
+def test_interpolation_builds(interp: LatentInterpolation) -> None:
+    assert interp.image.shape == (1, 8, 8)
+    assert interp.strip.shape == (7, 1, 8, 8)
+    assert set(interp.controls) == {"alpha", "path"}
+    assert interp.png().startswith(b"\x89PNG")
+    assert isinstance(interp.widget, W.Widget)
+
+
+def test_interpolation_ends_are_the_real_images(interp: LatentInterpolation, digits) -> None:
+    unit = (digits[[0, 7]].float() + 0.5) / 17
+    for path in LatentInterpolation.PATHS:
+        interp.controls["path"].value = path
+        for alpha, k in ((0.0, 0), (1.0, 1)):
+            interp.controls["alpha"].value = alpha
+            assert torch.allclose(interp.image, unit[k], atol=1e-4), (path, alpha)
+        assert torch.allclose(interp.strip[0], unit[0], atol=1e-4)
+        assert torch.allclose(interp.strip[-1], unit[1], atol=1e-4)
+
+
+def test_alpha_and_path_change_the_image(interp: LatentInterpolation) -> None:
+    interp.controls["alpha"].value = 0.2
+    first, png = interp.image.clone(), interp.png()
+    interp.controls["alpha"].value = 0.6
+    assert not torch.allclose(first, interp.image)
+    assert interp.png() != png
+    linear = interp.image.clone()
+    interp.controls["path"].value = "spherical"
+    assert not torch.allclose(linear, interp.image)
+
+
+def test_linear_path_is_the_formula(interp: LatentInterpolation, glow) -> None:
+    interp.controls["path"].value = "linear"
+    interp.controls["alpha"].value = 0.35
+    with torch.no_grad():
+        expected = glow.decode(0.65 * interp.z_a + 0.35 * interp.z_b).clamp(0, 1)[0]
+    assert torch.allclose(interp.image, expected, atol=1e-5)
+
+
+def test_spherical_path_keeps_the_norm_better(interp: LatentInterpolation) -> None:
+    mid_lin = interp.latents([0.5], "linear").norm()
+    mid_sph = interp.latents([0.5], "spherical").norm()
+    assert mid_sph > mid_lin
+
+
+def test_interpolation_accepts_levels_and_unit_floats(glow, digits) -> None:
+    unit_a = (digits[0].float() + 0.5) / 17
+    a = LatentInterpolation(glow, digits[0], digits[1], steps=3)
+    b = LatentInterpolation(glow, unit_a.unsqueeze(0), digits[1].float(), steps=3)
+    assert torch.allclose(a.z_a, b.z_a, atol=1e-5)
+    with pytest.raises(FlowInputError, match="shape"):
+        LatentInterpolation(glow, digits[:2], digits[1])
+    with pytest.raises(FlowInputError, match="steps"):
+        LatentInterpolation(glow, digits[0], digits[1], steps=1)
+    with pytest.raises(FlowInputError, match="grey levels|floats"):
+        LatentInterpolation(glow, -unit_a, digits[1])
+
+
+def test_tile_images_layout() -> None:
+    images = torch.arange(6.0).reshape(6, 1, 1, 1) / 5
+    grid = tile_images(images, nrow=3, padding=1)
+    assert grid.shape == (5, 7)
+    assert grid[1, 1] == 0 and grid[3, 5] == 1
+    with pytest.raises(FlowInputError):
+        tile_images(torch.zeros(2, 2, 3, 3), nrow=2)
