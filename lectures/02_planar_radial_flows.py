@@ -86,7 +86,7 @@ from flowlib.widgets import PlanarFlow2D
 
 torch.manual_seed(0)
 np.random.seed(0)  # noqa: NPY002  (the global generator, for any code that draws from it)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
+plt.rcParams.update({"figure.dpi": 80, "axes.spines.top": False, "axes.spines.right": False})
 
 base = StandardNormal(2)  # p_Z = N(0, I) in the plane
 
@@ -174,22 +174,23 @@ squares = [[(x0, y0), (x0 + h, y0), (x0 + h, y0 + h), (x0, y0 + h)]
            for y0 in np.linspace(lo, hi - h, n_cells) for x0 in np.linspace(lo, hi - h, n_cells)]
 norm = TwoSlopeNorm(vcenter=0.0, vmin=-2.0, vmax=2.0)  # colours show log2 of the factor: +-1 = x2 or /2
 
-fig, (ax_x, ax_z) = plt.subplots(1, 2, figsize=(11, 5))
+fig, (ax_x, ax_z) = plt.subplots(1, 2, figsize=(12, 5))
 ax_x.add_collection(PolyCollection(squares, array=det.log2().numpy(), cmap="coolwarm", norm=norm,
                                    edgecolor="k", linewidth=0.2))
 ax_x.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
-         title=r"squares in $x$, coloured by $|\det\,\partial f/\partial x|$ at the centre")
+         title=r"squares in $x$: $|\det\,\partial f/\partial x|$ at the centre")
 cells = ax_z.add_collection(PolyCollection(quads.numpy(), array=ratio.log2().numpy(), cmap="coolwarm",
                                            norm=norm, edgecolor="k", linewidth=0.2))
 ax_z.autoscale_view()
-ax_z.set(aspect="equal", xlabel="$z_1$", ylabel="$z_2$", title="their images $f(\\mathrm{square})$, coloured by area ratio")
+ax_z.set(aspect="equal", xlabel="$z_1$", ylabel="$z_2$", title="their images in $z$: measured area ratio")
 fig.colorbar(cells, ax=[ax_x, ax_z], shrink=0.8, label="log$_2$ of the volume factor")
 plt.show()
 
 # %% [markdown]
-# On a finer grid the measured area ratios converge to $|\det \partial f/\partial x|$: the
-# error of the linearisation shrinks like the square of the cell size, so each halving of the
-# cells divides the largest gap by about four.
+# The agreement is only approximate on this coarse grid, because $f$ is not linear across a
+# whole cell (look at the bent cells along the red band). On finer grids the measured area
+# ratios converge to $|\det \partial f/\partial x|$: halving the cells' side about halves the
+# largest gap.
 
 # %%
 for n in (24, 48, 96, 192):
@@ -414,7 +415,7 @@ print("ex1 passed")
 # If the scalar function $s$ is increasing, we can recover $a$ from $w^\top x$, then
 # $z = x - u\,h(a + b)$: the map is invertible. Its slope is
 # $s'(a) = 1 + (w^\top u)\,h'(a + b)$ with $0 < h' \le 1$ (and $h'(0) = 1$), so
-# $$\boxed{\;s \text{ is increasing for every } b \iff w^\top u \ge -1 .\;}$$
+# $$\boxed{\;s \text{ is increasing} \iff w^\top u \ge -1 .\;}$$
 # When $w^\top u < -1$, the slope is negative near $a = -b$: $s$ goes up, down, and up again,
 # and the map **folds** the plane over itself. Let us build such a map in flowlib, with
 # `enforce_invertibility=False` (a teaching switch: flowlib's default never allows it), taking
@@ -430,7 +431,7 @@ for _ in range(60):
     a_star = 2.5 * torch.tanh(a_star)
 z_three = torch.tensor([[-float(a_star), 1.0], [0.0, 1.0], [float(a_star), 1.0]])
 
-z_cloud = torch.randn(4000, 2, generator=torch.Generator().manual_seed(3))
+z_cloud = torch.randn(3000, 2, generator=torch.Generator().manual_seed(3))
 with warnings.catch_warnings():
     # In raw mode Planar.inverse warns that the map is not invertible: we know, that is the point.
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -591,11 +592,11 @@ def radial_layer(z0, alpha: float, beta: float) -> Radial:
 
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
-for ax, (alpha, beta) in zip(axes, [(0.5, 1.5), (0.5, -0.3)], strict=True):
+for ax, (alpha, beta, vmax) in zip(axes, [(0.5, 1.5, None), (0.5, -0.3, 0.3)], strict=True):
     layer = radial_layer((0.5, 0.3), alpha, beta)
-    # Colours clipped at 0.25 (the peak of N(0, I) is 0.16), so that the sharp peak made by
-    # beta < 0 does not wash out the rest of the picture.
-    plot_density_2d(FlowModel(layer, StandardNormal(2)), bounds=4, resolution=150, ax=ax, vmax=0.25,
+    # For beta < 0 the colours are clipped at 0.3 (twice the peak of N(0, I)), so that the sharp
+    # peak at z0 does not wash out the rest of the picture.
+    plot_density_2d(FlowModel(layer, StandardNormal(2)), bounds=4, resolution=150, ax=ax, vmax=vmax,
                     title=f"one radial layer: $\\alpha = {alpha}$, $\\beta = {beta}$")
     ax.plot(0.5, 0.3, "x", color="C3", ms=10, mew=2, label="$z_0$")
     ax.legend(loc="lower left", fontsize=8)
@@ -684,7 +685,7 @@ print("ex3 passed")
 targets = {name: get_toy(name) for name in ("U1", "U2", "U3", "U4")}
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
 for ax, (name, toy) in zip(axes, targets.items(), strict=True):
-    plot_density_2d(toy, bounds=4, resolution=200, ax=ax, title=f"${name[0]}_{name[1]}$: $e^{{-U}}/Z$")
+    plot_density_2d(toy, bounds=4, resolution=150, ax=ax, title=f"${name[0]}_{name[1]}$: $e^{{-U}}/Z$")
 plt.show()
 
 # %% [markdown]
@@ -713,10 +714,11 @@ plt.show()
 #   can collapse onto one mode for good. Rezende & Mohamed therefore anneal the energy,
 #   minimising $\mathbb{E}_q[\log q + \beta_t U]$ with $\beta_t$ rising from $0.01$ to $1$:
 #   a small $\beta_t$ first makes $q$ broad. We do the same, over the first half of training.
-# * The twelve flows (4 targets $\times$ 3 depths) are independent, but training them in one
-#   loop with one optimiser and one backward pass over the summed losses is cheaper than
-#   twelve separate runs: for such small tensors the cost is Python's overhead per operation,
-#   not arithmetic.
+# * The twelve flows (4 targets $\times$ 3 depths) are independent; we train them in one loop,
+#   with one optimiser and one backward pass through the sum of their losses (each flow's
+#   parameters only receive the gradient of its own loss). For tensors this small, the time
+#   goes into the fixed overhead of each operation, not into arithmetic: this is why a batch
+#   of 256 samples costs hardly more than one of 16, and why the deepest flows set the pace.
 
 # %%
 WALL = 0.1  # width of the soft wall outside the box [-4, 4]^2
@@ -775,7 +777,7 @@ def reverse_kl(q: FlowModel, name: str, n: int = 20_000) -> float:
 
 torch.manual_seed(1)
 kl = {key: reverse_kl(q, key[0]) for key, q in flows.items()}
-fig, axes = plt.subplots(len(targets), 1 + len(DEPTHS), figsize=(3.0 * (1 + len(DEPTHS)), 3.0 * len(targets)))
+fig, axes = plt.subplots(len(targets), 1 + len(DEPTHS), figsize=(2.7 * (1 + len(DEPTHS)), 2.7 * len(targets)))
 for row, (name, toy) in enumerate(targets.items()):
     plot_density_2d(toy, bounds=4, resolution=GRID, ax=axes[row, 0], title=f"target ${name[0]}_{name[1]}$")
     for col, k in enumerate(DEPTHS, start=1):
@@ -783,6 +785,7 @@ for row, (name, toy) in enumerate(targets.items()):
                         title=f"K = {k} layers, KL = {kl[(name, k)]:.2f}")
 for ax in axes.flat:
     ax.set(xticks=[], yticks=[])
+    ax.title.set_fontsize(10)
 fig.tight_layout()
 plt.show()
 
@@ -847,7 +850,7 @@ print("all planar layers invertible:", all(layer.is_invertible() for q in flows.
 #
 # * With one planar layer, make $w^\top u$ large and positive, then close to $-1$. Where does
 #   the density drop, and where does it pile up? Compare with section 2.
-# * Move $b$: the hyperplane slides, and the fold line moves with it.
+# * Move $b$: the hyperplane slides, and the bend in the density moves with it.
 # * Untick **enforce invertibility** and drive $w^\top u$ below $-1$ (e.g. $u_1 = -1.5$ with
 #   $w = (2, 0)$). The density panel greys out, with flowlib's reason; the samples still
 #   show the folded distribution. Tick the box again: $\hat u$ takes over, and the arrow jumps.
@@ -874,8 +877,8 @@ print(f"the widget's integral of p_X: {explorer.integral:.3f}")
 # * A general determinant costs $O(d^3)$, far too much for images; flows are designed so that
 #   it is cheap.
 # * Planar flows $x = z + u\,h(w^\top z + b)$ and radial flows $x = z + \beta h (z - z_0)$ have
-#   identity-plus-rank-one Jacobians, whose determinants the matrix determinant lemma gives in
-#   $O(d)$.
+#   Jacobians equal to (a multiple of) the identity plus a rank-one matrix, whose determinants
+#   the matrix determinant lemma gives in $O(d)$.
 # * A cheap determinant is not enough: a planar layer is invertible only when
 #   $w^\top u \ge -1$; without it the map folds space and the density formula fails. The
 #   reparameterisation $\hat u$ makes every parameter value valid.
@@ -884,8 +887,9 @@ print(f"the widget's integral of p_X: {explorer.integral:.3f}")
 #   up to its normaliser. The more layers, the closer the fit; but each layer bends space along
 #   one direction only, so many are needed.
 #
-# Next lecture: coupling layers, whose triangular Jacobians make the determinant cheap *and*
-# the inverse closed form, in both directions at once.
+# Next lecture: coupling layers (Dinh et al., 2014), whose triangular Jacobians make the
+# determinant cheap *and* the inverse closed form, so that one flow can both sample and score
+# data fast, without a numerical solver.
 #
 # ## References
 #
