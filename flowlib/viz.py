@@ -120,9 +120,11 @@ def compare_densities(models: Mapping[str, LogProbLike], bounds: Bounds | None =
                       log: bool = False, panel_size: float = 3.2) -> Figure:
     """Side-by-side heat maps, one panel per named density (e.g. ``{"data": toy, "flow": model}``).
 
-    With ``shared_scale`` all panels use one colour scale, so brighter means more probable
-    across panels, not just within one. ``samples`` (name -> points) overlays points on the
-    panel of that name (or as an extra panel for a name not in ``models``).
+    With ``shared_scale`` all panels use the colour scale of the FIRST density (the
+    reference, usually the data): brighter means more probable across panels, not just
+    within one, and a model that piles up more mass than the reference saturates rather than
+    darkening every other panel. ``samples`` (name -> points) overlays points on the panel
+    of that name (or fills an extra panel for a name not in ``models``).
     """
     if not models:
         raise FlowInputError("compare_densities: expected at least one density, got none")
@@ -134,7 +136,7 @@ def compare_densities(models: Mapping[str, LogProbLike], bounds: Bounds | None =
     axes = axes[0]
     vmax = None
     if shared_scale and not log:
-        vmax = max(float(density_on_grid(m, bounds, resolution=resolution)[2].max()) for m in models.values())
+        vmax = float(density_on_grid(first, bounds, resolution=resolution)[2].max())
     for ax, name in zip(axes, names, strict=True):
         if name in models:
             plot_density_2d(models[name], bounds, resolution, ax=ax, log=log, vmax=vmax)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import math
 import textwrap
 import warnings
@@ -61,7 +62,7 @@ class _FigureWidget:
 
     Rendering uses blitting: the static parts (axes, ticks, labels, fixed images) are drawn
     once into a cached background; an update restores it and draws only the artists marked
-    ``animated`` (the data), then encodes the pixels as PNG. When the limits of one panel
+    ``animated`` (the data), then encodes the pixels (PNG or JPEG). When the limits of a panel
     change (subclasses move them in steps, with some hysteresis), only that panel's part of
     the background is cleared and redrawn.
     Torch runs on one thread during an update: on a busy 2-core machine, small tensors are
@@ -76,8 +77,8 @@ class _FigureWidget:
         self.controls: dict[str, W.ValueWidget] = {}
         self.integral = float("nan")
         self.status = ""
-        #: How many renders had to redraw (part of) the background: a panel's limits moved.
-        self.full_redraws = 0
+        #: How many renders had to redraw (part of) the background (a panel's limits or legend changed).
+        self.relayouts = 0
         if image_format not in ("png", "jpeg"):
             raise FlowInputError(
                 f"{type(self).__name__}: image_format must be 'png' or 'jpeg', got {image_format!r}")
@@ -89,7 +90,6 @@ class _FigureWidget:
         self._dynamic: list[Artist] = []
         self._overlays: list[Artist] = []
         self._overlay_pixels: list = []
-        self._drawn_static_key: object = None
         self._background = None
         self._axes_keys: list[tuple] = []
 
@@ -106,10 +106,9 @@ class _FigureWidget:
         they are copied back on top: much cheaper than laying out its text on every update.
         """
         self._overlays.append(artist)
-        self._background = None
 
-    def _static_key(self) -> object:
-        """Anything besides axis limits whose change needs a full redraw (e.g. a new legend)."""
+    def _panel_key(self, index: int) -> object:
+        """Anything besides its axis limits whose change needs panel ``index`` redrawn (a legend)."""
         return None
 
     def _watch_controls(self) -> None:
@@ -148,35 +147,38 @@ class _FigureWidget:
         raise NotImplementedError
 
     def _layout_key(self) -> list[tuple]:
-        """What changes a panel's static background: its axis limits."""
-        return [(ax.get_xlim(), ax.get_ylim()) for ax in self.figure.axes]
+        """What changes each panel's static background: its axis limits and its legend."""
+        return [(ax.get_xlim(), ax.get_ylim(), self._panel_key(i)) for i, ax in enumerate(self.figure.axes)]
 
     def _status_markup(self) -> str:
         return "<br>".join(html.escape(line) for line in self.status.splitlines())
 
     def _strips(self) -> list[Bbox]:
-        """The part of the figure each panel owns (the panels sit in one row): a vertical strip
-        from half-way to its left neighbour to half-way to its right one, full height. A
-        panel's ticks, labels and title stay inside its strip, so it can be repainted alone,
-        and finding the strips needs no text layout (unlike tight bounding boxes)."""
+        """The part of the figure each panel owns; the panels sit in one row, with their tick
+        labels, axis labels and title on the left, below and above: a vertical strip, full
+        height, from just right of its left neighbour's frame (room for half a tick label) to
+        just right of its own. A panel can then be repainted alone, and finding the strips
+        needs no text layout (unlike tight bounding boxes)."""
         fig = self.figure
         width, height = fig.bbox.width, fig.bbox.height
         boxes = [ax.get_position() for ax in fig.axes]
         order = sorted(range(len(boxes)), key=lambda i: boxes[i].x0)
+        edges = [0.0]
+        for left, right in itertools.pairwise(order):
+            gap = (boxes[right].x0 - boxes[left].x1) * width
+            edges.append(boxes[left].x1 * width + min(16.0, 0.3 * gap))
+        edges.append(width)
         strips: list[Bbox] = [Bbox.unit()] * len(boxes)
         for rank, i in enumerate(order):
-            left = 0.0 if rank == 0 else 0.5 * (boxes[order[rank - 1]].x1 + boxes[i].x0)
-            right = 1.0 if rank == len(order) - 1 else 0.5 * (boxes[i].x1 + boxes[order[rank + 1]].x0)
-            strips[i] = Bbox.from_extents(left * width, 0.0, right * width, height)
+            strips[i] = Bbox.from_extents(edges[rank], 0.0, edges[rank + 1], height)
         return strips
 
     def _redraw_background(self) -> None:
         """Bring the cached background up to date with the axis limits."""
         canvas = self.figure.canvas
-        keys, static = self._layout_key(), self._static_key()
-        if self._background is None or len(keys) != len(self._axes_keys) or static != self._drawn_static_key:
+        keys = self._layout_key()
+        if self._background is None or len(keys) != len(self._axes_keys):
             canvas.draw()  # skips the animated artists: this is the background
-            self._drawn_static_key = static
         else:
             stale = [i for i, (new, old) in enumerate(zip(keys, self._axes_keys, strict=True)) if new != old]
             canvas.restore_region(self._background)
@@ -193,7 +195,7 @@ class _FigureWidget:
         self._background = canvas.copy_from_bbox(self.figure.bbox)
         self._overlay_pixels = [canvas.copy_from_bbox(a.get_window_extent(renderer)) for a in self._overlays
                                 if a.get_visible()]
-        self.full_redraws += 1
+        self.relayouts += 1
 
     def _render(self) -> None:
         self._redraw_background()
@@ -232,6 +234,10 @@ class _FigureWidget:
         from IPython.display import display
 
         display(self.widget)
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict | None:
+        # For front ends that ask for a MIME bundle instead (the widget view).
+        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def _fill_background(figure: Figure, renderer: object, box: Bbox) -> None:
@@ -393,14 +399,18 @@ class ChangeOfVariables1D(_FigureWidget):
         p_X(x) = p_Z(f(x)) |f'(x)|,        samples: x = f^{-1}(z), z ~ p_Z.
 
     Three panels: p_Z(z); the map z = f(x); p_X(x) with a histogram of transformed samples.
-    The integral of p_X is computed numerically with the trapezoid rule on ``grid_points``
-    equally spaced x covering f^{-1}([-t, t]), where p_Z puts all but 1e-9 of its mass in
-    [-t, t], so it reads 1.000 for every setting. The checkbox "drop |f'(x)|" overlays
-    p_Z(f(x)) alone, whose integral is generally not 1: the Jacobian factor is what makes
-    p_X a density.
+    The integral of p_X is computed numerically, by the trapezoid rule on ``grid_points``
+    points covering f^{-1}([-t, t]), where p_Z puts all but 1e-9 of its mass in [-t, t]. The
+    points are x = c + s sinh(t) for equally spaced t (c, s: centre and scale of the bulk of
+    p_X): as dense as a uniform grid where the mass is, sparser far out, so that a heavy
+    tail costs no resolution; the integral then reads 1.000 at every slider setting. The
+    checkbox "drop |f'(x)|" overlays p_Z(f(x)) alone, whose integral is in general not 1:
+    the Jacobian factor is what makes p_X a density.
 
-    Parameters are in each layer's own parameterisation (log scale, log delta, mixture
-    logits...), so every slider position is a valid, invertible map.
+    Controls (``.controls``): ``base``, ``transform``, ``drop_jacobian`` and the sliders
+    of :data:`MAPS_1D` (only those of the chosen map are shown). Parameters are in each
+    layer's own parameterisation (log scale, log delta, mixture weight / locations / log
+    scales), so every slider position is a valid, invertible map. The layers run in float64.
     """
 
     def __init__(self, base: str = "standard normal", transform: str = "sinh-arcsinh",
@@ -439,7 +449,7 @@ class ChangeOfVariables1D(_FigureWidget):
         self._line_pz, = self._ax_z.plot([], [], color="C0")
         self._ax_z.set(title="base density $p_Z(z)$", xlabel="z")
         self._line_f, = self._ax_f.plot([], [], color="C2")
-        self._ax_f.set(title="the map $z = f(x)$", xlabel="x", ylabel="z")
+        self._ax_f.set(title="the map $z = f(x)$", xlabel="x")
         self._ax_f.axhline(0.0, color="0.85", lw=0.8, zorder=0)
         self._hist = self._ax_x.stairs(np.zeros(self.bins), np.arange(self.bins + 1.0), fill=True,
                                        color="C1", alpha=0.35, label="samples x = f⁻¹(z)")
@@ -462,8 +472,8 @@ class ChangeOfVariables1D(_FigureWidget):
         self._overlay(self._ax_x.legend(handles=handles, loc="upper right", fontsize=8, framealpha=1.0))
         self._legend_drop = drop
 
-    def _static_key(self) -> object:
-        return self._legend_drop
+    def _panel_key(self, index: int) -> object:
+        return self._legend_drop if self.figure.axes[index] is self._ax_x else None
 
     def _panel(self) -> list[W.Widget]:
         c = self.controls
@@ -619,7 +629,14 @@ class PlanarFlow2D(_FigureWidget):
     With "enforce invertibility" off, planar layers use u itself; when w.u < -1 the map is
     not invertible. The density panel is then greyed out with the reason from
     :meth:`Planar.invertibility_report`: p_Z(f(x)) |det| does not apply. Samples g(z) are
-    still drawn: the push-forward exists, only its density formula fails.
+    still drawn: the push-forward exists, only its density formula fails. A planar layer's
+    numerical ``forward`` is checked at every grid point against the closed-form ``inverse``
+    (g(f(x)) = x); where the solver missed, the cell is grey and the status says so.
+
+    Controls (``.controls``): ``kind`` (planar / radial), ``enforce_invertibility``,
+    ``layers`` (1..max_layers), ``turn`` (degrees between layers), planar ``w1 w2 u1 u2 b``
+    (u is the raw parameter; u_hat is drawn), radial ``z0_1 z0_2 alpha beta``. After an
+    update: ``density_values()``, ``integral``, ``status``, ``invertible``, ``bounds``.
     """
 
     def __init__(self, kind: str = "planar", layers: int = 1, enforce_invertibility: bool = True,
@@ -790,8 +807,8 @@ class PlanarFlow2D(_FigureWidget):
         self._overlay(self._ax_z.legend(handles=handles, loc="lower left", fontsize=7, framealpha=1.0))
         self._legend_kind = kind
 
-    def _static_key(self) -> object:
-        return self._legend_kind
+    def _panel_key(self, index: int) -> object:
+        return self._legend_kind if self.figure.axes[index] is self._ax_z else None
 
     def _density_on_grid(self, flow: Compose) -> tuple[np.ndarray, float, int]:
         """p_X at the cell centres of the grid over ``self.bounds``, the cell size, misses.

@@ -62,7 +62,7 @@ def _defaults_1d(transform: str) -> dict[str, float]:
 @pytest.mark.parametrize("transform", list(MAPS_1D))
 def test_1d_extreme_sliders(cov: ChangeOfVariables1D, base: str, transform: str) -> None:
     """Every slider at its min and max (the others at their defaults); all of them at once at
-    every corner for the normal and the heavier-tailed logistic base."""
+    every corner for the logistic base, whose heavier tails make the integral hardest."""
     with cov.hold_updates():
         cov.controls["base"].value = base
         cov.controls["transform"].value = transform
@@ -75,7 +75,7 @@ def test_1d_extreme_sliders(cov: ChangeOfVariables1D, base: str, transform: str)
                 cov.controls[key].value = value
             assert np.isfinite(cov.density_values()).all()
             assert abs(cov.integral - 1.0) < 1e-3, (key, value, cov.integral)
-    if base not in ("standard normal", "logistic"):
+    if base != "logistic":
         return
     for corner in itertools.product(*[(0, 1)] * len(keys)):
         with cov.hold_updates():
