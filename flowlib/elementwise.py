@@ -142,14 +142,25 @@ def solve_monotone(
         # Below a few ulps the Newton steps only jitter; do not ask for more than the dtype holds.
         tol = max(tol, 8 * torch.finfo(a.dtype).eps)
         check = a.device.type == "cpu"
+        # The step before last, as in rtsafe: a Newton step is only taken when it lands
+        # strictly inside the bracket AND shrinks at least twice as fast as that step.
+        # Accepting any in-bracket step (even one on an endpoint) lets the iterate bounce
+        # between the two ends forever without shrinking the bracket.
+        step_old = hi - lo
+        step = step_old
         for _ in range(max_iter):
             g, dg = fn(a)
             lo = torch.where(g < 0, a, lo)
             hi = torch.where(g > 0, a, hi)
             newton = a - g / dg
-            ok = (newton >= lo) & (newton <= hi) & torch.isfinite(newton)
+            ok = (
+                (newton > lo) & (newton < hi) & torch.isfinite(newton)
+                & ((2 * g).abs() <= (step_old * dg).abs())
+            )
             a_new = torch.where(ok, newton, 0.5 * (lo + hi))
-            done = check and bool(((a_new - a).abs() <= tol * (1 + a.abs())).all())
+            step_old, step = step, (a_new - a).abs()
+            scale = tol * (1 + a_new.abs())
+            done = check and bool(((step <= scale) | (hi - lo <= scale)).all())
             a = a_new
             if done:
                 break

@@ -57,9 +57,9 @@ import torch
 SMOKE = "CI" in os.environ  # CI: the shortest run that still exercises every cell
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = DEVICE == "cuda"  # on a GPU: train at full size (change to True/False to override)
-TOY_STEPS = 40 if SMOKE else (5000 if FULL else 600)  # steps per model per 2D toy (section 6)
-IMAGE_STEPS = 20 if SMOKE else (5000 if FULL else 500)  # steps per image model on the digits (section 6)
-DEQ_STEPS = 10 if SMOKE else (3000 if FULL else 150)  # steps per run of the dequantisation comparison
+TOY_STEPS = 40 if SMOKE else (3000 if FULL else 500)  # steps per model per 2D toy (section 6)
+IMAGE_STEPS = 20 if SMOKE else (3000 if FULL else 400)  # steps per image model on the digits (section 6)
+DEQ_STEPS = 10 if SMOKE else (1500 if FULL else 120)  # steps per run of the dequantisation comparison
 KL_SAMPLES = 5_000 if SMOKE else 50_000  # Monte Carlo samples of each KL estimate
 GRID = 60 if SMOKE else 120  # resolution of the density pictures
 # The toy models are tiny: splitting their operations over several CPU threads costs more
@@ -73,8 +73,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import SymLogNorm
 from torch import nn
 
+import flowlib
 from flowlib.checkpoint import load_checkpoint
 from flowlib.convnets import ResNetConditioner
 from flowlib.coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask, soft_clamp
@@ -145,7 +147,7 @@ def perturbed_mlp(d_in: int, d_out: int, hidden: int = 32, scale: float = 0.5) -
 # %%
 D = 6
 mask6 = half_mask(D, parity=0)  # 1 on the first three coordinates: they are kept
-coupling = AffineCoupling(mask6, perturbed_mlp(D, 2 * D), clamp=2.0)
+coupling = AffineCoupling(mask6, perturbed_mlp(D, 2 * D, scale=1.5), clamp=2.0)
 x = torch.randn(5, D)
 
 z, logdet = coupling(x)
@@ -157,9 +159,9 @@ print("round trip |x - f^-1(f(x))| < 1e-5:", bool((x_back - x).abs().max() < 1e-
 print("inverse's logdet = -forward's (< 1e-6):", bool((logdet + logdet_inv).abs().max() < 1e-6))
 
 # %% [markdown]
-# Now the Jacobian itself. `torch.autograd.functional.jacobian` differentiates the layer
-# numerically exact (in float64), with no knowledge of its structure; we look at the matrix
-# and compare its log-determinant with the layer's cheap $\sum_j s_j$.
+# Now the Jacobian itself. `torch.autograd.functional.jacobian` builds the full matrix by
+# automatic differentiation (exact up to float64 rounding), knowing nothing of the layer's
+# structure; we look at it and compare its log-determinant with the layer's cheap $\sum_j s_j$.
 
 # %%
 coupling64 = coupling.double()
@@ -169,7 +171,9 @@ s_raw = coupling64.conditioner(mask6.double() * x0)[:, :D]
 s = (1 - mask6.double()) * soft_clamp(s_raw, coupling64.clamp)  # the layer's log-scales
 
 fig, ax = plt.subplots(figsize=(3.6, 3.2))
-im = ax.imshow(J.numpy(), cmap="RdBu_r", vmin=-3, vmax=3)
+top = float(J.abs().max())
+# A symmetric log colour scale, so the small entries of the lower-left block show next to exp(s).
+im = ax.imshow(J.numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=0.01, vmin=-top, vmax=top))
 ax.set(title="dz/dx of one affine coupling", xlabel="input coordinate j", ylabel="output coordinate i",
        xticks=range(D), yticks=range(D))
 fig.colorbar(im, ax=ax, shrink=0.8)
@@ -352,6 +356,7 @@ for row, (name, m) in zip(axes, masks.items(), strict=True):
         ax.imshow(m[ch].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.spines[:].set_visible(True)  # a frame, so that an all-white channel is still visible
         ax.set_title(f"channel {ch}", fontsize=8)
     row[0].set_ylabel(name, fontsize=8)
 fig.tight_layout()
@@ -687,8 +692,9 @@ plt.show()
 # The eight Gaussians show the difference best. To turn one round blob (the base) into eight
 # small ones, a map must compress space around each mode and stretch it in between. Additive
 # couplings can only *move* mass: every layer preserves volume, and the final scaling is the
-# same everywhere, so NICE smears the modes into arcs and bridges. RealNVP's $\exp(s(\cdot))$
-# contracts and expands locally. Now the images: the digits arrive as `uint8` grey levels
+# same everywhere, so within this budget NICE barely leaves the single broad blob it started
+# from. RealNVP's $\exp(s(\cdot))$ contracts and expands locally and starts to pull the modes
+# apart (more steps sharpen them). Now the images: the digits arrive as `uint8` grey levels
 # $0..16$, and the image models dequantise them inside `log_prob`.
 
 # %%
@@ -751,12 +757,12 @@ print("every KL non-negative up to Monte Carlo error:", all(results[t, m] > -0.0
 
 # %%
 torch.manual_seed(3)
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-image_grid(x_test[:32].float() / (DIGITS_LEVELS - 1), nrow=8, ax=axes[0], title="test digits")
+fig, axes = plt.subplots(1, 3, figsize=(13, 5))
+image_grid(x_test[:36].float() / (DIGITS_LEVELS - 1), nrow=6, ax=axes[0], title="test digits")
 for ax, (model_name, model) in zip(axes[1:], image_models.items(), strict=True):
     with torch.no_grad():
-        samples = model.eval().sample_levels(32)
-    image_grid(samples.float() / (DIGITS_LEVELS - 1), nrow=8, ax=ax, title=f"{model_name} samples")
+        samples = model.eval().sample_levels(36)
+    image_grid(samples.float() / (DIGITS_LEVELS - 1), nrow=6, ax=ax, title=f"{model_name} samples")
 plt.show()
 
 # %% [markdown]
@@ -788,63 +794,59 @@ for kind, (bpd, n_params, seconds) in dequant_results.items():
     print(f"| {kind} | {bpd:.3f} | {n_params:,} | {seconds:.0f} |")
 
 # %% [markdown]
-# After only a few hundred steps the gap is small and can go either way: the dequantiser has
-# to learn too. Ho et al. (2019) report that, for models trained to convergence, variational
-# dequantisation is worth a few hundredths to a tenth of a bit per dimension on CIFAR-10 and
-# ImageNet, a large margin at that level. Try it with `FULL = True` on a GPU.
+# After about a hundred steps the gap is small and can go either way: the dequantiser has to
+# learn too. In the ablation study of Ho et al. (2019) on CIFAR-10, models trained much longer,
+# replacing variational by uniform dequantisation cost a clear margin in bits/dim. Try it
+# with `FULL = True` on a GPU.
 #
 # ## 7. MNIST, from a checkpoint
 #
 # Training a RealNVP to a good MNIST figure takes a GPU and tens of minutes, too long for a
-# lecture. If the course ships a trained model in `checkpoints/`, we load it here and show its
-# samples and its recorded test bits/dim. A checkpoint holds the builder's name and arguments,
-# the weights, and the figure measured when it was trained (see the loader below).
+# lecture. If the course ships trained models in `checkpoints/` (made with
+# `scripts/train_image_flow.py`, which records the test bits/dim it measured), we load the
+# MNIST ones here, preferring a RealNVP, and show samples and the recorded figure. A shipped
+# file holds only plain values and tensors: the builder's name and arguments and the weights,
+# so loading it runs no code.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+CHECKPOINTS = Path(flowlib.__file__).resolve().parents[1] / "checkpoints"
 BUILDERS = {"nice_image": nice_image, "realnvp_image": realnvp_image, "glow_image": glow_image}
 
 
-def find_checkpoints() -> list[Path]:
-    """MNIST checkpoints in checkpoints/ beside the lectures folder (or the current folder)."""
-    folders = [Path("checkpoints"), Path("..") / "checkpoints"]
-    return sorted({p.resolve() for folder in folders if folder.is_dir() for p in folder.glob("*mnist*.pt")})
+def load_shipped(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild {"builder": name, "kwargs": {...}, "state_dict": weights, ...}; only the builders above."""
+    blob = load_checkpoint(path)  # torch.load with weights_only=True
+    model = BUILDERS[blob["builder"]](**blob["kwargs"])
+    model.load_state_dict(blob.get("state_dict", blob.get("model")))
+    return model.eval(), blob
 
 
-def load_model_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model from {"builder": name, "kwargs": {...}, "model": state_dict, ...}."""
-    state = load_checkpoint(path)
-    model = BUILDERS[state["builder"]](**state["kwargs"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state
-
-
-found = find_checkpoints()
-mnist_model = None
-for path in found:
+mnist_model, mnist_blob = None, {}
+files = sorted(CHECKPOINTS.glob("*.pt")) if CHECKPOINTS.is_dir() else []
+for path in sorted(files, key=lambda p: "realnvp" not in p.name):  # a RealNVP first, if there is one
     try:
-        mnist_model, mnist_state = load_model_checkpoint(path)
-        print(f"loaded {path.name}: {mnist_state['builder']}, {count_parameters(mnist_model):,} parameters")
-        break
-    except Exception as err:  # a checkpoint of another format or version: say so and go on
-        print(f"could not load {path.name}: {type(err).__name__}: {err}")
+        model, blob = load_shipped(path)
+    except Exception as err:  # another format or version: say so and go on
+        print(f"{path.name}: could not load ({type(err).__name__}: {err})")
+        continue
+    if blob.get("data") == "mnist" and mnist_model is None:
+        mnist_model, mnist_blob = model, blob
+        print(f"loaded {path.name}: {blob['builder']}, {count_parameters(model):,} parameters")
 if mnist_model is None:
-    print("No trained MNIST model found in checkpoints/, so this section shows what to do instead.\n"
-          "To train one: make MNIST available (set the environment variable FLOWLIB_DATA to a folder\n"
-          "with mnist/*.gz, or let flowlib.data.load_mnist download it), then on a GPU run\n\n"
-          "    x, _ = load_mnist('train'); x_test, _ = load_mnist('test')\n"
-          "    model = realnvp_image((1, 28, 28), levels=2, steps=8, hidden=64, blocks=2, bins=256)\n"
-          "    result = fit(model, x.float(), test_data=x_test.float(), epochs=20, batch_size=128)\n"
-          "    save_checkpoint({'builder': 'realnvp_image', 'kwargs': {...the arguments above...},\n"
-          "                     'model': model.state_dict(), 'test_bits_per_dim': result.test},\n"
-          "                    'checkpoints/realnvp_mnist.pt')\n\n"
-          "(save_checkpoint from flowlib.checkpoint). The digits results above are the CPU stand-in.")
+    print("No trained MNIST model in checkpoints/: the digits results above are the CPU stand-in.\n"
+          "To add one, make MNIST available (flowlib.data.load_mnist downloads it, or set the environment\n"
+          "variable FLOWLIB_DATA to a folder with mnist/*.gz) and run, preferably on a GPU,\n"
+          "    python scripts/train_image_flow.py --model realnvp --data mnist --minutes 20 "
+          "--out checkpoints/realnvp_mnist.pt\n"
+          "then run this cell again.")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if mnist_model is not None:
-    recorded = mnist_state.get("test_bits_per_dim")
-    print("recorded test bits/dim:", "not recorded" if recorded is None else f"{float(recorded):.3f}")
+    recorded = mnist_blob.get("metrics", {}).get("test_bpd", mnist_blob.get("test_bits_per_dim"))
+    print("recorded test bits/dim:", "not recorded" if recorded is None else f"{float(recorded):.3f}",
+          f"(the uniform model: {math.log2(MNIST_LEVELS):.0f} bits/dim)")
     torch.manual_seed(4)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, temperature in zip(axes, (1.0, 0.7), strict=True):
