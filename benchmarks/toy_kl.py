@@ -27,12 +27,14 @@ import math
 import time
 
 import torch
+from torch import nn
 
 from flowlib.data.toys import get_toy
 from flowlib.metrics import kl_divergence_estimate
 from flowlib.models import realnvp
 
 MAX_PARAMS = 150_000
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,17 +53,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=64, help="width of the conditioner MLPs")
     p.add_argument("--layers", type=int, default=2, help="hidden layers per conditioner MLP")
     p.add_argument("--clamp", type=float, default=3.0, help="soft clamp of the log-scales")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP activation")
     p.add_argument("--mixing", default="permutation", choices=["none", "permutation", "linear"],
                    help="layer between couplings (see flowlib.models.realnvp)")
     p.add_argument("--no-actnorm", action="store_true", help="leave out the ActNorm layers")
     p.add_argument("--batch", type=int, default=512, help="batch size (doubled late in training)")
     p.add_argument("--late-batch-at", type=float, default=0.6,
                    help="fraction of the budget after which the batch is doubled (1 = never)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of Adam")
+    p.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of Adam")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     p.add_argument("--clip", type=float, default=5.0, help="gradient-norm clipping threshold")
     p.add_argument("--kl-samples", type=int, default=200_000, help="samples for the KL estimate")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave PyTorch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0: PyTorch's choice); one is fastest for these tiny matrices, "
+                        "more threads only add synchronisation")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -72,7 +77,7 @@ def train_one(name: str, args: argparse.Namespace) -> dict[str, float]:
     g = torch.Generator().manual_seed(args.seed)
     model = realnvp(2, couplings=args.couplings, hidden=args.hidden, layers=args.layers,
                     actnorm=not args.no_actnorm, clamp=args.clamp, mixing=args.mixing,
-                    seed=args.seed)
+                    activation=ACTIVATIONS[args.activation], seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
         raise SystemExit(f"{name}: {n_params} parameters exceed the limit of {MAX_PARAMS}")
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     toys = [t.strip() for t in args.toys.split(",") if t.strip()]
     budget = f"{args.steps} steps" if args.steps > 0 else f"{args.seconds:.0f} s ({args.clock} clock)"
-    print(f"RealNVP: {args.couplings} affine couplings, MLP {args.layers} x {args.hidden}, "
+    print(f"RealNVP: {args.couplings} affine couplings, MLP {args.layers} x {args.hidden} {args.activation}, "
           f"actnorm={not args.no_actnorm}, mixing={args.mixing}, clamp={args.clamp}, "
           f"batch {args.batch} (x2 after {args.late_batch_at:.0%}), Adam lr {args.lr}, "
           f"warm-up {args.warmup} + cosine to 0, {budget} per toy, {torch.get_num_threads()} threads")

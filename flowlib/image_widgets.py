@@ -255,13 +255,15 @@ class TemperatureGrid(_ImageFigure):
     Controls: ``temperature`` (a slider on [0, 1] in steps of 0.01); buttons jump to the
     paper's ``temperatures``; "new noise" draws another eps. On display: ``images``
     (n, C, H, W), ``grid`` (the tiled array of the image artist), ``temperature``.
-    ``threads``: torch threads used by an update (1 suits a shared 2-core machine).
+    ``threads``: torch threads used by an update (1 suits a shared 2-core machine);
+    ``precompute=True`` decodes the paper's temperatures at construction (for large models, so
+    that their buttons answer at once).
     """
 
     def __init__(self, model: nn.Module, n: int = 100, temperatures: Sequence[float] = PAPER_TEMPERATURES,
                  temperature: float = 0.7, nrow: int | None = None, seed: int = 0, cache_size: int = 64,
                  value_range: tuple[float, float] = (0.0, 1.0), size: float = 4.5, dpi: int = 80,
-                 threads: int = 1) -> None:
+                 threads: int = 1, precompute: bool = False) -> None:
         who = "TemperatureGrid"
         self.event_shape = _image_model(model, who)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -305,9 +307,20 @@ class TemperatureGrid(_ImageFigure):
         self.images: Tensor = torch.zeros(n, c, h, w)
         self.grid: np.ndarray = first
         self._watch_controls()
+        if precompute:  # decode the paper's temperatures now, so that their buttons answer at once
+            self._fill_cache(temps)
         self.update()
 
     # -- the computation -------------------------------------------------------------------
+    def _fill_cache(self, temperatures: Sequence[float]) -> None:
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.threads)
+            for t in temperatures:
+                self._cache[round(float(t), 6)] = self.samples(t)
+        finally:
+            torch.set_num_threads(threads)
+
     def _draw_noise(self, seed: int) -> Tensor:
         dtype, device = _dtype_device(self.model)
         g = torch.Generator().manual_seed(seed)

@@ -58,7 +58,7 @@ def _count(value: int, what: str, who: str, minimum: int = 1) -> int:
 
 
 def nice(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
-         activation: Callable[[], nn.Module] = nn.SiLU) -> FlowModel:
+         activation: Callable[[], nn.Module] = nn.ReLU) -> FlowModel:
     """NICE: ``couplings`` additive couplings (odd / even coordinates in turn) + a diagonal scaling.
 
     Each conditioner is an MLP with ``layers`` hidden layers of width ``hidden``. The
@@ -77,7 +77,7 @@ def nice(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers
 
 def realnvp(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
             actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
-            activation: Callable[[], nn.Module] = nn.SiLU, seed: int = 0) -> FlowModel:
+            activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0) -> FlowModel:
     """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
 
     Layout: [ActNorm] -> { [mixing] -> AffineCoupling -> [ActNorm] } x couplings.

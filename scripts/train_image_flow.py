@@ -131,6 +131,10 @@ def hardware() -> str:
 def _write_text_atomically(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test_seconds = time.perf_counter() - t_test
     metrics = {
         "test_bpd": test_bpd, "test_iw_samples": args.iw_samples, "test_images": int(data["test"].shape[0]),
-        "best_val_bpd": float(result.best_val), "best_step": int(result.best_step), "steps": int(result.steps),
+        "best_val_bpd": float(result.best_val), "best_step": int(result.best_step),
+        "steps": int(result.steps),
         "train_seconds": float(result.seconds), "test_seconds": test_seconds,
         "parameters": count_parameters(model), "stop_reason": result.stop_reason,
     }
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "format": FORMAT, "builder": builder, "kwargs": kwargs,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "data": args.data, "levels": info.levels, "pad": args.pad, "metrics": metrics,
-        "command": command, "hardware": hardware(), "torch_version": torch.__version__,
+        "command": command, "hardware": hardware(), "torch_version": str(torch.__version__),
     }
     save_checkpoint(blob, args.out)
     size = args.out.stat().st_size
@@ -243,15 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"WARNING: {args.out} is {size / 2**20:.1f} MiB, over the 10 MiB meant for shipped files",
               file=sys.stderr)
     print(f"test bits/dim {test_bpd:.4f} ({args.iw_samples} draws/image, {test_seconds:.0f} s); "
-          f"wrote {args.out} ({size / 2**20:.2f} MiB); total {time.perf_counter() - t_start:.0f} s", flush=True)
+          f"wrote {args.out} ({size / 2**20:.2f} MiB); total {time.perf_counter() - t_start:.0f} s",
+          flush=True)
 
     if not args.no_readme:
         ks = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("shape", "bins"))
         row = (f"| `{args.out.name}` | {args.model} ({ks}) | {args.data} {'x'.join(map(str, shape))} | "
                f"**{test_bpd:.3f}** ({args.iw_samples} draws, {metrics['test_images']} images; best val "
                f"{metrics['best_val_bpd']:.3f}) | {metrics['parameters']:,} | {metrics['steps']} | "
-               f"{metrics['train_seconds'] / 60:.1f} min (+{test_seconds / 60:.1f} min test) | {blob['hardware']} "
-               f"| `{command}` |")
+               f"{metrics['train_seconds'] / 60:.1f} min (+{test_seconds / 60:.1f} min test) | "
+               f"{blob['hardware']} | `{command}` |")
         update_readme(args.out.parent / "README.md", args.out.name, row)
     return blob
 

@@ -5,7 +5,7 @@ the notebooks shorten their own training when the ``CI`` environment variable is
 
 nbval executes each notebook in a separate Jupyter kernel, started by this process, so the
 kernel inherits the environment set here (``FLOWLIB_DATA``, ``CI``), with one exception made on
-purpose: ``MPLBACKEND`` (see :func:`pytest_runtest_setup`).
+purpose: ``MPLBACKEND`` (see :class:`_NotebookKernelsWithoutAgg`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def _seed_everything() -> None:
     torch.manual_seed(SEED)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+class _NotebookKernelsWithoutAgg:
     """Start notebook kernels without ``MPLBACKEND``, as Jupyter does.
 
     nbval starts a notebook's kernel while setting up its first cell. ipykernel picks the
@@ -58,9 +57,18 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     (Under pytest-xdist the workers inherit the variable from the controller process, so
     it is hidden whoever set it.)
     """
-    saved = os.environ.pop("MPLBACKEND", None) if item.path.suffix == ".ipynb" else None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["MPLBACKEND"] = saved
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:
+        saved = os.environ.pop("MPLBACKEND", None) if item.path.suffix == ".ipynb" else None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.environ["MPLBACKEND"] = saved
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A hook in this conftest would only see the items under tests/; registered as a plugin,
+    # it also sees the notebooks under lectures/ collected in the same run.
+    config.pluginmanager.register(_NotebookKernelsWithoutAgg(), "flowlib-notebook-kernels")

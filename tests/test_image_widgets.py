@@ -120,6 +120,13 @@ def test_cache_is_bounded(glow) -> None:
     assert len(widget._cache) == 3
 
 
+def test_precompute_fills_the_cache_with_the_paper_temperatures(glow) -> None:
+    widget = TemperatureGrid(glow, n=4, precompute=True)
+    assert set(PAPER_TEMPERATURES) <= set(widget._cache)
+    widget.set_temperature(0.25)
+    assert torch.allclose(widget.images, widget.samples(0.25), atol=1e-6)
+
+
 def test_widgets_leave_the_model_as_they_found_it(glow, digits) -> None:
     state = {k: v.clone() for k, v in glow.state_dict().items()}
     flags = [m.training for m in glow.modules()]

@@ -1,0 +1,195 @@
+"""flowlib's Glow against normflows' Glow on the 8x8 digits: test bits/dim after a fixed budget.
+
+    python benchmarks/digits_vs_peers.py                    # 60 s and 300 s (CPU clock)
+    python benchmarks/digits_vs_peers.py --budgets 60       # the quick table
+
+Both models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps:
+
+- flowlib: ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1, bins=17)``, the
+  digits configuration of ``benchmarks/digits_bpd.py`` (ResNet conditioners, learned split priors);
+- normflows: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and GlowBase
+  priors, as in normflows' Glow example, with the hidden width chosen so that the parameter
+  count is the nearest to flowlib's (benchmarks/peers.py).
+
+Same data convention for both: the 17 grey levels of scikit-learn's digits (flowlib's fixed
+1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
+alpha = 0.05, bits/dim = -log2 P(x) / 64 with the -64 log 17 term included (a uniform model
+scores log2 17 = 4.09).
+
+Same training for both, the recipe of ``benchmarks/digits_bpd.py``: ActNorm initialised on the
+whole training set, AdamW (lr 5e-3, weight decay 0.5), 100 warm-up steps then a cosine to 0
+over the budget, batch 64, gradient-norm clipping at 10, validation once an epoch (its time is
+charged to the budget) and the weights with the best validation figure restored at the end.
+The two models are trained side by side, one step at a time, the one that has used less of its
+budget going next; the clock is this process's CPU time (``--clock cpu``) or wall time.
+
+Test bits/dim: importance-weighted over ``--iw-samples`` dequantisation draws per image (the
+bound of Ho et al., 2019, as ``ImageFlowModel.bits_per_dim(x, samples=S)``), and with one draw.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
+from flowlib.image_models import glow_image  # noqa: E402
+
+SHAPE = (1, 8, 8)
+FLOWLIB_GLOW = {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--budgets", default="60,300", help="comma-separated training budgets, seconds")
+    p.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--weight-decay", type=float, default=0.5)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--clip", type=float, default=10.0)
+    p.add_argument("--iw-samples", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build(name: str, data: torch.Tensor, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if name == "flowlib Glow":
+        return glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW)
+    target = peers.count_parameters(glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW))
+    levels, steps = FLOWLIB_GLOW["levels"], FLOWLIB_GLOW["steps"]
+    width = peers.match_width(lambda h: peers.normflows_glow(SHAPE, levels, steps, h), target, high=512)
+    torch.manual_seed(seed)
+    return peers.NormflowsImageModel(peers.normflows_glow(SHAPE, levels, steps, width), SHAPE, DIGITS_LEVELS)
+
+
+@torch.no_grad()
+def mean_bpd(model: nn.Module, x: torch.Tensor, samples: int = 1, batch: int = 256) -> float:
+    model.eval()
+    total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
+                for i in range(0, x.shape[0], batch))
+    model.train()
+    return total / x.shape[0]
+
+
+class Trainer:
+    def __init__(self, name: str, model: nn.Module, data: dict, args: argparse.Namespace, budget: float,
+                 clock) -> None:
+        self.name, self.model, self.data, self.args, self.budget, self.clock = name, model, data, args, budget, clock
+        self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.g = torch.Generator().manual_seed(args.seed)
+        self.order = torch.randperm(data["train"].shape[0], generator=self.g)
+        self.pos = 0
+        self.used = 0.0
+        self.steps = self.skipped = 0
+        self.best_val, self.best_step, self.best_state = math.inf, 0, None
+        self.sync = torch.device(args.device).type == "cuda"
+
+    @property
+    def done(self) -> bool:
+        return self.used >= self.budget
+
+    def step(self) -> None:
+        a, train = self.args, self.data["train"]
+        t0 = self.clock()
+        frac = min(self.used / self.budget, 1.0)
+        lr = a.lr * min(1.0, (self.steps + 1) / a.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if self.pos + a.batch > train.shape[0]:  # a new epoch: validate, then reshuffle
+            self.validate()
+            self.order = torch.randperm(train.shape[0], generator=self.g)
+            self.pos = 0
+        x = train[self.order[self.pos:self.pos + a.batch]]
+        self.pos += a.batch
+        loss = self.model.bits_per_dim(x).mean()
+        self.opt.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)
+            self.opt.step()
+        else:
+            self.skipped += 1
+        if self.sync:
+            torch.cuda.synchronize()
+        self.steps += 1
+        self.used += self.clock() - t0
+
+    def validate(self) -> None:
+        val = mean_bpd(self.model, self.data["val"])
+        if val < self.best_val:
+            self.best_val, self.best_step = val, self.steps
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def finish(self) -> dict:
+        self.validate()
+        end_val = mean_bpd(self.model, self.data["val"])
+        self.model.load_state_dict(self.best_state)
+        torch.manual_seed(self.args.seed + 1)  # the same dequantisation draws for every model
+        test_iw = mean_bpd(self.model, self.data["test"], samples=self.args.iw_samples)
+        torch.manual_seed(self.args.seed + 1)
+        test_1 = mean_bpd(self.model, self.data["test"])
+        return {"params": peers.count_parameters(self.model), "steps": self.steps, "skipped": self.skipped,
+                "best_step": self.best_step, "best_val": self.best_val, "end_val": end_val,
+                "test_iw": test_iw, "test_1": test_1, "ms_per_step": 1000 * self.used / max(self.steps, 1)}
+
+
+def run(budget: float, data: dict, args: argparse.Namespace) -> dict[str, dict]:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    trainers = []
+    for name in ("flowlib Glow", "normflows Glow"):
+        model = build(name, data["train"], args.seed).to(args.device)
+        model.train()
+        with torch.no_grad():  # ActNorm's data-dependent start on the whole training set
+            model.log_prob(data["train"])
+        trainers.append(Trainer(name, model, data, args, budget, clock))
+    while any(not t.done for t in trainers):
+        min((t for t in trainers if not t.done), key=lambda t: t.used).step()
+    return {t.name: t.finish() for t in trainers}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    if not peers.available("normflows"):
+        print("normflows is not installed: pip install -r benchmarks/requirements-peers.txt")
+        return
+    data = {s: load_digits(s)[0].float().to(args.device) for s in ("train", "val", "test")}
+    rows = {}
+    for budget in budgets:
+        w0 = time.perf_counter()
+        rows[budget] = run(budget, data, args)
+        print(f"  digits, {budget:g} s: done in {time.perf_counter() - w0:.0f} s wall", file=sys.stderr, flush=True)
+    print(f"Test bits/dim on the 8x8 digits (17 levels, lower is better; uniform = {math.log2(17):.3f}), "
+          f"{args.clock} clock, {torch.get_num_threads()} torch thread(s), {args.device}.\n")
+    print("| system | params | budget | steps | best val | test bpd (IW) | test bpd (1 draw) | ms/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for budget, res in rows.items():
+        for name, r in res.items():
+            skipped = f" ({r['skipped']} skipped)" if r["skipped"] else ""
+            print(f"| {name} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | {r['best_val']:.3f} | "
+                  f"{r['test_iw']:.3f} | {r['test_1']:.3f} | {r['ms_per_step']:.1f} |")
+    print(f"\nIW: importance-weighted over {args.iw_samples} dequantisation draws per test image, for the "
+          f"weights with the best validation figure. Validation at the end of training: "
+          + "; ".join(f"{n} {r['end_val']:.3f} ({b:g} s)" for b, res in rows.items() for n, r in res.items())
+          + " (above the best: overfitting).")
+
+
+if __name__ == "__main__":
+    main()
