@@ -3,24 +3,27 @@
     python benchmarks/digits_vs_peers.py                    # 60 s and 300 s (CPU clock)
     python benchmarks/digits_vs_peers.py --budgets 60       # the quick table
 
-Both models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps:
+All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps:
 
 - flowlib: ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1, bins=17)``, the
   digits configuration of ``benchmarks/digits_bpd.py`` (ResNet conditioners, learned split priors);
 - normflows: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and GlowBase
   priors, as in normflows' Glow example, with the hidden width chosen so that the parameter
-  count is the nearest to flowlib's (benchmarks/peers.py).
+  count is the nearest to flowlib's (benchmarks/peers.py);
+- PROTOTYPE (a proposal for flowlib, see benchmarks/throughput.py): flowlib's Glow with a coupling
+  that slices the channels instead of masking them, its ResNet conditioners widened to the same
+  parameter count.
 
-Same data convention for both: the 17 grey levels of scikit-learn's digits (flowlib's fixed
+Same data convention for all: the 17 grey levels of scikit-learn's digits (flowlib's fixed
 1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
 alpha = 0.05, bits/dim = -log2 P(x) / 64 with the -64 log 17 term included (a uniform model
 scores log2 17 = 4.09).
 
-Same training for both, the recipe of ``benchmarks/digits_bpd.py``: ActNorm initialised on the
+Same training for all, the recipe of ``benchmarks/digits_bpd.py``: ActNorm initialised on the
 whole training set, AdamW (lr 5e-3, weight decay 0.5), 100 warm-up steps then a cosine to 0
 over the budget, batch 64, gradient-norm clipping at 10, validation once an epoch (its time is
 charged to the budget) and the weights with the best validation figure restored at the end.
-The two models are trained side by side, one step at a time, the one that has used less of its
+The models are trained side by side, one step at a time, the one that has used the least of its
 budget going next; the clock is this process's CPU time (``--clock cpu``) or wall time.
 
 Test bits/dim: importance-weighted over ``--iw-samples`` dequantisation draws per image (the
@@ -42,6 +45,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
+from throughput import sliced_glow_image  # noqa: E402
 
 from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
 from flowlib.image_models import glow_image  # noqa: E402
@@ -61,18 +65,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--clip", type=float, default=10.0)
     p.add_argument("--iw-samples", type=int, default=32)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {SYSTEMS}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def build(name: str, data: torch.Tensor, seed: int) -> nn.Module:
+SYSTEMS = ("flowlib Glow", "PROTOTYPE flowlib Glow, sliced coupling", "normflows Glow")
+
+
+def build(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if name == "flowlib Glow":
         return glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW)
     target = peers.count_parameters(glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW))
-    levels, steps = FLOWLIB_GLOW["levels"], FLOWLIB_GLOW["steps"]
+    levels, steps, blocks = FLOWLIB_GLOW["levels"], FLOWLIB_GLOW["steps"], FLOWLIB_GLOW["blocks"]
+    if name.startswith("PROTOTYPE"):
+        def sliced(h: int) -> nn.Module:
+            return sliced_glow_image(SHAPE, levels, steps, h, blocks, bins=DIGITS_LEVELS)
+
+        width = peers.match_width(sliced, target, high=512)
+        torch.manual_seed(seed)
+        return sliced(width)
     width = peers.match_width(lambda h: peers.normflows_glow(SHAPE, levels, steps, h), target, high=512)
     torch.manual_seed(seed)
     return peers.NormflowsImageModel(peers.normflows_glow(SHAPE, levels, steps, width), SHAPE, DIGITS_LEVELS)
@@ -90,7 +105,8 @@ def mean_bpd(model: nn.Module, x: torch.Tensor, samples: int = 1, batch: int = 2
 class Trainer:
     def __init__(self, name: str, model: nn.Module, data: dict, args: argparse.Namespace, budget: float,
                  clock) -> None:
-        self.name, self.model, self.data, self.args, self.budget, self.clock = name, model, data, args, budget, clock
+        self.name, self.model, self.data, self.args = name, model, data, args
+        self.budget, self.clock = budget, clock
         self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.g = torch.Generator().manual_seed(args.seed)
         self.order = torch.randperm(data["train"].shape[0], generator=self.g)
@@ -152,8 +168,8 @@ class Trainer:
 def run(budget: float, data: dict, args: argparse.Namespace) -> dict[str, dict]:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     trainers = []
-    for name in ("flowlib Glow", "normflows Glow"):
-        model = build(name, data["train"], args.seed).to(args.device)
+    for name in args.systems.split(","):
+        model = build(name.strip(), args.seed).to(args.device)
         model.train()
         with torch.no_grad():  # ActNorm's data-dependent start on the whole training set
             model.log_prob(data["train"])
@@ -175,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     for budget in budgets:
         w0 = time.perf_counter()
         rows[budget] = run(budget, data, args)
-        print(f"  digits, {budget:g} s: done in {time.perf_counter() - w0:.0f} s wall", file=sys.stderr, flush=True)
+        print(f"  digits, {budget:g} s: done in {time.perf_counter() - w0:.0f} s wall", file=sys.stderr,
+              flush=True)
     print(f"Test bits/dim on the 8x8 digits (17 levels, lower is better; uniform = {math.log2(17):.3f}), "
           f"{args.clock} clock, {torch.get_num_threads()} torch thread(s), {args.device}.\n")
     print("| system | params | budget | steps | best val | test bpd (IW) | test bpd (1 draw) | ms/step |")
@@ -183,12 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     for budget, res in rows.items():
         for name, r in res.items():
             skipped = f" ({r['skipped']} skipped)" if r["skipped"] else ""
-            print(f"| {name} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | {r['best_val']:.3f} | "
-                  f"{r['test_iw']:.3f} | {r['test_1']:.3f} | {r['ms_per_step']:.1f} |")
+            print(f"| {name} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | "
+                  f"{r['best_val']:.3f} | {r['test_iw']:.3f} | {r['test_1']:.3f} | {r['ms_per_step']:.1f} |")
     print(f"\nIW: importance-weighted over {args.iw_samples} dequantisation draws per test image, for the "
-          f"weights with the best validation figure. Validation at the end of training: "
-          + "; ".join(f"{n} {r['end_val']:.3f} ({b:g} s)" for b, res in rows.items() for n, r in res.items())
-          + " (above the best: overfitting).")
+          f"weights with the best validation figure. Validation bits/dim at the end of training "
+          f"(best at step): "
+          + "; ".join(f"{n}, {b:g} s: {r['end_val']:.3f} (step {r['best_step']})"
+                      for b, res in rows.items() for n, r in res.items()) + ".")
 
 
 if __name__ == "__main__":

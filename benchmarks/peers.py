@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from flowlib.actnorm import ActNorm
 from flowlib.core import Compose, Flow, FlowModel
-from flowlib.coupling import AffineCoupling, half_mask
+from flowlib.coupling import AffineCoupling, half_mask, soft_clamp
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinearLU
 from flowlib.models import realnvp
@@ -92,6 +92,56 @@ def glow_vector(dim: int, steps: int = 12, hidden: int = 64, layers: int = 2, cl
     return FlowModel(Compose(flows), StandardNormal(dim))
 
 
+class SlicedVectorCoupling(Flow):
+    """PROTOTYPE (a proposal for flowlib, not part of it): RealNVP's affine coupling by index, not by mask.
+
+        x_k = x[keep], x_f = x[free],   (s_raw, t) = NN(x_k),   s = soft_clamp(s_raw)
+        z[keep] = x_k,   z[free] = x_f * exp(s) + t,            log|det dz/dx| = sum s
+
+    The same map as ``AffineCoupling(half_mask(d, parity, "alternate"), ...)``, but the network
+    maps the |keep| kept coordinates to 2 |free| numbers (not d to 2d, half of them masked away),
+    and the mask multiplications are replaced by two gathers and one permutation.
+    """
+
+    # A benchmark prototype: kept out of flowlib's registry of layers (and so of its test harness).
+    abstract = True
+
+    def __init__(self, dim: int, parity: int, conditioner: nn.Module, clamp: float | None = 3.0) -> None:
+        super().__init__((dim,))
+        keep = half_mask(dim, parity, kind="alternate").bool()
+        self.register_buffer("keep", torch.nonzero(keep).flatten())
+        self.register_buffer("free", torch.nonzero(~keep).flatten())
+        self.register_buffer("order", torch.argsort(torch.cat([self.keep, self.free])))
+        self.conditioner, self.clamp = conditioner, clamp
+
+    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        s_raw, t = self.conditioner(kept).chunk(2, dim=1)
+        return soft_clamp(s_raw, self.clamp), t
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        kept = x[:, self.keep]
+        s, t = self._scale_shift(kept)
+        return torch.cat([kept, x[:, self.free] * torch.exp(s) + t], dim=1)[:, self.order], s.sum(1)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        kept = z[:, self.keep]
+        s, t = self._scale_shift(kept)
+        return torch.cat([kept, (z[:, self.free] - t) * torch.exp(-s)], dim=1)[:, self.order], -s.sum(1)
+
+
+def sliced_realnvp(dim: int, couplings: int = 12, hidden: int = 64, layers: int = 2) -> FlowModel:
+    """PROTOTYPE: ``flowlib.models.realnvp(dim, couplings, hidden, layers)`` (ActNorm between couplings,
+    alternating masks; no permutations, as for d = 2) with :class:`SlicedVectorCoupling`."""
+    flows: list[Flow] = [ActNorm(dim)]
+    for k in range(couplings):
+        n_keep = int(half_mask(dim, k % 2, kind="alternate").sum())
+        net = MLP(n_keep, 2 * (dim - n_keep), hidden=hidden, layers=layers)
+        flows += [SlicedVectorCoupling(dim, k % 2, net), ActNorm(dim)]
+    return FlowModel(Compose(flows), StandardNormal(dim))
+
+
 def _zuko(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
     import zuko
 
@@ -146,6 +196,8 @@ def _normflows(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn
 def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
     if kind == "realnvp":
         return realnvp(dim, couplings=depth, hidden=hidden, layers=2)
+    if kind == "sliced":
+        return sliced_realnvp(dim, couplings=depth, hidden=hidden, layers=2)
     return glow_vector(dim, steps=depth, hidden=hidden, layers=2)
 
 
@@ -153,6 +205,7 @@ def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.M
 VECTOR_SYSTEMS: dict[str, tuple[str, Callable[..., nn.Module], str, str]] = {
     "flowlib RealNVP": ("flowlib", _flowlib, "realnvp", "affine"),
     "flowlib Glow": ("flowlib", _flowlib, "glow", "affine"),
+    "PROTOTYPE flowlib RealNVP, sliced": ("flowlib", _flowlib, "sliced", "affine"),
     "zuko MAF": ("zuko", _zuko, "maf", "affine"),
     "zuko NSF": ("zuko", _zuko, "nsf", "spline"),
     "nflows RealNVP": ("nflows", _nflows, "realnvp", "affine"),

@@ -75,7 +75,8 @@ class Trainer:
 
     def __init__(self, name: str, model: nn.Module, args: argparse.Namespace, budget: float,
                  toy: object, clock) -> None:
-        self.name, self.model, self.args, self.budget, self.toy, self.clock = name, model, args, budget, toy, clock
+        self.name, self.model, self.args = name, model, args
+        self.budget, self.toy, self.clock = budget, toy, clock
         self.opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         self.g = torch.Generator().manual_seed(args.seed + 1)
         self.used = 0.0
@@ -114,7 +115,7 @@ _WIDTHS: dict[tuple[str, int, int], int] = {}
 
 
 def width_for(name: str, depth: int, target: int) -> int:
-    """The hidden width of ``name`` at ``depth`` nearest to ``target`` parameters (cached: toy-independent)."""
+    """The hidden width of ``name`` at ``depth`` nearest to ``target`` parameters (cached per system)."""
     key = (name, depth, target)
     if key not in _WIDTHS:
         dummy = torch.randn(64, 2)
@@ -123,7 +124,7 @@ def width_for(name: str, depth: int, target: int) -> int:
 
 
 def build_all(names: list[str], toy: object, args: argparse.Namespace) -> dict[str, nn.Module]:
-    """Every system at the parameter count of flowlib's default RealNVP, ActNorm initialised on 8192 samples."""
+    """Every system at the parameter count of flowlib's default RealNVP; ActNorm started on 8192 samples."""
     data = toy.sample(8192, generator=torch.Generator().manual_seed(args.seed))
     target = peers.count_parameters(realnvp(2, couplings=args.depth))
     models = {}
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cols = [(t, b) for b in budgets for t in toys]
     first = results[cols[0]]
-    print(f"KL(data || model) in nats (lower is better; 0 = exact) after {', '.join(f'{b:g}' for b in budgets)} s "
+    shown = ", ".join(f"{b:g}" for b in budgets)
+    print(f"KL(data || model) in nats (lower is better; 0 = exact) after {shown} s "
           f"of {args.clock} time per system, {torch.get_num_threads()} torch thread(s), {args.device}; "
           f"{args.kl_samples} samples per estimate.\n")
     print("| system | depth x width | params | " + " | ".join(f"{t} {b:g} s" for t, b in cols)
@@ -203,14 +205,16 @@ def main(argv: list[str] | None = None) -> None:
                 cell += f" ({r['skipped']} skipped)"
             cells.append(cell)
         ms = sum(results[c][n]["ms_per_step"] for c in cols) / len(cols)
-        print(f"| {n} | {r0['depth']} x {r0['width']} | {r0['params']:,} | " + " | ".join(cells) + f" | {ms:.1f} |")
+        print(f"| {n} | {r0['depth']} x {r0['width']} | {r0['params']:,} | " + " | ".join(cells)
+              + f" | {ms:.1f} |")
     print()
     errs = [r["stderr"] for res in results.values() for r in res.values() if math.isfinite(r["stderr"])]
     steps = {n: [results[c][n]["steps"] for c in cols] for n in names}
     print(f"Standard errors of the KL estimates: at most {max(errs):.4f} nats. Steps done per column: "
           + "; ".join(f"{n} {'/'.join(map(str, s))}" for n, s in steps.items()) + ".")
     if missing:
-        print(f"\nNot installed, left out: {', '.join(missing)} (pip install -r benchmarks/requirements-peers.txt).")
+        print(f"\nNot installed, left out: {', '.join(missing)} "
+              "(pip install --no-deps -r benchmarks/requirements-peers.txt).")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -257,8 +258,12 @@ class TemperatureGrid(_ImageFigure):
     (n, C, H, W), ``grid`` (the tiled array of the image artist), ``temperature``.
     ``threads``: torch threads used by an update (1 suits a shared 2-core machine);
     ``precompute=True`` decodes the paper's temperatures at construction (for large models, so
-    that their buttons answer at once).
+    that their buttons answer at once). When the first grid takes longer than
+    ``SLOW_DECODE_MS`` to decode, the slider redraws on release rather than during a drag.
     """
+
+    #: Above this decode time (ms) the slider updates on release only.
+    SLOW_DECODE_MS = 300.0
 
     def __init__(self, model: nn.Module, n: int = 100, temperatures: Sequence[float] = PAPER_TEMPERATURES,
                  temperature: float = 0.7, nrow: int | None = None, seed: int = 0, cache_size: int = 64,
@@ -307,19 +312,28 @@ class TemperatureGrid(_ImageFigure):
         self.images: Tensor = torch.zeros(n, c, h, w)
         self.grid: np.ndarray = first
         self._watch_controls()
-        if precompute:  # decode the paper's temperatures now, so that their buttons answer at once
-            self._fill_cache(temps)
+        #: Milliseconds the last decode of the grid took (0 when it came from the cache).
+        self.last_decode_ms = 0.0
+        slowest = self._fill_cache(temps) if precompute else 0.0  # so that the paper's buttons answer at once
         self.update()
+        if max(slowest, self.last_decode_ms) > self.SLOW_DECODE_MS:
+            # A large model: decode when the slider is released, not for every position of a drag.
+            self.controls["temperature"].continuous_update = False
 
     # -- the computation -------------------------------------------------------------------
-    def _fill_cache(self, temperatures: Sequence[float]) -> None:
+    def _fill_cache(self, temperatures: Sequence[float]) -> float:
+        """Decode the grids of ``temperatures`` into the cache; return the slowest decode in ms."""
         threads = torch.get_num_threads()
+        slowest = 0.0
         try:
             torch.set_num_threads(self.threads)
             for t in temperatures:
+                start = time.perf_counter()
                 self._cache[round(float(t), 6)] = self.samples(t)
+                slowest = max(slowest, 1000 * (time.perf_counter() - start))
         finally:
             torch.set_num_threads(threads)
+        return slowest
 
     def _draw_noise(self, seed: int) -> Tensor:
         dtype, device = _dtype_device(self.model)
@@ -359,8 +373,11 @@ class TemperatureGrid(_ImageFigure):
     def _compute(self) -> None:
         t = round(self.temperature, 6)
         images = self._cache.get(t)
+        self.last_decode_ms = 0.0
         if images is None:
+            start = time.perf_counter()
             images = self.samples(t)
+            self.last_decode_ms = 1000 * (time.perf_counter() - start)
             self._cache[t] = images
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -311,7 +311,7 @@ print("parameters with scaling:", count_parameters(with_scaling), "| without:", 
 # %%
 # NBVAL_IGNORE_OUTPUT
 for model in (volume_preserving, with_scaling):
-    fit(model, x_wide, steps=WIDE_STEPS, batch_size=256, lr=5e-3, device=DEVICE, seed=1)
+    fit(model, x_wide, steps=WIDE_STEPS, batch_size=256, lr=2e-2, device=DEVICE, seed=1)
     model.cpu()
 
 # %%
@@ -399,19 +399,22 @@ def flow_steps_figure(models: dict, data: dict, n: int = 3000) -> None:
     """One row per toy: the data after each layer of its trained NICE (Compose.forward_steps)."""
     rows, cols = len(models), len(next(iter(models.values())).flow.flows) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.95 * rows), squeeze=False)
+    circle = torch.linspace(0, 2 * math.pi, 100)
     for row, name in enumerate(models):
         x = data[name][:n]
         with torch.no_grad():
             steps = models[name].flow.forward_steps(x)
+        # One scale per row, so that a change of spread from panel to panel is visible.
+        lim = 1.05 * max(float(h.abs().quantile(0.995)) for h in steps)
         colour = torch.atan2(x[:, 1], x[:, 0])
         layers = list(models[name].flow.flows)
         for k, (ax, h) in enumerate(zip(axes[row], steps, strict=True)):
             ax.scatter(h[:, 0], h[:, 1], c=colour, cmap="hsv", s=1, alpha=0.6, linewidths=0)
-            ax.set_aspect("equal", adjustable="datalim")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
             if row == 0:
                 ax.set_title("x (data)" if k == 0 else f"{k}: {type(layers[k - 1]).__name__}", fontsize=8)
+        # Where the base N(0, I) puts 86% of its mass: the target of the last panel.
+        axes[row, -1].plot(2 * torch.cos(circle), 2 * torch.sin(circle), color="k", lw=0.8)
         axes[row, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
     plt.show()

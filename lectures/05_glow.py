@@ -321,7 +321,7 @@ print("ex2 passed")
 # ### The LU trick: $O(c)$ instead of $O(c^3)$
 #
 # $\det W$ costs $O(c^3)$ operations (a decomposition of $W$), and so does $W^{-1}$. For the
-# handful of channels of an 8x8 digit that is nothing, but Glow's large models have hundreds
+# handful of channels of an 8x8 digit that is nothing, but Glow's large models have tens to hundreds
 # of channels in dozens of steps, and the determinant is needed at every training step.
 # Kingma & Dhariwal therefore parameterise $W$ directly in factored form,
 #

@@ -65,17 +65,24 @@ def read(path: Path) -> NotebookNode:
 
 
 def exercise_names(nb: NotebookNode) -> set[str]:
-    """The names the student defines: everything bound at the top level of a solution cell."""
+    """The names the student writes: those bound by a top-level statement of a solution cell
+    that holds (part of) a solution region, e.g. the function whose body is the solution."""
     names: set[str] = set()
     for cell in nb.cells:
         if cell.cell_type != "code" or not is_solution(cell):
             continue
+        lines = cell.source.split("\n")
+        begins = [i + 1 for i, line in enumerate(lines) if BEGIN_SOLUTION in line]
+        ends = [i + 1 for i, line in enumerate(lines) if END_SOLUTION in line]
+        regions = list(zip(begins, ends, strict=False))
         for node in ast.parse(python_only(cell.source)).body:
+            if not any(node.lineno <= end and begin <= node.end_lineno for begin, end in regions):
+                continue  # unchanged in the student version
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(node.name)
-            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            else:
+                stored = [n for n in ast.walk(node) if isinstance(n, ast.Name) and type(n.ctx) is ast.Store]
+                names |= {n.id for n in stored}
     return names
 
 
@@ -275,22 +282,16 @@ def test_nbgrader_accepts_the_lectures_unchanged(student_dir: Path, tmp_path: Pa
 
 
 def run_notebook(path: Path) -> NotebookNode:
-    """Run a notebook in its folder with ``CI=true``, going on after errors; returns it with its outputs."""
+    """Run a notebook in its folder, going on after errors; returns it with its outputs.
+
+    The kernel inherits this process's environment: the caller sets ``CI``. MPLBACKEND stays
+    Agg (set in conftest.py): no figure is rendered, which is all this test needs.
+    """
     from nbclient import NotebookClient
 
     nb = read(path)
-    # The kernel inherits this process's environment: CI shortens the training. MPLBACKEND
-    # stays Agg (set in conftest.py): no figure is rendered, which is all this test needs.
-    saved = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        if saved is None:
-            del os.environ["CI"]
-        else:
-            os.environ["CI"] = saved
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     return nb
 
 
@@ -302,7 +303,7 @@ EXERCISE_LECTURES = [p for p in LECTURES if any(is_graded(c) for c in read(p).ce
 
 
 @pytest.mark.parametrize("lecture", EXERCISE_LECTURES, ids=lecture_id)
-def test_student_version_runs(student_dir: Path, lecture: Path) -> None:
+def test_student_version_runs(student_dir: Path, lecture: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unsolved student version fails in its graded test cells and nowhere else.
 
     The rule, cell by cell (all cells are run, errors do not stop the run):
@@ -317,6 +318,7 @@ def test_student_version_runs(student_dir: Path, lecture: Path) -> None:
       :func:`test_no_plain_cell_uses_an_exercise`. Any other error (a NameError because a later
       cell needs something only a failing test cell defines, say) is a bug of the lecture.
     """
+    monkeypatch.setenv("CI", "true")  # the lectures shorten their training
     nb = run_notebook(student_path(student_dir, lecture))
     names = exercise_names(nb)
     problems = []

@@ -127,6 +127,15 @@ def test_precompute_fills_the_cache_with_the_paper_temperatures(glow) -> None:
     assert torch.allclose(widget.images, widget.samples(0.25), atol=1e-6)
 
 
+def test_slider_updates_on_release_for_slow_models(glow, monkeypatch) -> None:
+    assert TemperatureGrid(glow, n=4).controls["temperature"].continuous_update
+    monkeypatch.setattr(TemperatureGrid, "SLOW_DECODE_MS", -1.0)
+    widget = TemperatureGrid(glow, n=4)
+    assert not widget.controls["temperature"].continuous_update
+    assert widget.last_decode_ms > 0
+    assert not TemperatureGrid(glow, n=4, precompute=True).controls["temperature"].continuous_update
+
+
 def test_widgets_leave_the_model_as_they_found_it(glow, digits) -> None:
     state = {k: v.clone() for k, v in glow.state_dict().items()}
     flags = [m.training for m in glow.modules()]
