@@ -94,10 +94,13 @@ def realnvp(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, lay
     - ``clamp`` bounds each coupling's log-scale (:func:`~flowlib.coupling.soft_clamp`);
     - conditioners: MLPs with ``layers`` hidden layers of width ``hidden``, last layer
       zero, so the model starts as (ActNorm followed by) the identity;
-    - ``seed`` fixes the random permutations / rotations, so a model is reproducible.
+    - ``seed`` fixes the random permutations / rotations (the networks' initial weights
+      follow torch's global seed, as for any nn.Module).
 
-    The defaults are the configuration of ``benchmarks/toy_kl.py`` that reached the lowest
-    KL on the 2D toys within two minutes of CPU.
+    The defaults (12 couplings of 2 x 64 ReLU MLPs, 55k parameters for d = 2) are the best
+    configuration found by ``benchmarks/toy_kl.py``: with Adam at lr 5e-3 (warm-up, cosine
+    decay), KL(data || model) of 0.033 / 0.005 / 0.074 nats on eight Gaussians / two moons /
+    checkerboard after 120 s of one CPU core.
     """
     d = _vector_dim(dim, "realnvp")
     couplings = _count(couplings, "couplings", "realnvp")

@@ -322,6 +322,18 @@ def test_realnvp_builder_in_higher_dimension_round_trips():
     assert _n_params(model) == 5 * 10 + 4 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
 
 
+@pytest.mark.parametrize("mixing", ["none", "permutation", "linear"])
+def test_realnvp_mixing_options(mixing):
+    model = realnvp(3, couplings=3, hidden=8, mixing=mixing, seed=1)
+    x = torch.randn(16, 3)
+    assert model.log_prob(x).shape == (16,)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(model.encode(x)), x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(FlowInputError, match="realnvp"):
+        realnvp(3, mixing="shuffle")
+
+
 @pytest.mark.parametrize("builder", [planar_flow, radial_flow])
 def test_generative_builders_score_their_own_samples(builder):
     torch.manual_seed(0)
