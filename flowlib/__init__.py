@@ -33,11 +33,21 @@ from flowlib.core import (
     register_layer,
 )
 from flowlib.distributions import DiagonalGaussian, StandardNormal
+from flowlib.models import glow, nice, planar_flow, radial_flow, realnvp
+from flowlib.train import FitResult, TrainingError, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Compose",
+    "FitResult",
+    "TrainingError",
+    "fit",
+    "glow",
+    "nice",
+    "planar_flow",
+    "radial_flow",
+    "realnvp",
     "DiagonalGaussian",
     "Flow",
     "FlowInputError",

@@ -12,7 +12,9 @@ Each returns a :class:`flowlib.FlowModel` (flow + standard-normal base), so
   Mohamed, 2015), composed in the generative direction so that
   ``model.sample_and_log_prob(n)`` needs no numerical inversion (reverse-KL training).
 
-Image builders (a tuple (C, H, W) as first argument) live in another module.
+Given an image shape (C, H, W) instead of a dimension, :func:`nice`, :func:`realnvp` and
+:func:`glow` build the image models of :mod:`flowlib.image_models` (multi-scale, convolutional
+conditioners, dequantisation), so one name serves both halves of the course.
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ from flowlib.nets import MLP
 from flowlib.permutations import Permutation
 from flowlib.planar import Planar, Radial
 
-__all__ = ["nice", "realnvp", "planar_flow", "radial_flow"]
+__all__ = [
+    "nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "planar_flow", "radial_flow",
+]
+
+
+def _is_image_shape(shape: object) -> bool:
+    return isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 3
 
 
 def _vector_dim(dim: int | Sequence[int], who: str) -> int:
-    """The dimension d from ``d`` or ``(d,)``; an image shape (C, H, W) is not handled here."""
-    if isinstance(dim, (tuple, list)):
-        if len(dim) == 3:
-            raise NotImplementedError(
-                f"{who}: got the image shape {tuple(dim)}; this builder makes flows for vectors "
-                f"(batch, d). Image flows (multi-scale, checkerboard and channel masks) are built "
-                f"by the image builders."
-            )
+    """The dimension d from ``d`` or ``(d,)``."""
+    if isinstance(dim, (tuple, list, torch.Size)):
         if len(dim) != 1:
             raise FlowInputError(f"{who}: expected a dimension d or a shape (d,), got {tuple(dim)}")
         dim = dim[0]
@@ -57,7 +59,7 @@ def _count(value: int, what: str, who: str, minimum: int = 1) -> int:
     return value
 
 
-def nice(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
+def nice_vector(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
          activation: Callable[[], nn.Module] = nn.ReLU) -> FlowModel:
     """NICE: ``couplings`` additive couplings (odd / even coordinates in turn) + a diagonal scaling.
 
@@ -75,7 +77,7 @@ def nice(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers
     return FlowModel(Compose(flows), StandardNormal(d))
 
 
-def realnvp(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
+def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
             actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
             activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0) -> FlowModel:
     """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
@@ -138,3 +140,39 @@ def radial_flow(dim: int | Sequence[int], layers: int = 8) -> FlowModel:
     d = _vector_dim(dim, "radial_flow")
     layers = _count(layers, "layers", "radial_flow")
     return FlowModel(Compose([Radial(d) for _ in range(layers)]), StandardNormal(d))
+
+
+def glow_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
+                **kwargs: object) -> FlowModel:
+    """A Glow-style flow for vectors: ActNorm -> learned invertible linear map (LU) -> affine
+    coupling, repeated (Kingma & Dhariwal, 2018, with the 1x1 convolution acting on the whole
+    vector). The same as ``realnvp_vector(..., mixing="linear")``.
+    """
+    return realnvp_vector(dim, couplings=couplings, hidden=hidden, layers=layers, actnorm=True,
+                          mixing="linear", **kwargs)  # type: ignore[arg-type]
+
+
+def _dispatch(name: str, vector_builder, shape: int | Sequence[int], kwargs: dict) -> FlowModel:
+    if _is_image_shape(shape):
+        from flowlib import image_models  # the image half: multi-scale, conv conditioners
+
+        return getattr(image_models, f"{name}_image")(tuple(shape), **kwargs)
+    return vector_builder(shape, **kwargs)
+
+
+def nice(shape: int | Sequence[int], **kwargs: object) -> FlowModel:
+    """NICE for vectors (``shape`` = d, see :func:`nice_vector`) or images (``shape`` = (C, H, W),
+    see :func:`flowlib.image_models.nice_image`)."""
+    return _dispatch("nice", nice_vector, shape, kwargs)
+
+
+def realnvp(shape: int | Sequence[int], **kwargs: object) -> FlowModel:
+    """RealNVP for vectors (``shape`` = d, see :func:`realnvp_vector`) or images (``shape`` =
+    (C, H, W), see :func:`flowlib.image_models.realnvp_image`)."""
+    return _dispatch("realnvp", realnvp_vector, shape, kwargs)
+
+
+def glow(shape: int | Sequence[int], **kwargs: object) -> FlowModel:
+    """Glow for vectors (``shape`` = d, see :func:`glow_vector`) or images (``shape`` = (C, H, W),
+    see :func:`flowlib.image_models.glow_image`)."""
+    return _dispatch("glow", glow_vector, shape, kwargs)

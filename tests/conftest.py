@@ -28,6 +28,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "FLOWLIB_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["FLOWLIB_DATA"] = str(SHARED_DATA)
 
+# Under pytest-xdist each worker (and each notebook kernel it starts, which inherits the
+# environment) gets one thread: with 2 workers on 2 cores, more threads only fight for the
+# cores, and small tensors run many times slower when they do.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 SEED = 1234
 
 

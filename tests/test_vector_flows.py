@@ -346,12 +346,29 @@ def test_generative_builders_score_their_own_samples(builder):
 
 
 @pytest.mark.parametrize("builder", [nice, realnvp, planar_flow, radial_flow])
-def test_builders_refuse_image_shapes_and_bad_dims(builder):
-    with pytest.raises(NotImplementedError, match="image"):
-        builder((1, 8, 8))
+def test_builders_check_dims(builder):
     with pytest.raises(FlowInputError, match=builder.__name__):
         builder(0)
     assert builder((3,)).event_shape == (3,)
+
+
+@pytest.mark.parametrize("builder", [planar_flow, radial_flow])
+def test_planar_radial_builders_refuse_image_shapes(builder):
+    with pytest.raises(FlowInputError, match="expected a dimension d"):
+        builder((1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["nice", "realnvp", "glow"])
+def test_one_builder_name_for_vectors_and_images(name):
+    from flowlib import image_models, models
+
+    image = getattr(models, name)((1, 8, 8), levels=1, steps=2, hidden=8) if name != "nice" else \
+        models.nice((1, 8, 8), couplings=2, hidden=8)
+    assert isinstance(image, image_models.ImageFlowModel) and tuple(image.event_shape) == (1, 8, 8)
+    vector = getattr(models, name)(4)
+    assert tuple(vector.event_shape) == (4,)
+    x = torch.randn(5, 4)
+    assert vector.log_prob(x).shape == (5,)
 
 
 # -- constructor validation ------------------------------------------------------------------
