@@ -48,12 +48,14 @@ from flowlib import image_models
 from flowlib.checkpoint import save_checkpoint
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
 from flowlib.image_models import ImageFlowModel, count_parameters
+from flowlib.pretrained import BUILDERS as PRETRAINED_BUILDERS
+from flowlib.pretrained import FORMAT, load_pretrained  # noqa: F401  (re-exported for users of the script)
 from flowlib.train import fit
 
-FORMAT = "flowlib.pretrained/1"
 BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_image"}
 #: The builders a shipped file may name: nothing else is ever looked up by name.
-ALLOWED_BUILDERS = frozenset(BUILDERS.values())
+ALLOWED_BUILDERS = PRETRAINED_BUILDERS
+assert set(BUILDERS.values()) == ALLOWED_BUILDERS
 #: Sizes for a CPU: small conditioners, few steps. Override any of them with --set KEY=VALUE.
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "glow": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
@@ -71,23 +73,7 @@ README_HEADER = (
 )
 
 
-# -- loading a shipped file --------------------------------------------------------------------
-def load_pretrained(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ImageFlowModel:
-    """Rebuild the model stored in ``path`` by this script, in evaluation mode.
-
-    Reads with ``weights_only=True`` (tensors and plain containers only), calls the named
-    builder of :mod:`flowlib.image_models` with the stored keyword arguments and loads the
-    weights (ActNorm's "initialised" flag included, so nothing re-initialises on the first batch).
-    """
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"load_pretrained: {path} is not a {FORMAT!r} file")
-    if blob["builder"] not in ALLOWED_BUILDERS:
-        raise ValueError(f"load_pretrained: {path} names the builder {blob['builder']!r}, "
-                         f"expected one of {sorted(ALLOWED_BUILDERS)}")
-    model = getattr(image_models, blob["builder"])(**blob["kwargs"])
-    model.load_state_dict(blob["state_dict"])
-    return model.to(map_location).eval()
+# Loading a shipped file: flowlib.pretrained.load_pretrained (re-exported here).
 
 
 # -- the data ------------------------------------------------------------------------------------
