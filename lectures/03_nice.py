@@ -55,7 +55,7 @@ import torch
 SMOKE = "CI" in os.environ  # CI: the shortest run that still exercises every cell
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = DEVICE == "cuda"  # on a GPU: train at full size (change to True/False to override)
-TOY_STEPS = 40 if SMOKE else (6000 if FULL else 1500)  # steps per NICE model on each 2D toy
+TOY_STEPS = 40 if SMOKE else (8000 if FULL else 3000)  # steps per NICE model on each 2D toy
 WIDE_STEPS = 30 if SMOKE else (1500 if FULL else 400)  # steps of the volume-preservation demo
 DIGIT_STEPS = 30 if SMOKE else (6000 if FULL else 1000)  # steps of NICE on the 8x8 digits
 MLP_STEPS = 30 if SMOKE else 1500  # steps of the fully connected NICE that shows overfitting
@@ -69,21 +69,20 @@ if DEVICE == "cpu":
 # %%
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor, nn
 
 from flowlib import Compose, FlowModel, StandardNormal
-from flowlib.checkpoint import load_checkpoint
 from flowlib.coupling import AdditiveCoupling, Scaling, checkerboard_mask, half_mask
-from flowlib.data import DIGITS_LEVELS, DatasetError, get_toy, load_digits, load_mnist
+from flowlib.data import DIGITS_LEVELS, DatasetError, get_toy, load_digits, load_mnist, pad_to
 from flowlib.dequantize import LogitPreprocess
 from flowlib.image_models import ImageFlowModel, count_parameters, nice_image
-from flowlib.metrics import integrate_density_2d, kl_divergence_estimate
+from flowlib.metrics import density_on_grid, integrate_density_2d, kl_divergence_estimate
 from flowlib.models import nice
 from flowlib.nets import MLP
+from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 from flowlib.reversible import MemorySavingCompose
 from flowlib.train import fit
 from flowlib.viz import image_grid, plot_density_2d
@@ -273,7 +272,7 @@ print(f"area after two additive couplings: {shoelace_area(sheared_boundary):.3f}
 # latent direction $i$, marks an important one.)
 #
 # Let us see the difference. Both models below are `flowlib.models.nice` with four couplings;
-# from the first we drop the final `Scaling`. Both are trained on samples of
+# from one of them we drop the final `Scaling`. Both are trained on samples of
 # $\mathcal{N}(0, 3^2 I)$ for the same number of steps, and we measure the exact KL.
 
 # %%
@@ -357,7 +356,7 @@ plt.show()
 # %% [markdown]
 # ## 3. NICE on 2D toys
 #
-# The model is `flowlib.models.nice(2, couplings=6)`: six additive couplings that shift the
+# The model is `flowlib.models.nice(2, couplings=8)`: eight additive couplings that shift the
 # two coordinates in turn, each with an MLP conditioner (two hidden layers of 64 units), and
 # the final scaling. Every conditioner's last layer starts at zero, so the untrained model
 # is the identity and its density is the base. We train one model per toy by maximum
@@ -371,7 +370,7 @@ toy_data = {name: toy.sample(20_000, generator=torch.Generator().manual_seed(10 
 toy_models = {}
 for name in TOY_NAMES:
     torch.manual_seed(0)
-    toy_models[name] = nice(2, couplings=6, hidden=64, layers=2)
+    toy_models[name] = nice(2, couplings=8, hidden=64, layers=2)
 print("layers:", [type(f).__name__ for f in toy_models["two_moons"].flow.flows])
 print("parameters per model:", count_parameters(toy_models["two_moons"]))
 
@@ -389,16 +388,18 @@ for name in TOY_NAMES:
 #
 # Each row follows 3000 data points through the trained model: the first panel is the data
 # $x$, panel $k$ the output of layer $k$, the last panel $z = f(x)$. Points keep the colour of
-# their starting angle, so you can follow a mode from panel to panel. Notice that each
-# coupling moves points only *vertically* or only *horizontally* (it shifts one coordinate by
-# a function of the other), and that only the last panel shrinks the picture: that is the
-# scaling layer.
+# their starting angle, so you can follow a mode from panel to panel, and all panels of a row
+# share one scale. Notice two things. Each coupling moves points only *vertically* or only
+# *horizontally*: it shifts one coordinate by a function of the other. And however much the
+# couplings stretch the cloud in one direction, they squeeze it in another, so the area it
+# covers stays the same; only the last layer, the scaling, shrinks it onto the base (the black
+# circle holds 86% of the mass of $\mathcal{N}(0, I)$).
 
 # %%
 def flow_steps_figure(models: dict, data: dict, n: int = 3000) -> None:
     """One row per toy: the data after each layer of its trained NICE (Compose.forward_steps)."""
     rows, cols = len(models), len(next(iter(models.values())).flow.flows) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.95 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.65 * cols, 1.75 * rows), squeeze=False)
     circle = torch.linspace(0, 2 * math.pi, 100)
     for row, name in enumerate(models):
         x = data[name][:n]
@@ -439,8 +440,10 @@ for name in TOY_NAMES:
 fig, axes = plt.subplots(2, 3, figsize=(10, 6.6))
 for col, name in enumerate(TOY_NAMES):
     bounds = toys[name].bounds
-    plot_density_2d(toys[name], bounds=bounds, resolution=GRID, ax=axes[0, col], title=f"{name}: data")
-    plot_density_2d(toy_models[name], bounds=bounds, resolution=GRID, ax=axes[1, col], title="NICE")
+    # One colour scale per column, the data's: equally bright means equally probable.
+    vmax = float(density_on_grid(toys[name], bounds, resolution=GRID)[2].max())
+    plot_density_2d(toys[name], bounds=bounds, resolution=GRID, ax=axes[0, col], title=f"{name}: data", vmax=vmax)
+    plot_density_2d(toy_models[name], bounds=bounds, resolution=GRID, ax=axes[1, col], title="NICE", vmax=vmax)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -454,13 +457,17 @@ for name in TOY_NAMES:
     print(f"{name}: integral of p_X over [-12, 12]^2 = {integrate_density_2d(toy_models[name], bounds=12.0):.2f}")
 
 # %% [markdown]
-# NICE gets the broad shape of each toy: two moons come out as two curved ridges, the eight
-# Gaussians as a ring of bumps, the checkerboard as a blurry chessboard. But the gaps are
-# filled with thin bridges of probability and the bumps are too round. This is volume
-# preservation at work. To turn eight separated blobs into one Gaussian, the map must make
-# the empty space between them vanish into the Gaussian's tails, and shears (plus one
-# global scale) are a clumsy tool for that. Longer training and more couplings help, slowly;
-# letting each coupling scale as well as shift (RealNVP, lecture 4) helps a lot.
+# The KL values above and the pictures tell the same story. The two moons are fitted well.
+# The checkerboard's squares are recognisable, but they bleed into each other and are joined
+# by bright seams. The eight Gaussians are the hardest: within this budget NICE smears them
+# into streaks rather than separating them (compare the brightness: both panels of a column
+# share one colour scale, the data's). Longer training and more couplings help, slowly.
+#
+# This is volume preservation at work. To turn eight separated blobs into one Gaussian, the
+# map must make the empty space between them vanish into the tails of the Gaussian and
+# squeeze each blob, and shears plus one global scale are a clumsy tool for that: every
+# local change of density has to be built from shears. Letting each coupling scale as well as
+# shift (RealNVP, lecture 4) helps a lot.
 
 # %% [markdown]
 # ## 4. NICE on the 8x8 digits
@@ -536,10 +543,12 @@ plt.show()
 
 # %% [markdown]
 # NICE's samples look like blurry, noisy digits. Remember that a NICE model changes volume
-# in exactly one place, the per-pixel scaling. Those scales tell a story of their own (a
-# point made in the NICE paper): a pixel whose data hardly varies (the border, which is blank in almost every image)
-# must be *stretched* a lot to reach unit variance, so it gets a large $e^{s_i}$; the pixels
-# that carry the digit get small ones.
+# in exactly one place, the per-pixel scaling, and the NICE paper points out that those
+# scales say which dimensions matter. With $z = e^{s} \odot h$, a pixel whose values hardly
+# vary must be *stretched* (large $s_i$) to reach the unit spread of the base, while a pixel
+# that varies a lot is compressed (small $s_i$). Here the columns near the left and right
+# edges, blank in most digits, get the largest log-scales, and the middle of the image, where
+# the strokes of different digits differ most, gets the smallest.
 
 # %%
 scaling = [m for m in digit_model.modules() if isinstance(m, Scaling)][-1]
@@ -623,77 +632,90 @@ plt.show()
 # (weight sharing), and selecting on a validation split.
 
 # %% [markdown]
-# ## 5. MNIST, from a checkpoint
+# ## 5. MNIST, from a shipped checkpoint
 #
-# NICE was introduced on MNIST, $28 \times 28$ pixels with 256 grey levels. Training it to a
-# good figure takes a GPU and many minutes, too long for a lecture on a laptop. If the course
-# ships a trained NICE for MNIST in `checkpoints/`, we load it here, show its samples and the
-# test bits/dim recorded when it was trained. A checkpoint is a dictionary with the builder's
-# name and arguments, the weights, and that figure:
-# `{"builder": "nice_image", "kwargs": {...}, "model": state_dict, "test_bits_per_dim": ...}`.
-# If there is none, or MNIST itself is not available offline, the cell says what to do and the
-# rest of the lecture goes on with the digits.
+# NICE was introduced on MNIST, $28 \times 28$ pixels with 256 grey levels. Training it there
+# takes far longer than a lecture should wait, so the course ships a small trained NICE in
+# `checkpoints/nice_mnist.pt`, written by `scripts/train_image_flow.py` together with what the
+# run measured (test bits/dim, parameters, training time, machine; `checkpoints/README.md`
+# has the exact command). `flowlib.pretrained` reads it: `checkpoint_info(path)` returns
+# everything but the weights, `load_pretrained(path)` rebuilds the model. The file holds only
+# plain values and tensors and is read with `torch.load(..., weights_only=True)`, so loading
+# it runs no code.
+#
+# Read its figure honestly: it is a short run of a small model on a laptop-class CPU, far
+# from the figures of papers that trained much larger models for days. If the file is
+# missing, or MNIST itself is not available offline, the cells below say what to do and the
+# lecture goes on with the digits.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-def find_nice_mnist_checkpoints() -> list[Path]:
-    """Candidate files: checkpoints/*nice*mnist*.pt here or beside the lectures folder."""
-    folders = [Path("checkpoints"), Path("..") / "checkpoints"]
-    return sorted({p.resolve() for folder in folders if folder.is_dir() for p in folder.glob("*nice*mnist*.pt")})
-
-
-mnist_model, mnist_state = None, None
-for path in find_nice_mnist_checkpoints():
+NICE_MNIST_COMMAND = ("python scripts/train_image_flow.py --model nice --data mnist --minutes 10 --lr 3e-3 "
+                      "--set hidden=16 --out checkpoints/nice_mnist.pt")
+mnist_model, mnist_info = None, None
+nice_mnist_path = shipped_checkpoints().get("nice_mnist")
+if nice_mnist_path is None:
+    print("No NICE for MNIST in checkpoints/. To make one, with MNIST available (see below), run from the\n"
+          f"repository root (a GPU helps):\n\n    {NICE_MNIST_COMMAND}\n\n"
+          "and run this section again. Meanwhile the digits above are the CPU stand-in.")
+else:
     try:
-        state = load_checkpoint(path)
-        if state.get("builder") != "nice_image":
-            print(f"skipping {path.name}: built by {state.get('builder')!r}, not nice_image")
-            continue
-        mnist_model = nice_image(**state["kwargs"])
-        mnist_model.load_state_dict(state["model"])
-        mnist_model.eval()
-        mnist_state = state
-        print(f"loaded {path.name}: {count_parameters(mnist_model):,} parameters")
-        break
-    except Exception as err:  # another format or version: say so and go on
-        print(f"could not load {path.name}: {type(err).__name__}: {err}")
+        mnist_info = checkpoint_info(nice_mnist_path)
+        mnist_model = load_pretrained(nice_mnist_path)
+    except Exception as err:  # a damaged file or another format: say so and go on
+        mnist_model = None
+        print(f"{nice_mnist_path.name} could not be loaded ({type(err).__name__}: {err}); "
+              "the digits above are the CPU stand-in.")
+if mnist_model is not None:
+    metrics = mnist_info.get("metrics", {})
+    print(f"{nice_mnist_path.name}: {mnist_info['builder']}({mnist_info['kwargs']}), "
+          f"{count_parameters(mnist_model):,} parameters")
+    print(f"trained {metrics.get('steps', '?')} steps in {metrics.get('train_seconds', float('nan')) / 60:.0f} min "
+          f"on {mnist_info.get('hardware', '?')}")
+    print(f"recorded test bits/dim: {metrics.get('test_bpd', float('nan')):.3f} "
+          f"({metrics.get('test_images', '?')} test images, {metrics.get('test_iw_samples', '?')} "
+          f"dequantisation draws each; uniform noise would score {math.log2(256):.0f})")
 
 try:
     mnist_test, _ = load_mnist("test", download=False)
     print(f"MNIST test split available: {tuple(mnist_test.shape)}")
 except DatasetError as err:
     mnist_test = None
-    print("MNIST is not available offline here:", str(err).split(". ")[0] + ".")
-    print("To use it, set the environment variable FLOWLIB_DATA to a folder holding mnist/*.gz, "
-          "or call flowlib.data.load_mnist() once with internet access (it downloads and caches).")
+    print(f"MNIST is not available offline here ({type(err).__name__}: no local copy of its files).")
+    print("To use it, set the environment variable FLOWLIB_DATA to a folder holding mnist/*.gz before "
+          "starting Jupyter,\nor run flowlib.data.load_mnist('test') once with internet access "
+          "(it downloads and caches the files).")
 
-if mnist_model is None:
-    print("\nNo trained NICE for MNIST in checkpoints/, so here is how to make one (on a GPU):\n\n"
-          "    x, _ = load_mnist('train'); x_test, _ = load_mnist('test')\n"
-          "    kwargs = dict(shape=(1, 28, 28), couplings=4, hidden=64, blocks=2, bins=256)\n"
-          "    model = nice_image(**kwargs)\n"
-          "    result = fit(model, x[:55000].float(), val_data=x[55000:].float(),\n"
-          "                 test_data=x_test.float(), epochs=30, batch_size=128)\n"
-          "    save_checkpoint({'builder': 'nice_image', 'kwargs': kwargs, 'model': model.state_dict(),\n"
-          "                     'test_bits_per_dim': result.test}, 'checkpoints/nice_mnist.pt')\n\n"
-          "(save_checkpoint from flowlib.checkpoint), then run this cell again. Meanwhile the digits above are the CPU stand-in.")
+# %% [markdown]
+# Samples at temperature $T = 1$ and $T = 0.7$, next to real test digits when MNIST is
+# available, and a quick check that the weights came back intact: the model is scored again
+# on 500 test images with one dequantisation draw each (the recorded figure used several
+# draws on all 10000, so the two agree to a few hundredths).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if mnist_model is not None:
-    recorded = mnist_state.get("test_bits_per_dim")
-    print("recorded test bits/dim:", "not recorded" if recorded is None else f"{float(recorded):.3f}")
-    if mnist_test is not None:  # a quick re-check on 500 test images (one dequantisation draw each)
-        with torch.no_grad():
-            print(f"bits/dim on 500 test images now: {float(mnist_model.bits_per_dim(mnist_test[:500].float()).mean()):.3f}")
     torch.manual_seed(4)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    for ax, temperature in zip(axes, (1.0, 0.7), strict=True):
-        samples = mnist_model.sample_levels(36, temperature=temperature)
-        image_grid(samples.float() / (mnist_model.levels - 1), nrow=6, ax=ax, title=f"temperature {temperature}")
+    panels = [(f"NICE samples, T = {t}", mnist_model.sample_levels(36, temperature=t)) for t in (1.0, 0.7)]
+    if mnist_test is not None:
+        x_check = mnist_test[:500].float()
+        if mnist_info.get("pad"):  # trained on padded images: score them the same way
+            x_check = pad_to(x_check, mnist_info["pad"])
+        with torch.no_grad():
+            print(f"bits/dim on 500 test images now: {float(mnist_model.bits_per_dim(x_check).mean()):.3f}")
+        panels.append(("real MNIST test digits", mnist_test[:36]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
+    for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
+        image_grid(images.float() / (mnist_model.levels - 1), nrow=6, ax=ax, title=title)
     plt.show()
 else:
     print("skipped: no NICE checkpoint for MNIST")
+
+# %% [markdown]
+# The samples have MNIST's texture, bright strokes on a black background, but few of them
+# are readable digits: this is a small NICE trained for minutes on a CPU (printed above).
+# The RealNVP and Glow models shipped for lectures 4 and 5 (larger, and trained for similar
+# times) do clearly better.
 
 # %% [markdown]
 # ## 6. RevNets: backpropagation without storing activations
