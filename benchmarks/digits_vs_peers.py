@@ -10,9 +10,11 @@ All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 st
 - normflows: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and GlowBase
   priors, as in normflows' Glow example, with the hidden width chosen so that the parameter
   count is the nearest to flowlib's (benchmarks/peers.py);
-- PROTOTYPE (a proposal for flowlib, see benchmarks/throughput.py): flowlib's Glow with a coupling
-  that slices the channels instead of masking them, its ResNet conditioners widened to the same
-  parameter count.
+- PROTOTYPE (proposals for flowlib, see benchmarks/throughput.py): flowlib's layers with Glow's
+  conditioner (conv3x3-ReLU-conv1x1-ReLU-zero conv3x3) and a coupling that slices the channels
+  instead of masking them (``throughput.flowlib_glow(sliced=True)``), widened to the same
+  parameter count; ``PROTOTYPE flowlib glow_image (sliced)`` (not run by default) changes the
+  coupling only and keeps the ResNet conditioners.
 
 Same data convention for all: the 17 grey levels of scikit-learn's digits (flowlib's fixed
 1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
@@ -45,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
-from throughput import sliced_glow_image  # noqa: E402
+from throughput import flowlib_glow, sliced_glow_image  # noqa: E402
 
 from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
 from flowlib.image_models import glow_image  # noqa: E402
@@ -65,32 +67,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--clip", type=float, default=10.0)
     p.add_argument("--iw-samples", type=int, default=32)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {SYSTEMS}")
+    p.add_argument("--systems", default=DEFAULT, help=f"comma-separated, from {SYSTEMS}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-SYSTEMS = ("flowlib Glow", "PROTOTYPE flowlib Glow, sliced coupling", "normflows Glow")
+# Names without commas: --systems is a comma-separated list.
+SYSTEMS = ("flowlib Glow", "PROTOTYPE flowlib Glow (sliced + Glow conditioner)", "normflows Glow",
+           "PROTOTYPE flowlib glow_image (sliced)")
+DEFAULT = ",".join(SYSTEMS[:3])
 
 
 def build(name: str, seed: int) -> nn.Module:
+    """The system ``name`` of :data:`SYSTEMS`; all but flowlib's Glow widened to its parameter count."""
     torch.manual_seed(seed)
     if name == "flowlib Glow":
         return glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW)
     target = peers.count_parameters(glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW))
     levels, steps, blocks = FLOWLIB_GLOW["levels"], FLOWLIB_GLOW["steps"], FLOWLIB_GLOW["blocks"]
-    if name.startswith("PROTOTYPE"):
-        def sliced(h: int) -> nn.Module:
-            return sliced_glow_image(SHAPE, levels, steps, h, blocks, bins=DIGITS_LEVELS)
-
-        width = peers.match_width(sliced, target, high=512)
-        torch.manual_seed(seed)
-        return sliced(width)
-    width = peers.match_width(lambda h: peers.normflows_glow(SHAPE, levels, steps, h), target, high=512)
+    makers = {
+        "PROTOTYPE flowlib Glow (sliced + Glow conditioner)":
+            lambda h: flowlib_glow(True, SHAPE, levels, steps, h, bins=DIGITS_LEVELS),
+        "PROTOTYPE flowlib glow_image (sliced)":  # only the coupling changed: ResNet conditioners
+            lambda h: sliced_glow_image(SHAPE, levels, steps, h, blocks, bins=DIGITS_LEVELS),
+        "normflows Glow":
+            lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, levels, steps, h), SHAPE,
+                                                DIGITS_LEVELS),
+    }
+    if name not in makers:
+        raise SystemExit(f"unknown system {name!r}; choose from {SYSTEMS}")
+    width = peers.match_width(makers[name], target, high=512)
     torch.manual_seed(seed)
-    return peers.NormflowsImageModel(peers.normflows_glow(SHAPE, levels, steps, width), SHAPE, DIGITS_LEVELS)
+    return makers[name](width)
 
 
 @torch.no_grad()
@@ -168,7 +178,7 @@ class Trainer:
 def run(budget: float, data: dict, args: argparse.Namespace) -> dict[str, dict]:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     trainers = []
-    for name in args.systems.split(","):
+    for name in [n for n in args.systems.split(",") if n.strip()]:
         model = build(name.strip(), args.seed).to(args.device)
         model.train()
         with torch.no_grad():  # ActNorm's data-dependent start on the whole training set

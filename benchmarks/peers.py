@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -40,6 +41,9 @@ from flowlib.models import realnvp
 from flowlib.nets import MLP
 
 PEERS = ("zuko", "nflows", "normflows")
+
+# normflows' LU layers call the deprecated torch.lu: a warning per model, not a problem here.
+warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
 
 
 def versions() -> dict[str, str]:
@@ -205,7 +209,7 @@ def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.M
 VECTOR_SYSTEMS: dict[str, tuple[str, Callable[..., nn.Module], str, str]] = {
     "flowlib RealNVP": ("flowlib", _flowlib, "realnvp", "affine"),
     "flowlib Glow": ("flowlib", _flowlib, "glow", "affine"),
-    "PROTOTYPE flowlib RealNVP, sliced": ("flowlib", _flowlib, "sliced", "affine"),
+    "PROTOTYPE flowlib RealNVP (sliced)": ("flowlib", _flowlib, "sliced", "affine"),
     "zuko MAF": ("zuko", _zuko, "maf", "affine"),
     "zuko NSF": ("zuko", _zuko, "nsf", "spline"),
     "nflows RealNVP": ("nflows", _nflows, "realnvp", "affine"),
