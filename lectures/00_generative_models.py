@@ -284,9 +284,9 @@ plt.show()
 # | **00** generative models (this one) | sampling vs density, the families and the trilemma, maximum likelihood, why invertibility | 1D |
 # | **01** change of variables in 1D | $p_X(x) = p_Z(f(x))\,\lvert df/dx\rvert$ made visual; monotone maps learned by maximum likelihood | 1D |
 # | **02** planar and radial flows | the first deep flows (Rezende & Mohamed 2015), built in the generative direction; the determinant lemma | 2D toys |
-# | **03** NICE *(in progress)* | additive coupling: a triangular Jacobian with determinant 1, reversible blocks (Dinh et al. 2014) | 2D toys, then digits |
-# | **04** RealNVP *(in progress)* | affine coupling, masks, multi-scale architecture, dequantization (Dinh et al. 2016) | images |
-# | **05** Glow *(in progress)* | ActNorm, invertible 1x1 convolutions, temperature and interpolation (Kingma & Dhariwal 2018) | images |
+# | **03** NICE | additive coupling: a triangular Jacobian with determinant 1, reversible blocks (Dinh et al. 2014) | 2D toys, then digits |
+# | **04** RealNVP | affine coupling, masks, multi-scale architecture, dequantization (Dinh et al. 2016) | images |
+# | **05** Glow | ActNorm, invertible 1x1 convolutions, temperature and interpolation (Kingma & Dhariwal 2018) | images |
 #
 # The 2D toys come first because there the exact density is known, so we can *measure* how well
 # a flow fits; images come once the layers are trusted. Every lecture uses the library
