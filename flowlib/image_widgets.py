@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from flowlib.core import FlowInputError
 from flowlib.distributions import DiagonalGaussian, StandardNormal
+from flowlib.widgets import ControlledUpdates
 
 __all__ = ["TemperatureGrid", "LatentInterpolation", "PAPER_TEMPERATURES", "tile_images", "read_only"]
 
@@ -137,7 +138,7 @@ def _slider(value: float, lo: float, hi: float, step: float, description: str) -
                          style={"description_width": "initial"}, layout=W.Layout(width="320px"))
 
 
-class _ImageFigure:
+class _ImageFigure(ControlledUpdates):
     """The machinery shared by the image widgets (the same approach as :mod:`flowlib.widgets`).
 
     The figure's static parts (frames, fixed images, titles) are drawn once into a cached
@@ -168,24 +169,6 @@ class _ImageFigure:
         for a in artists:
             a.set_animated(True)
             self._dynamic.append(a)
-
-    def _watch_controls(self) -> None:
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
-
-    def _on_change(self, change: dict) -> None:
-        if not self._busy and not self._held:
-            self.update()
-
-    @contextmanager
-    def hold_updates(self) -> Iterator[None]:
-        """Set several controls at once and update once, at the end of the ``with`` block."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-            self.update()
 
     def update(self) -> None:
         """Recompute the data from the controls, update the artists and re-render."""

@@ -57,7 +57,42 @@ _CMAP = "viridis"
 # ----------------------------------------------------------------------------------------
 # Shared machinery: one figure, rendered to PNG into an ipywidgets.Image
 # ----------------------------------------------------------------------------------------
-class _FigureWidget:
+class ControlledUpdates:
+    """The control plumbing every widget of the course shares.
+
+    A subclass sets ``self.controls`` (name -> ipywidget), ``self._busy = self._held = False``
+    and implements ``update()``; ``_watch_controls()`` then redraws on every change of a
+    control, and ``hold_updates()`` lets several controls change with one redraw.
+    """
+
+    controls: dict
+    _busy: bool
+    _held: bool
+
+    def update(self) -> None:  # pragma: no cover - implemented by each widget
+        raise NotImplementedError
+
+    def _watch_controls(self) -> None:
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+
+    def _on_change(self, change: dict) -> None:
+        # An update may itself change controls (visibility): never re-enter it.
+        if not self._busy and not self._held:
+            self.update()
+
+    @contextmanager
+    def hold_updates(self) -> Iterator[None]:
+        """Set several controls at once and update once, at the end of the ``with`` block."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            self.update()
+
+
+class _FigureWidget(ControlledUpdates):
     """A matplotlib figure drawn once and re-rendered into an ``ipywidgets.Image`` on change.
 
     Rendering uses blitting: the static parts (axes, ticks, labels, fixed images) are drawn
@@ -110,25 +145,6 @@ class _FigureWidget:
     def _panel_key(self, index: int) -> object:
         """Anything besides its axis limits whose change needs panel ``index`` redrawn (a legend)."""
         return None
-
-    def _watch_controls(self) -> None:
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
-
-    def _on_change(self, change: dict) -> None:
-        # An update may itself change controls (visibility): never re-enter it.
-        if not self._busy and not self._held:
-            self.update()
-
-    @contextmanager
-    def hold_updates(self) -> Iterator[None]:
-        """Set several controls at once and update once, at the end of the ``with`` block."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-            self.update()
 
     def update(self) -> None:
         """Recompute everything from the controls, update the artists and re-render."""
