@@ -45,7 +45,13 @@ from typing import Any
 import torch
 
 from flowlib.data.images import DIGITS_LEVELS, load_digits
-from flowlib.image_models import ImageFlowModel, count_parameters, glow_image, nice_image, realnvp_image
+from flowlib.image_models import (
+    count_parameters,
+    glow_image,
+    mean_bits_per_dim,
+    nice_image,
+    realnvp_image,
+)
 from flowlib.train import FitResult, fit
 
 BUILDERS = {"glow": glow_image, "realnvp": realnvp_image, "nice": nice_image}
@@ -102,16 +108,6 @@ def model_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return configs
 
 
-@torch.no_grad()
-def iw_bits_per_dim(model: ImageFlowModel, x: torch.Tensor, samples: int, batch: int = 128) -> float:
-    """Mean importance-weighted bits/dim over ``x`` (see ``ImageFlowModel.bits_per_dim``)."""
-    model.eval()
-    total = 0.0
-    for i in range(0, x.shape[0], batch):
-        total += float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
-    return total / x.shape[0]
-
-
 def train_one(name: str, kwargs: dict[str, Any], data: dict[str, torch.Tensor],
               args: argparse.Namespace) -> tuple[dict[str, Any], FitResult]:
     torch.manual_seed(args.seed)
@@ -124,7 +120,7 @@ def train_one(name: str, kwargs: dict[str, Any], data: dict[str, torch.Tensor],
                  device="cpu", progress=False)
     t0 = time.perf_counter()
     torch.manual_seed(args.seed + 1)  # the dequantization draws of the test figure
-    test_iw = iw_bits_per_dim(model, data["test"], args.iw_samples)
+    test_iw = mean_bits_per_dim(model, data["test"], args.iw_samples, batch=128)
     spe = max(1, data["train"].shape[0] // args.batch)
     tail = result.losses[-spe:]  # the last epoch's training figure (one draw per image, noisy)
     return {

@@ -50,7 +50,7 @@ import peers  # noqa: E402
 from throughput import flowlib_glow, sliced_glow_image  # noqa: E402
 
 from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
-from flowlib.image_models import glow_image  # noqa: E402
+from flowlib.image_models import glow_image, mean_bits_per_dim  # noqa: E402
 
 SHAPE = (1, 8, 8)
 FLOWLIB_GLOW = {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}
@@ -103,15 +103,6 @@ def build(name: str, seed: int) -> nn.Module:
     return makers[name](width)
 
 
-@torch.no_grad()
-def mean_bpd(model: nn.Module, x: torch.Tensor, samples: int = 1, batch: int = 256) -> float:
-    model.eval()
-    total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
-                for i in range(0, x.shape[0], batch))
-    model.train()
-    return total / x.shape[0]
-
-
 class Trainer:
     def __init__(self, name: str, model: nn.Module, data: dict, args: argparse.Namespace, budget: float,
                  clock) -> None:
@@ -157,19 +148,19 @@ class Trainer:
         self.used += self.clock() - t0
 
     def validate(self) -> None:
-        val = mean_bpd(self.model, self.data["val"])
+        val = mean_bits_per_dim(self.model, self.data["val"])
         if val < self.best_val:
             self.best_val, self.best_step = val, self.steps
             self.best_state = copy.deepcopy(self.model.state_dict())
 
     def finish(self) -> dict:
         self.validate()
-        end_val = mean_bpd(self.model, self.data["val"])
+        end_val = mean_bits_per_dim(self.model, self.data["val"])
         self.model.load_state_dict(self.best_state)
         torch.manual_seed(self.args.seed + 1)  # the same dequantisation draws for every model
-        test_iw = mean_bpd(self.model, self.data["test"], samples=self.args.iw_samples)
+        test_iw = mean_bits_per_dim(self.model, self.data["test"], samples=self.args.iw_samples)
         torch.manual_seed(self.args.seed + 1)
-        test_1 = mean_bpd(self.model, self.data["test"])
+        test_1 = mean_bits_per_dim(self.model, self.data["test"])
         return {"params": peers.count_parameters(self.model), "steps": self.steps, "skipped": self.skipped,
                 "best_step": self.best_step, "best_val": self.best_val, "end_val": end_val,
                 "test_iw": test_iw, "test_1": test_1, "ms_per_step": 1000 * self.used / max(self.steps, 1)}

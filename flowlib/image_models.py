@@ -44,7 +44,26 @@ from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale
 
-__all__ = ["ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters"]
+__all__ = [
+    "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
+]
+
+
+@torch.no_grad()
+def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256) -> float:
+    """Mean of ``model.bits_per_dim`` over the images ``x``, in batches, in evaluation mode.
+
+    ``samples`` > 1 importance-weights over that many dequantization draws per image (see
+    :meth:`ImageFlowModel.bits_per_dim`). The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
+                    for i in range(0, x.shape[0], batch))
+    finally:
+        model.train(was_training)
+    return total / x.shape[0]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -47,7 +47,7 @@ import torch
 from flowlib import image_models
 from flowlib.checkpoint import save_checkpoint
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
-from flowlib.image_models import ImageFlowModel, count_parameters
+from flowlib.image_models import count_parameters, mean_bits_per_dim
 from flowlib.pretrained import BUILDERS as PRETRAINED_BUILDERS
 from flowlib.pretrained import FORMAT, load_pretrained  # noqa: F401  (re-exported for users of the script)
 from flowlib.train import fit
@@ -87,16 +87,6 @@ def load_splits(name: str, pad: int | None) -> dict[str, torch.Tensor]:
     if pad:
         splits = {s: pad_to(x, pad) for s, x in splits.items()}
     return {s: x.float() for s, x in splits.items()}
-
-
-@torch.no_grad()
-def test_bits_per_dim(model: ImageFlowModel, x: torch.Tensor, samples: int, batch: int = 500) -> float:
-    """Mean bits/dim over ``x``, importance-weighted over ``samples`` dequantization draws per image."""
-    model.eval()
-    total = 0.0
-    for i in range(0, x.shape[0], batch):
-        total += float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
-    return total / x.shape[0]
 
 
 # -- the record ----------------------------------------------------------------------------------
@@ -212,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t_test = time.perf_counter()
     torch.manual_seed(args.seed + 1)  # the test's dequantization draws
-    test_bpd = test_bits_per_dim(model, data["test"], args.iw_samples)
+    test_bpd = mean_bits_per_dim(model, data["test"], args.iw_samples, batch=500)
     test_seconds = time.perf_counter() - t_test
     metrics = {
         "test_bpd": test_bpd, "test_iw_samples": args.iw_samples, "test_images": int(data["test"].shape[0]),
