@@ -22,6 +22,7 @@ from flowlib import (
     permutations,
     planar,
     reversible,
+    split_coupling,
 )
 from flowlib.core import (
     Compose,
@@ -70,4 +71,5 @@ __all__ = [
     "planar",
     "register_layer",
     "reversible",
+    "split_coupling",
 ]

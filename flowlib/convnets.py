@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from flowlib.core import FlowInputError
 
-__all__ = ["ZeroConv2d", "ResNetConditioner"]
+__all__ = ["ZeroConv2d", "ResNetConditioner", "GlowConditioner"]
 
 
 def _positive_int(value: int, name: str, who: str) -> int:
@@ -101,6 +101,41 @@ class ResNetConditioner(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise FlowInputError(
                 f"ResNetConditioner: expected input of shape (batch, {self.in_channels}, height, width), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.net(x)
+
+
+class GlowConditioner(nn.Module):
+    """Glow's coupling network: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-initialised conv3x3.
+
+    Kingma & Dhariwal (2018, section 3.3) use three convolutions, 3x3, 1x1 and 3x3, with ReLUs
+    between them and 512 hidden channels; the last one starts at zero, so that each coupling
+    starts as the identity.
+    Three convolutions where a ``blocks=1`` :class:`ResNetConditioner` has four 3x3 ones: on
+    MNIST-size Glows it trains about three times faster at equal ``hidden``
+    (``benchmarks/throughput.py``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        _positive_int(in_channels, "in_channels", "GlowConditioner")
+        _positive_int(out_channels, "out_channels", "GlowConditioner")
+        _positive_int(hidden, "hidden", "GlowConditioner")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            ZeroConv2d(hidden, out_channels, 3),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise FlowInputError(
+                f"GlowConditioner: expected input of shape (batch, {self.in_channels}, height, width), "
                 f"got {tuple(x.shape)}"
             )
         return self.net(x)

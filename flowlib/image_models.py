@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlib.actnorm import ActNorm
-from flowlib.convnets import ResNetConditioner
+from flowlib.convnets import GlowConditioner, ResNetConditioner
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel
 from flowlib.coupling import AdditiveCoupling, AffineCoupling, Scaling, channel_mask, checkerboard_mask
 from flowlib.dequantize import (
@@ -43,6 +43,7 @@ from flowlib.dequantize import (
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale
+from flowlib.split_coupling import AffineSplitCoupling, split_sizes
 
 __all__ = [
     "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
@@ -187,6 +188,31 @@ def _count(value: int, what: str, who: str) -> int:
     return value
 
 
+def _check_choice(value: str, name: str, choices: tuple[str, ...], who: str) -> str:
+    if value not in choices:
+        raise FlowInputError(f"{who}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _conditioner(kind: str, c_in: int, c_out: int, hidden: int, blocks: int) -> nn.Module:
+    if kind == "glow":
+        return GlowConditioner(c_in, c_out, hidden)
+    return ResNetConditioner(c_in, c_out, hidden, blocks)
+
+
+def _affine_coupling(mask: Tensor, coupling: str, conditioner: str, hidden: int, blocks: int,
+                     clamp: float | None) -> Flow:
+    """An affine coupling with ``mask``: sliced when the mask allows it and ``coupling == "split"``."""
+    c = mask.shape[0]
+    flat = mask.reshape(c, -1)
+    per_channel = bool((flat == flat[:, :1]).all())
+    if coupling == "split" and per_channel:
+        kept, moved = split_sizes(mask)
+        net = _conditioner(conditioner, kept, 2 * moved, hidden, blocks)
+        return AffineSplitCoupling(mask, net, clamp=clamp)
+    return AffineCoupling(mask, _conditioner(conditioner, c, 2 * c, hidden, blocks), clamp=clamp)
+
+
 def _model(flow: Flow, shape: tuple[int, int, int], bins: int, alpha: float,
            dequantization: str | Dequantization) -> ImageFlowModel:
     return ImageFlowModel(Compose(LogitPreprocess(alpha), flow), StandardNormal(shape), levels=bins,
@@ -216,7 +242,8 @@ def nice_image(shape: Sequence[int], couplings: int = 4, hidden: int = 64, block
 def realnvp_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: int = 64,
                   blocks: int = 2, bins: int = 256, alpha: float = 0.05, clamp: float | None = 2.0,
                   actnorm: bool = True, split_prior: bool = False,
-                  dequantization: str | Dequantization = "uniform") -> ImageFlowModel:
+                  dequantization: str | Dequantization = "uniform", coupling: str = "split",
+                  conditioner: str = "resnet") -> ImageFlowModel:
     """RealNVP for images (Dinh et al., 2017): multi-scale affine couplings.
 
     Each of the ``levels`` levels squeezes, then applies ``steps`` affine couplings: the first
@@ -226,9 +253,18 @@ def realnvp_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden:
     by 2^levels. ``actnorm`` puts an ActNorm before each coupling, standing in for the paper's
     batch normalisation; ``split_prior=True`` adds Glow's learned prior for the split latents.
     Log-scales are soft-clamped to (-clamp, clamp) (see :func:`flowlib.coupling.soft_clamp`).
+
+    ``coupling="split"`` (default) slices the channel-mask couplings
+    (:class:`~flowlib.split_coupling.AffineSplitCoupling`: the conditioner reads C/2 channels
+    and writes 2 x C/2); ``"mask"`` uses :class:`~flowlib.coupling.AffineCoupling` throughout,
+    the same family of maps at a higher cost. Checkerboard couplings are always masked.
+    ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner`, ``blocks``
+    residual blocks) or ``"glow"`` (:class:`~flowlib.convnets.GlowConditioner`).
     """
     c, h, w = _shape(shape, "realnvp_image")
     _count(steps, "steps", "realnvp_image")
+    _check_choice(coupling, "coupling", ("split", "mask"), "realnvp_image")
+    _check_choice(conditioner, "conditioner", ("resnet", "glow"), "realnvp_image")
     level_steps = []
     for cl, hl, wl in _level_shapes((c, h, w), levels, "realnvp_image"):
         flows: list[Flow] = []
@@ -236,8 +272,8 @@ def realnvp_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden:
             mask_fn = checkerboard_mask if k < (steps + 1) // 2 else channel_mask
             if actnorm:
                 flows.append(ActNorm(cl))
-            flows.append(AffineCoupling(mask_fn(cl, hl, wl, k % 2),
-                                        ResNetConditioner(cl, 2 * cl, hidden, blocks), clamp=clamp))
+            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), coupling, conditioner, hidden, blocks,
+                                          clamp))
         level_steps.append(flows)
     flow = MultiScale((c, h, w), level_steps, split_prior=split_prior)
     return _model(flow, (c, h, w), bins, alpha, dequantization)
@@ -246,7 +282,8 @@ def realnvp_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden:
 def glow_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: int = 64,
                blocks: int = 2, lu: bool = True, bins: int = 256, alpha: float = 0.05,
                clamp: float | None = 2.0, split_prior: bool = True,
-               dequantization: str | Dequantization = "uniform") -> ImageFlowModel:
+               dequantization: str | Dequantization = "uniform", coupling: str = "split",
+               conditioner: str = "resnet") -> ImageFlowModel:
     """Glow (Kingma & Dhariwal, 2018): multi-scale, K = ``steps`` steps of flow per level.
 
     One step: ActNorm -> invertible 1x1 convolution (LU-parameterised when ``lu``) -> affine
@@ -258,9 +295,19 @@ def glow_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: in
     The coupling's scale: Glow's code uses sigmoid(h + 2), which bounds the scale in (0, 1); we
     use exp(soft_clamp(h)) with the same zero start (scale 1) and a scale bounded in
     (e^-clamp, e^clamp), so a coupling can expand as well as contract and never overflows.
+
+    ``coupling="split"`` (default) slices the channels
+    (:class:`~flowlib.split_coupling.AffineSplitCoupling`, as Glow's code does); ``"mask"``
+    multiplies by the mask (:class:`~flowlib.coupling.AffineCoupling`): the same family of maps,
+    at a higher cost. ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner`
+    with ``blocks`` residual blocks) or ``"glow"`` (the paper's three convolutions,
+    :class:`~flowlib.convnets.GlowConditioner`, ``blocks`` unused), about three times faster
+    per step at equal ``hidden``.
     """
     c, h, w = _shape(shape, "glow_image")
     _count(steps, "steps", "glow_image")
+    _check_choice(coupling, "coupling", ("split", "mask"), "glow_image")
+    _check_choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
     linear = InvertibleLinearLU if lu else InvertibleLinear
     level_steps = []
     for cl, hl, wl in _level_shapes((c, h, w), levels, "glow_image"):
@@ -269,8 +316,8 @@ def glow_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: in
             flows += [
                 ActNorm(cl),
                 linear(cl),
-                AffineCoupling(channel_mask(cl, hl, wl, k % 2), ResNetConditioner(cl, 2 * cl, hidden, blocks),
-                               clamp=clamp),
+                _affine_coupling(channel_mask(cl, hl, wl, k % 2), coupling, conditioner, hidden, blocks,
+                                 clamp),
             ]
         level_steps.append(flows)
     flow = MultiScale((c, h, w), level_steps, split_prior=split_prior)

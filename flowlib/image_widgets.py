@@ -243,6 +243,9 @@ class TemperatureGrid(_ImageFigure):
     ``precompute=True`` decodes the paper's temperatures at construction (for large models, so
     that their buttons answer at once). When the first grid takes longer than
     ``SLOW_DECODE_MS`` to decode, the slider redraws on release rather than during a drag.
+    ``channels_last=True`` stores the model's convolution weights and the latents as
+    (N, H, W, C) in memory (the values are unchanged; the model is converted in place), which
+    the CPU's convolutions prefer (see ``benchmarks/temperature_latency.py``).
     """
 
     #: Above this decode time (ms) the slider updates on release only.
@@ -251,7 +254,7 @@ class TemperatureGrid(_ImageFigure):
     def __init__(self, model: nn.Module, n: int = 100, temperatures: Sequence[float] = PAPER_TEMPERATURES,
                  temperature: float = 0.7, nrow: int | None = None, seed: int = 0, cache_size: int = 64,
                  value_range: tuple[float, float] = (0.0, 1.0), size: float = 4.5, dpi: int = 80,
-                 threads: int = 1, precompute: bool = False) -> None:
+                 threads: int = 1, precompute: bool = False, channels_last: bool = False) -> None:
         who = "TemperatureGrid"
         self.event_shape = _image_model(model, who)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -265,6 +268,11 @@ class TemperatureGrid(_ImageFigure):
         if not isinstance(base, (StandardNormal, DiagonalGaussian)):
             raise FlowInputError(f"{who}: the model's base must be a StandardNormal or a DiagonalGaussian "
                                  f"(to scale it by T), got {type(base).__name__}")
+        if not isinstance(channels_last, bool):
+            raise FlowInputError(f"{who}: channels_last must be True or False, got {channels_last!r}")
+        self.memory_format = torch.channels_last if channels_last else None
+        if self.memory_format is not None:
+            model.to(memory_format=self.memory_format)
         self.model = model
         self.n = n
         self.nrow = int(nrow) if nrow else math.ceil(math.sqrt(n))
@@ -322,7 +330,8 @@ class TemperatureGrid(_ImageFigure):
         dtype, device = _dtype_device(self.model)
         g = torch.Generator().manual_seed(seed)
         # Drawn on the CPU with its own generator (the same eps on every machine), then moved.
-        return torch.randn((self.n, *self.event_shape), generator=g).to(device=device, dtype=dtype)
+        eps = torch.randn((self.n, *self.event_shape), generator=g).to(device=device, dtype=dtype)
+        return eps if self.memory_format is None else eps.contiguous(memory_format=self.memory_format)
 
     def latent(self, temperature: float) -> Tensor:
         """z = mu + T * sigma * eps for the fixed eps (mu = 0, sigma = 1 for a standard normal)."""

@@ -32,6 +32,7 @@ from flowlib.linear import InvertibleLinearLU
 from flowlib.nets import MLP
 from flowlib.permutations import Permutation
 from flowlib.planar import Planar, Radial
+from flowlib.split_coupling import AdditiveSplitCoupling, AffineSplitCoupling, split_sizes
 
 __all__ = [
     "nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "planar_flow", "radial_flow",
@@ -59,27 +60,46 @@ def _count(value: int, what: str, who: str, minimum: int = 1) -> int:
     return value
 
 
+def _check_coupling(coupling: str, who: str) -> str:
+    if coupling not in ("split", "mask"):
+        raise FlowInputError(f"{who}: coupling must be 'split' or 'mask', got {coupling!r}")
+    return coupling
+
+
 def nice_vector(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
-         activation: Callable[[], nn.Module] = nn.ReLU) -> FlowModel:
+                activation: Callable[[], nn.Module] = nn.ReLU, coupling: str = "split") -> FlowModel:
     """NICE: ``couplings`` additive couplings (odd / even coordinates in turn) + a diagonal scaling.
 
     Each conditioner is an MLP with ``layers`` hidden layers of width ``hidden``. The
     couplings preserve volume; the final :class:`~flowlib.coupling.Scaling` is the only
     layer that changes it (Dinh et al., 2015).
+
+    ``coupling="split"`` (default) gathers the kept coordinates and feeds only them to the
+    conditioner (:class:`~flowlib.split_coupling.AdditiveSplitCoupling`, an MLP from d/2 to
+    d/2); ``"mask"`` uses the masked :class:`~flowlib.coupling.AdditiveCoupling` (an MLP from d
+    to d whose inputs and outputs are half zeros): the same family of maps, at a higher cost.
     """
     d = _vector_dim(dim, "nice")
     couplings = _count(couplings, "couplings", "nice")
+    _check_coupling(coupling, "nice")
     flows: list[Flow] = []
     for k in range(couplings):
         mask = half_mask(d, k % 2, kind="alternate")
-        flows.append(AdditiveCoupling(mask, MLP(d, d, hidden=hidden, layers=layers, activation=activation)))
+        if coupling == "split" and d >= 2:  # d = 1: nothing to slice, the masked layer is exact
+            kept, moved = split_sizes(mask)
+            net = MLP(kept, moved, hidden=hidden, layers=layers, activation=activation)
+            flows.append(AdditiveSplitCoupling(mask, net))
+        else:
+            net = MLP(d, d, hidden=hidden, layers=layers, activation=activation)
+            flows.append(AdditiveCoupling(mask, net))
     flows.append(Scaling(d))
     return FlowModel(Compose(flows), StandardNormal(d))
 
 
 def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
             actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
-            activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0) -> FlowModel:
+            activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0,
+            coupling: str = "split") -> FlowModel:
     """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
 
     Layout: [ActNorm] -> { [mixing] -> AffineCoupling -> [ActNorm] } x couplings.
@@ -97,15 +117,22 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
     - conditioners: MLPs with ``layers`` hidden layers of width ``hidden``, last layer
       zero, so the model starts as (ActNorm followed by) the identity;
     - ``seed`` fixes the random permutations / rotations (the networks' initial weights
-      follow torch's global seed, as for any nn.Module).
+      follow torch's global seed, as for any nn.Module);
+    - ``coupling="split"`` (default) feeds the conditioner only the kept coordinates and asks
+      it for the log-scales and shifts of the others
+      (:class:`~flowlib.split_coupling.AffineSplitCoupling`); ``"mask"`` uses the masked
+      :class:`~flowlib.coupling.AffineCoupling` (inputs and outputs half zeros), the same
+      family of maps at a higher cost.
 
     The defaults (12 couplings of 2 x 64 ReLU MLPs, 55k parameters for d = 2) are the best
     configuration found by ``benchmarks/toy_kl.py``: with Adam at lr 5e-3 (warm-up, cosine
     decay), KL(data || model) of 0.033 / 0.005 / 0.074 nats on eight Gaussians / two moons /
-    checkerboard after 120 s of one CPU core.
+    checkerboard after 120 s of one CPU core, measured with ``coupling="mask"``; the split
+    default has 53k parameters and trains faster per step (benchmarks/RESULTS.md).
     """
     d = _vector_dim(dim, "realnvp")
     couplings = _count(couplings, "couplings", "realnvp")
+    _check_coupling(coupling, "realnvp")
     if mixing not in ("none", "permutation", "linear"):
         raise FlowInputError(f"realnvp: mixing must be 'none', 'permutation' or 'linear', got {mixing!r}")
     g = torch.Generator().manual_seed(int(seed))
@@ -116,8 +143,13 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
         elif k > 0 and mixing == "linear":
             flows.append(InvertibleLinearLU(d, generator=g))
         mask = half_mask(d, k % 2, kind="alternate")
-        net = MLP(d, 2 * d, hidden=hidden, layers=layers, activation=activation)
-        flows.append(AffineCoupling(mask, net, clamp=clamp))
+        if coupling == "split" and d >= 2:  # d = 1: nothing to slice, the masked layer is exact
+            kept, moved = split_sizes(mask)
+            net = MLP(kept, 2 * moved, hidden=hidden, layers=layers, activation=activation)
+            flows.append(AffineSplitCoupling(mask, net, clamp=clamp))
+        else:
+            net = MLP(d, 2 * d, hidden=hidden, layers=layers, activation=activation)
+            flows.append(AffineCoupling(mask, net, clamp=clamp))
         if actnorm:
             flows.append(ActNorm(d))
     return FlowModel(Compose(flows), StandardNormal(d))

@@ -7,6 +7,8 @@ the decoded images depend on the latent in a non-trivial way.
 
 from __future__ import annotations
 
+import copy
+
 import ipywidgets as W
 import numpy as np
 import pytest
@@ -236,3 +238,16 @@ def test_tile_images_layout() -> None:
     assert grid[1, 1] == 0 and grid[3, 5] == 1
     with pytest.raises(FlowInputError):
         tile_images(torch.zeros(2, 2, 3, 3), nrow=2)
+
+
+def test_channels_last_changes_the_layout_not_the_images(glow) -> None:
+
+    model = copy.deepcopy(glow)
+    plain = TemperatureGrid(glow, n=16, temperature=0.8)
+    fast = TemperatureGrid(model, n=16, temperature=0.8, channels_last=True)
+    assert fast.eps.is_contiguous(memory_format=torch.channels_last)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert torch.allclose(fast.images, plain.images, atol=1e-4)
+    with pytest.raises(FlowInputError, match="channels_last must be True or False"):
+        TemperatureGrid(glow, n=4, channels_last="yes")

@@ -383,3 +383,39 @@ def test_ddp_two_cpu_processes_agree_and_learn(tmp_path):
     assert np.mean(r0["losses"][-10:]) < np.mean(r0["losses"][:10]) - 1.0
     state = load_checkpoint(tmp_path / "ddp.pt")  # written by rank 0 only, with both ranks' RNGs
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 80
+
+
+def test_fused_adamw_is_the_default_and_matches_the_loop():
+    """fused="auto" picks the one-kernel AdamW on a CPU; it follows the same update rule."""
+    data = gaussian(512)
+    runs = {}
+    for fused in ("auto", False):
+        model = tiny_model()
+        result = fit(model, data, steps=30, batch_size=64, lr=1e-2, seed=0, progress=False, fused=fused)
+        runs[fused] = (params(model), result.losses)
+    for k, v in runs["auto"][0].items():
+        assert torch.allclose(v, runs[False][0][k], atol=1e-4), k
+    assert runs["auto"][1][-1] < runs["auto"][1][0]
+    with pytest.raises(FlowInputError, match="fused must be 'auto', True or False"):
+        fit(tiny_model(), data, steps=1, fused="yes", progress=False)
+
+
+def test_channels_last_trains_an_image_model_and_refuses_vectors():
+    from flowlib.image_models import glow_image
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 17, (96, 1, 8, 8)).float()
+    model = glow_image((1, 8, 8), levels=2, steps=2, hidden=8, blocks=1, bins=17)
+    result = fit(model, x, steps=6, batch_size=32, lr=1e-3, seed=0, progress=False, channels_last=True)
+    assert result.steps == 6 and math.isfinite(result.losses[-1])
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    # the same map whatever the memory layout: a channels_last batch scores like a contiguous one
+    model.eval()
+    torch.manual_seed(3)
+    a = model.log_prob(x[:8])
+    torch.manual_seed(3)
+    b = model.log_prob(x[:8].contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(a, b, atol=1e-3)
+    with pytest.raises(FlowInputError, match=r"channels_last=True is for image models"):
+        fit(tiny_model(), gaussian(64), steps=1, channels_last=True, progress=False)

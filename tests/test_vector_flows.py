@@ -294,8 +294,12 @@ def _n_params(model):
 
 def test_nice_builder():
     model = nice(2, couplings=4, hidden=32, layers=2)
-    # 4 MLPs 2 -> 32 -> 32 -> 2 and a 2-vector of scales.
-    assert _n_params(model) == 4 * ((2 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2)) + 2
+    # 4 MLPs 1 -> 32 -> 32 -> 1 (the kept coordinate in, the shift of the other out) and a
+    # 2-vector of scales.
+    assert _n_params(model) == 4 * ((1 * 32 + 32) + (32 * 32 + 32) + (32 * 1 + 1)) + 2
+    # The masked form reads and writes both coordinates: 2 -> 32 -> 32 -> 2.
+    masked = nice(2, couplings=4, hidden=32, layers=2, coupling="mask")
+    assert _n_params(masked) == 4 * ((2 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2)) + 2
     x = torch.randn(9, 2)
     assert model.log_prob(x).shape == (9,)
     assert model.sample(5).shape == (5, 2)
@@ -318,8 +322,13 @@ def test_realnvp_builder_in_higher_dimension_round_trips():
     with torch.no_grad():
         z = model.encode(x)
         torch.testing.assert_close(model.decode(z), x, atol=1e-5, rtol=1e-5)
-    # counted: 5 ActNorms... (2 * 5 each), 4 MLPs 5 -> 16 -> 16 -> 10
-    assert _n_params(model) == 5 * 10 + 4 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
+    # counted: 5 ActNorms (2 * 5 each); the couplings alternate between keeping the 3 even
+    # coordinates (MLP 3 -> 16 -> 16 -> 2 * 2) and the 2 odd ones (MLP 2 -> 16 -> 16 -> 2 * 3).
+    even = (3 * 16 + 16) + (16 * 16 + 16) + (16 * 4 + 4)
+    odd = (2 * 16 + 16) + (16 * 16 + 16) + (16 * 6 + 6)
+    assert _n_params(model) == 5 * 10 + 2 * even + 2 * odd
+    masked = realnvp(5, couplings=4, hidden=16, coupling="mask")  # every MLP 5 -> 16 -> 16 -> 10
+    assert _n_params(masked) == 5 * 10 + 4 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
 
 
 @pytest.mark.parametrize("mixing", ["none", "permutation", "linear"])
