@@ -366,6 +366,17 @@ plt.show()
 print({name: f"{int(m.sum())} of {m.numel()} kept" for name, m in masks.items()})
 
 # %% [markdown]
+# **Masks are for the math; slices are for speed.** Written with a mask, the conditioner reads
+# all of $m \odot x$ and returns $2C$ channels, half of which are multiplied by zero. A channel
+# mask is the same at every pixel, so the two halves can simply be cut apart:
+# $x_A = x_{1:C/2}$, $x_B = x_{C/2+1:C}$, and the network maps $C/2$ channels to $2 \cdot C/2$.
+# It is the same family of maps with fewer weights and half the work in the first and last
+# convolutions. flowlib's builders do this by default
+# (`flowlib.split_coupling.AffineSplitCoupling`; `coupling="mask"` gives the masked form), and
+# `split_from_masked` turns a trained masked layer into its sliced twin without changing the
+# map. A checkerboard mask changes from pixel to pixel and cannot be sliced this way.
+
+# %% [markdown]
 # A channel mask needs many channels, and an image has one (grey) or three (colour). The
 # **squeeze** makes them: it cuts the image into $2 \times 2$ blocks and stacks the four
 # pixels of each block as four channels, $(C, H, W) \to (4C, H/2, W/2)$ ("space to depth").
