@@ -2,19 +2,23 @@
 
     python benchmarks/digits_vs_peers.py                    # 60 s and 300 s (CPU clock)
     python benchmarks/digits_vs_peers.py --budgets 60       # the quick table
+    python benchmarks/digits_vs_peers.py --jobs 2           # the two budgets in two processes
 
-All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps:
+All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps, at the same
+parameter count: that of the digits configuration of ``benchmarks/digits_bpd.py`` as flowlib built
+it before its split couplings, ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1,
+bins=17, coupling="mask")`` (190,752 parameters). Every other system's hidden width is searched
+so that its count is the nearest to that (benchmarks/peers.py, ``match_width``):
 
-- flowlib: ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1, bins=17)``, the
-  digits configuration of ``benchmarks/digits_bpd.py`` (ResNet conditioners, learned split priors);
-- normflows: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and GlowBase
-  priors, as in normflows' Glow example, with the hidden width chosen so that the parameter
-  count is the nearest to flowlib's (benchmarks/peers.py);
-- PROTOTYPE (proposals for flowlib, see benchmarks/throughput.py): flowlib's layers with Glow's
-  conditioner (conv3x3-ReLU-conv1x1-ReLU-zero conv3x3) and a coupling that slices the channels
-  instead of masking them (``throughput.flowlib_glow(sliced=True)``), widened to the same
-  parameter count; ``PROTOTYPE flowlib glow_image (sliced)`` (not run by default) changes the
-  coupling only and keeps the ResNet conditioners.
+- ``flowlib Glow (ResNet conditioner)``: ``glow_image`` with its defaults, split couplings
+  (``AffineSplitCoupling``: the conditioner reads the C/2 kept channels) and ResNet conditioners
+  (``blocks=1``), learned split priors;
+- ``flowlib Glow (Glow conditioner)``: the same with ``conditioner="glow"``, Glow's own
+  conv3x3-ReLU-conv1x1-ReLU-zero conv3x3 network (``flowlib.convnets.GlowConditioner``);
+- ``normflows Glow``: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and
+  GlowBase priors, as in normflows' Glow example;
+- ``flowlib Glow, masked coupling (before)``: ``glow_image(..., coupling="mask")`` with ResNet
+  conditioners, the model flowlib built before the split couplings (the anchor of the count).
 
 Same data convention for all: the 17 grey levels of scikit-learn's digits (flowlib's fixed
 1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
@@ -28,6 +32,11 @@ charged to the budget) and the weights with the best validation figure restored 
 The models are trained side by side, one step at a time, the one that has used the least of its
 budget going next; the clock is this process's CPU time (``--clock cpu``) or wall time.
 
+Parallel runs: the budgets are independent runs, and ``--jobs N`` gives them to N worker
+processes (multiprocessing, "spawn" context, each worker with ``--threads`` torch threads); the
+table is the same, in the same order. With ``--clock cpu`` each budget is CPU time of the worker
+that trains it, so N workers on N free cores are as fair as one.
+
 Test bits/dim: importance-weighted over ``--iw-samples`` dequantisation draws per image (the
 bound of Ho et al., 2019, as ``ImageFlowModel.bits_per_dim(x, samples=S)``), and with one draw.
 Prints a markdown table.
@@ -38,8 +47,10 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,13 +58,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
-from throughput import flowlib_glow, sliced_glow_image  # noqa: E402
 
 from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
 from flowlib.image_models import glow_image, mean_bits_per_dim  # noqa: E402
 
 SHAPE = (1, 8, 8)
-FLOWLIB_GLOW = {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}
+LEVELS, STEPS, BLOCKS = 2, 4, 1
+#: The anchor of the parameter count: the digits Glow of digits_bpd.py as flowlib built it before.
+ANCHOR_HIDDEN = 32
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,38 +81,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iw-samples", type=int, default=32)
     p.add_argument("--systems", default=DEFAULT, help=f"comma-separated, from {SYSTEMS}")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the independent budgets (1: all in this process)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-# Names without commas: --systems is a comma-separated list.
-SYSTEMS = ("flowlib Glow", "PROTOTYPE flowlib Glow (sliced + Glow conditioner)", "normflows Glow",
-           "PROTOTYPE flowlib glow_image (sliced)")
-DEFAULT = ",".join(SYSTEMS[:3])
+#: The systems, in the table's order. Names may contain commas: ``--systems`` is split back into them.
+SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow",
+           "flowlib Glow, masked coupling (before)")
+DEFAULT = ",".join(SYSTEMS)
+ANCHOR = "flowlib Glow, masked coupling (before)"
 
 
-def build(name: str, seed: int) -> nn.Module:
-    """The system ``name`` of :data:`SYSTEMS`; all but flowlib's Glow widened to its parameter count."""
-    torch.manual_seed(seed)
-    if name == "flowlib Glow":
-        return glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW)
-    target = peers.count_parameters(glow_image(SHAPE, bins=DIGITS_LEVELS, **FLOWLIB_GLOW))
-    levels, steps, blocks = FLOWLIB_GLOW["levels"], FLOWLIB_GLOW["steps"], FLOWLIB_GLOW["blocks"]
+def maker(name: str) -> Callable[[int], nn.Module]:
+    """hidden width -> the model ``name`` of :data:`SYSTEMS`."""
+    def flowlib_glow(**options: str) -> Callable[[int], nn.Module]:
+        return lambda h: glow_image(SHAPE, levels=LEVELS, steps=STEPS, hidden=h, blocks=BLOCKS,
+                                    bins=DIGITS_LEVELS, **options)
+
     makers = {
-        "PROTOTYPE flowlib Glow (sliced + Glow conditioner)":
-            lambda h: flowlib_glow(True, SHAPE, levels, steps, h, bins=DIGITS_LEVELS),
-        "PROTOTYPE flowlib glow_image (sliced)":  # only the coupling changed: ResNet conditioners
-            lambda h: sliced_glow_image(SHAPE, levels, steps, h, blocks, bins=DIGITS_LEVELS),
+        "flowlib Glow (ResNet conditioner)": flowlib_glow(),
+        "flowlib Glow (Glow conditioner)": flowlib_glow(conditioner="glow"),
         "normflows Glow":
-            lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, levels, steps, h), SHAPE,
+            lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, LEVELS, STEPS, h), SHAPE,
                                                 DIGITS_LEVELS),
+        ANCHOR: flowlib_glow(coupling="mask"),
     }
     if name not in makers:
         raise SystemExit(f"unknown system {name!r}; choose from {SYSTEMS}")
-    width = peers.match_width(makers[name], target, high=512)
+    return makers[name]
+
+
+def width(name: str) -> int:
+    """The hidden width of ``name`` whose parameter count is the nearest to the anchor's."""
+    if name == ANCHOR:
+        return ANCHOR_HIDDEN
+    target = peers.count_parameters(maker(ANCHOR)(ANCHOR_HIDDEN))
+    return peers.match_width(maker(name), target, high=512)
+
+
+def build(name: str, hidden: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return makers[name](width)
+    return maker(name)(hidden)
 
 
 class Trainer:
@@ -166,11 +190,16 @@ class Trainer:
                 "test_iw": test_iw, "test_1": test_1, "ms_per_step": 1000 * self.used / max(self.steps, 1)}
 
 
-def run(budget: float, data: dict, args: argparse.Namespace) -> dict[str, dict]:
+def load_data(device: str) -> dict:
+    return {s: load_digits(s)[0].float().to(device) for s in ("train", "val", "test")}
+
+
+def run(budget: float, widths: dict[str, int], data: dict, args: argparse.Namespace) -> dict[str, dict]:
+    """Train every system for ``budget`` seconds, side by side; the table's figures per system."""
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     trainers = []
-    for name in [n for n in args.systems.split(",") if n.strip()]:
-        model = build(name.strip(), args.seed).to(args.device)
+    for name, hidden in widths.items():
+        model = build(name, hidden, args.seed).to(args.device)
         model.train()
         with torch.no_grad():  # ActNorm's data-dependent start on the whole training set
             model.log_prob(data["train"])
@@ -180,28 +209,63 @@ def run(budget: float, data: dict, args: argparse.Namespace) -> dict[str, dict]:
     return {t.name: t.finish() for t in trainers}
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_task(task: tuple) -> tuple[float, dict[str, dict], float]:
+    """One budget's run in a worker process (which loads the data itself): (budget, results, wall s)."""
+    budget, widths, args = task
+    w0 = time.perf_counter()
+    return budget, run(budget, widths, load_data(args.device), args), time.perf_counter() - w0
+
+
+def run_budgets(budgets: list[float], widths: dict[str, int], args: argparse.Namespace) -> dict[float, dict]:
+    """Every budget's run, in this process (``--jobs 1``) or in ``--jobs`` worker processes."""
+    rows: dict[float, dict] = {}
+
+    def report(budget: float, wall: float) -> None:
+        print(f"  digits, {budget:g} s: done in {wall:.0f} s wall", file=sys.stderr, flush=True)
+
+    if args.jobs <= 1 or len(budgets) <= 1:
+        data = load_data(args.device)
+        for budget in budgets:
+            w0 = time.perf_counter()
+            rows[budget] = run(budget, widths, data, args)
+            report(budget, time.perf_counter() - w0)
+        return rows
+    tasks = sorted(((b, widths, args) for b in budgets), key=lambda t: -t[0])  # the longest first
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(args.jobs, len(tasks)), initializer=_init_worker, initargs=(args.threads,)) as pool:
+        for budget, res, wall in pool.imap_unordered(_run_task, tasks):
+            rows[budget] = res
+            report(budget, wall)
+    return {b: rows[b] for b in budgets}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     torch.set_num_threads(args.threads)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     if not peers.available("normflows"):
         print("normflows is not installed: pip install -r benchmarks/requirements-peers.txt")
         return
-    data = {s: load_digits(s)[0].float().to(args.device) for s in ("train", "val", "test")}
-    rows = {}
-    for budget in budgets:
-        w0 = time.perf_counter()
-        rows[budget] = run(budget, data, args)
-        print(f"  digits, {budget:g} s: done in {time.perf_counter() - w0:.0f} s wall", file=sys.stderr,
-              flush=True)
+    names = peers.parse_names(args.systems, SYSTEMS)
+    widths = {name: width(name) for name in names}
+    rows = run_budgets(budgets, widths, args)
+    workers = (f"; the budgets in {min(args.jobs, len(budgets))} worker processes"
+               if args.jobs > 1 and len(budgets) > 1 else "")
     print(f"Test bits/dim on the 8x8 digits (17 levels, lower is better; uniform = {math.log2(17):.3f}), "
-          f"{args.clock} clock, {torch.get_num_threads()} torch thread(s), {args.device}.\n")
-    print("| system | params | budget | steps | best val | test bpd (IW) | test bpd (1 draw) | ms/step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          f"{args.clock} clock, {args.threads} torch thread(s) per process, {args.device}{workers}.\n")
+    print("| system | hidden | params | budget | steps | best val | test bpd (IW) | test bpd (1 draw) "
+          "| ms/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for budget, res in rows.items():
         for name, r in res.items():
             skipped = f" ({r['skipped']} skipped)" if r["skipped"] else ""
-            print(f"| {name} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | "
+            print(f"| {name} | {widths[name]} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | "
                   f"{r['best_val']:.3f} | {r['test_iw']:.3f} | {r['test_1']:.3f} | {r['ms_per_step']:.1f} |")
     print(f"\nIW: importance-weighted over {args.iw_samples} dequantisation draws per test image, for the "
           f"weights with the best validation figure. Validation bits/dim at the end of training "

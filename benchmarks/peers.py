@@ -27,18 +27,12 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from flowlib.actnorm import ActNorm
-from flowlib.core import Compose, Flow, FlowModel
-from flowlib.coupling import AffineCoupling, half_mask, soft_clamp
-from flowlib.distributions import StandardNormal
-from flowlib.linear import InvertibleLinearLU
-from flowlib.models import realnvp
-from flowlib.nets import MLP
+from flowlib.models import glow_vector, realnvp_vector
 
 PEERS = ("zuko", "nflows", "normflows")
 
@@ -78,72 +72,6 @@ class Standardized(nn.Module):
 
     def sample(self, n: int) -> Tensor:
         return self._sample(n) * self.std + self.mean
-
-
-def glow_vector(dim: int, steps: int = 12, hidden: int = 64, layers: int = 2, clamp: float = 3.0,
-                seed: int = 0) -> FlowModel:
-    """A Glow-style flow for vectors from flowlib's layers: {ActNorm -> LU linear -> affine coupling} x steps.
-
-    flowlib has no vector Glow builder (``realnvp(..., mixing="linear")`` is the closest: ActNorm
-    after, not before, each coupling), so the benchmark assembles one (Kingma & Dhariwal, 2018).
-    """
-    g = torch.Generator().manual_seed(seed)
-    flows: list[Flow] = []
-    for k in range(steps):
-        flows += [ActNorm(dim), InvertibleLinearLU(dim, generator=g),
-                  AffineCoupling(half_mask(dim, k % 2, kind="alternate"),
-                                 MLP(dim, 2 * dim, hidden=hidden, layers=layers), clamp=clamp)]
-    return FlowModel(Compose(flows), StandardNormal(dim))
-
-
-class SlicedVectorCoupling(Flow):
-    """PROTOTYPE (a proposal for flowlib, not part of it): RealNVP's affine coupling by index, not by mask.
-
-        x_k = x[keep], x_f = x[free],   (s_raw, t) = NN(x_k),   s = soft_clamp(s_raw)
-        z[keep] = x_k,   z[free] = x_f * exp(s) + t,            log|det dz/dx| = sum s
-
-    The same map as ``AffineCoupling(half_mask(d, parity, "alternate"), ...)``, but the network
-    maps the |keep| kept coordinates to 2 |free| numbers (not d to 2d, half of them masked away),
-    and the mask multiplications are replaced by two gathers and one permutation.
-    """
-
-    # A benchmark prototype: kept out of flowlib's registry of layers (and so of its test harness).
-    abstract = True
-
-    def __init__(self, dim: int, parity: int, conditioner: nn.Module, clamp: float | None = 3.0) -> None:
-        super().__init__((dim,))
-        keep = half_mask(dim, parity, kind="alternate").bool()
-        self.register_buffer("keep", torch.nonzero(keep).flatten())
-        self.register_buffer("free", torch.nonzero(~keep).flatten())
-        self.register_buffer("order", torch.argsort(torch.cat([self.keep, self.free])))
-        self.conditioner, self.clamp = conditioner, clamp
-
-    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        s_raw, t = self.conditioner(kept).chunk(2, dim=1)
-        return soft_clamp(s_raw, self.clamp), t
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(x, "forward")
-        kept = x[:, self.keep]
-        s, t = self._scale_shift(kept)
-        return torch.cat([kept, x[:, self.free] * torch.exp(s) + t], dim=1)[:, self.order], s.sum(1)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(z, "inverse")
-        kept = z[:, self.keep]
-        s, t = self._scale_shift(kept)
-        return torch.cat([kept, (z[:, self.free] - t) * torch.exp(-s)], dim=1)[:, self.order], -s.sum(1)
-
-
-def sliced_realnvp(dim: int, couplings: int = 12, hidden: int = 64, layers: int = 2) -> FlowModel:
-    """PROTOTYPE: ``flowlib.models.realnvp(dim, couplings, hidden, layers)`` (ActNorm between couplings,
-    alternating masks; no permutations, as for d = 2) with :class:`SlicedVectorCoupling`."""
-    flows: list[Flow] = [ActNorm(dim)]
-    for k in range(couplings):
-        n_keep = int(half_mask(dim, k % 2, kind="alternate").sum())
-        net = MLP(n_keep, 2 * (dim - n_keep), hidden=hidden, layers=layers)
-        flows += [SlicedVectorCoupling(dim, k % 2, net), ActNorm(dim)]
-    return FlowModel(Compose(flows), StandardNormal(dim))
 
 
 def _zuko(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
@@ -198,18 +126,20 @@ def _normflows(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn
 
 
 def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
+    """flowlib's own builders: ``realnvp_vector`` (split coupling, its default, or ``coupling="mask"``,
+    the masked coupling flowlib used before) and ``glow_vector`` (ActNorm, LU linear map, split coupling)."""
     if kind == "realnvp":
-        return realnvp(dim, couplings=depth, hidden=hidden, layers=2)
-    if kind == "sliced":
-        return sliced_realnvp(dim, couplings=depth, hidden=hidden, layers=2)
-    return glow_vector(dim, steps=depth, hidden=hidden, layers=2)
+        return realnvp_vector(dim, couplings=depth, hidden=hidden, layers=2)
+    if kind == "realnvp-mask":
+        return realnvp_vector(dim, couplings=depth, hidden=hidden, layers=2, coupling="mask")
+    return glow_vector(dim, couplings=depth, hidden=hidden, layers=2)
 
 
 #: name -> (library, builder, kind, family); the family picks the depth (affine or spline).
 VECTOR_SYSTEMS: dict[str, tuple[str, Callable[..., nn.Module], str, str]] = {
     "flowlib RealNVP": ("flowlib", _flowlib, "realnvp", "affine"),
     "flowlib Glow": ("flowlib", _flowlib, "glow", "affine"),
-    "PROTOTYPE flowlib RealNVP (sliced)": ("flowlib", _flowlib, "sliced", "affine"),
+    "flowlib RealNVP, masked coupling (before)": ("flowlib", _flowlib, "realnvp-mask", "affine"),
     "zuko MAF": ("zuko", _zuko, "maf", "affine"),
     "zuko NSF": ("zuko", _zuko, "nsf", "spline"),
     "nflows RealNVP": ("nflows", _nflows, "realnvp", "affine"),
@@ -228,6 +158,35 @@ def available(library: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def parse_names(text: str, known: Sequence[str]) -> list[str]:
+    """The system names in a comma-separated list, where a name may itself contain commas.
+
+    ``"flowlib RealNVP,flowlib RealNVP, masked coupling (before)"`` gives the two names: the pieces
+    between commas are joined back, longest known name first. Unknown pieces are kept as they
+    are (the caller reports them); spaces around the commas do not matter.
+    """
+    def norm(name: str) -> str:
+        return ",".join(part.strip() for part in name.split(","))
+
+    table = {norm(k): k for k in known}
+    pieces = [part.strip() for part in text.split(",")]
+    out, i = [], 0
+    while i < len(pieces):
+        if not pieces[i]:
+            i += 1
+            continue
+        for j in range(len(pieces), i, -1):
+            joined = ",".join(pieces[i:j])
+            if joined in table:
+                out.append(table[joined])
+                i = j
+                break
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
 
 
 def build_vector(name: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:

@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py --quick        # CPU, about 15 minutes of CPU time
     python benchmarks/run_all.py --full         # GPU (CUDA): the long budgets, big batches
+    python benchmarks/run_all.py --full --device cpu        # the long budgets on the CPU, 2 workers
     python benchmarks/run_all.py --quick --dry-run          # print the commands only
     python benchmarks/run_all.py --quick --only toys,throughput
 
@@ -16,7 +17,10 @@ after 60 s (full: 60 s and 300 s), throughput at batch 32 / 64, and shorter swee
 temperature and memory benchmarks. The budgets are CPU time of the benchmark process (1 thread:
 the time the work itself took; on a shared machine, wall-clock budgets would give fewer steps to
 whichever system ran while the machine was busy). Full (GPU): wall-clock budgets, measured with
-CUDA synchronisation, on an otherwise idle GPU.
+CUDA synchronisation, on an otherwise idle GPU. Full on the CPU (``--full --device cpu``): the
+full budgets in CPU time, the toys' and the digits' independent runs in 2 worker processes
+(``--jobs 2``: on 2 cores, each worker's CPU-time budget is as fair as in one process), no
+torch.compile rows (measured and rejected on a CPU: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ SECTIONS = ("toys", "digits", "throughput", "widgets", "temperature", "memory")
 
 TITLES = {
     "toys": "2D toys: KL(data || model) at equal parameter counts",
-    "digits": "8x8 digits: test bits/dim, flowlib Glow vs normflows Glow at equal parameters",
+    "digits": "8x8 digits: test bits/dim, flowlib's Glows vs normflows' Glow at equal parameters",
     "throughput": "Throughput: Glow at MNIST size (1x32x32, 3 levels x 8 steps, 64 hidden channels)",
     "widgets": "Widgets: update latency of each control (benchmarks/widget_latency.py)",
     "temperature": "Temperature grid: redraw latency (benchmarks/temperature_latency.py)",
@@ -52,20 +56,26 @@ NOTES = {
         "Every system is trained by the same loop (Adam, warm-up + cosine over the budget, batch 512 "
         "doubled after 60 %, clipping at 5), side by side with the others (one step at a time, the system "
         "that has used the least of its budget next). Parameter counts are matched to flowlib's default "
-        "RealNVP (12 couplings x 64 units) by choosing each system's hidden width; spline flows have 6 "
-        "layers, affine ones 12. The peers see the data standardised by a fixed affine map (mean/std of "
-        "8192 samples), flowlib's models standardise with their first ActNorm."
+        "RealNVP (`realnvp_vector(2)`: 12 split couplings x 64 units) by choosing each system's hidden "
+        "width; spline flows have 6 layers, affine ones 12. `flowlib RealNVP, masked coupling (before)` is "
+        "`realnvp_vector(2, coupling=\"mask\")`, the coupling flowlib used before its split couplings. "
+        "The peers see the data standardised by a fixed affine map (mean/std of 8192 samples), flowlib's "
+        "models standardise with their first ActNorm."
     ),
     "digits": (
         "Same dequantisation and bits/dim convention for all (17 levels, uniform noise, logit with "
         "alpha = 0.05; a uniform model scores 4.087), same optimiser and schedule (digits_bpd.py's recipe), "
-        "best-validation weights restored, trained side by side."
+        "best-validation weights restored, trained side by side. The parameter counts are matched to "
+        "`flowlib Glow, masked coupling (before)` (`glow_image(..., hidden=32, coupling=\"mask\")`, "
+        "flowlib's digits Glow before its split couplings) by choosing the others' hidden widths."
     ),
     "throughput": (
-        "Ratios are measured in the same process, the systems alternating step by step. "
-        "`flowlib, Glow conditioner` has normflows' conditioner but flowlib's masked coupling; the "
-        "PROTOTYPE rows are proposals for flowlib measured in benchmarks/throughput.py (see "
-        "benchmarks/README.md, 'Speed work')."
+        "Ratios are measured in the same process, the systems alternating step by step. Every flowlib row "
+        "is `glow_image((1, 32, 32), levels=3, steps=8, hidden=64, blocks=1)` with the options its name "
+        "gives; `(before)` marks what flowlib did before a change, and the `vs before` columns compare each "
+        "changed row with the row it changes (masked -> split coupling; torch's default AdamW -> fused "
+        "AdamW, as `fit` now makes it; contiguous -> channels_last, as `fit(channels_last=True)`). See "
+        "benchmarks/README.md, 'Speed work'."
     ),
 }
 
@@ -86,12 +96,15 @@ def commands(mode: str, threads: int, device: str) -> dict[str, list[str]]:
             "memory": py + ["benchmarks/reversible_memory.py", "--batch", "2048", "--steps", "3", *t],
         }
     d = ["--device", device]
-    wall = ["--clock", "wall"] if device != "cpu" else ["--clock", "cpu"]
+    cpu = device == "cpu"
+    # On the CPU: CPU-time budgets, and the independent runs in 2 worker processes (one per core of
+    # the course's machines); on a GPU: wall-clock budgets, one process (workers would share the GPU).
+    clock = ["--clock", "cpu", "--jobs", "2"] if cpu else ["--clock", "wall"]
     return {
-        "toys": py + ["benchmarks/toys_vs_peers.py", "--budgets", "30,120", *wall, *d, *t],
-        "digits": py + ["benchmarks/digits_vs_peers.py", "--budgets", "60,300", *wall, *d, *t],
-        "throughput": py + ["benchmarks/throughput.py", "--channels-last", "--compile", "--vector",
-                            "--rounds", "10",
+        "toys": py + ["benchmarks/toys_vs_peers.py", "--budgets", "30,120", *clock, *d, *t],
+        "digits": py + ["benchmarks/digits_vs_peers.py", "--budgets", "60,300", *clock, *d, *t],
+        "throughput": py + ["benchmarks/throughput.py", "--channels-last", *([] if cpu else ["--compile"]),
+                            "--vector", "--rounds", "10",
                             "--train-batch", "256" if device != "cpu" else "32",
                             "--sample-batch", "1024" if device != "cpu" else "64", *d, *t],
         "widgets": py + ["benchmarks/widget_latency.py"],
@@ -146,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     args = p.parse_args(argv)
     mode_name = "full" if args.full else "quick"
+    if not args.full and args.device not in (None, "cpu"):
+        raise SystemExit("--quick runs on the CPU; use --full --device DEVICE for another device")
     device = args.device or ("cuda" if args.full else "cpu")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -177,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[run_all] {k}: exit {rc}, {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
         if rc != 0:
             print(tail, flush=True)
-    write_results(Path(args.out), mode_name, device, args.threads, started, load0, cmds, outputs)
+    invocation = f"--{mode_name}" + (f" --device {device}" if args.full and device != "cuda" else "")
+    if set(only) != set(SECTIONS):
+        invocation += f" --only {','.join(only)}"
+    write_results(Path(args.out), mode_name, invocation, device, args.threads, started, load0, cmds, outputs)
     print(f"[run_all] wrote {args.out}")
 
 
@@ -186,47 +204,86 @@ def _shown(cmd: list[str]) -> list[str]:
     return ["python", *cmd[1:]]
 
 
-def write_results(path: Path, mode: str, device: str, threads: int, started: dt.datetime, load0: float,
-                  cmds: dict[str, list[str]], outputs: dict) -> None:
+def _flag(cmd: list[str], name: str, default: str = "") -> str:
+    """The value of option ``name`` in a benchmark command, or ``default``."""
+    return cmd[cmd.index(name) + 1] if name in cmd[:-1] else default
+
+
+def _budgets(cmds: dict[str, list[str]], k: str) -> str:
+    return " s and ".join(_flag(cmds[k], "--budgets").split(",")) + " s" if k in cmds else ""
+
+
+def clocks_text(mode: str, device: str, threads: int, cmds: dict[str, list[str]]) -> str:
+    """What the sections' budgets and timings measured, for the mode that actually ran."""
+    if mode == "quick":
+        return (
+            "Training budgets and throughput are in CPU time of the benchmark process "
+            f"(`time.process_time`, {threads} torch thread(s)), not wall time: on a shared machine the "
+            "wall clock counts other jobs' work too. Systems that are compared are run side by side in "
+            "the same process, alternating step by step, so that whatever load there is falls on all of "
+            "them alike; the ratios are the figures to trust, the absolute rates depend on the load. The "
+            "widget benchmarks report wall time (what a student waits) and CPU time. Budgets are shorter "
+            "than the full mode's: 8 s per system on the toys (full: 30 s and 120 s), 60 s on the digits "
+            "(full: 60 s and 300 s). No GPU was used."
+        )
+    if device == "cpu":
+        parts = ["The full mode ran on the CPU, not on a GPU: no GPU was used for any section."]
+        ran = [f"{_budgets(cmds, k)} per system on the {k}" for k in ("toys", "digits") if k in cmds]
+        if ran:
+            parts.append("The full training budgets, " + " and ".join(ran) + ", are CPU time of the "
+                         f"process that trains the systems (`time.process_time`, {threads} torch thread(s) "
+                         "per process), not wall time.")
+        jobs = {k: _flag(cmds[k], "--jobs", "1") for k in ("toys", "digits") if k in cmds}
+        if any(j != "1" for j in jobs.values()):
+            parts.append(
+                "The independent runs (one per toy and budget on the toys, one per budget on the digits) "
+                "went to " + " and ".join(f"{j} worker processes for the {k}" for k, j in jobs.items())
+                + " (`--jobs`), running at the same time; since each budget is CPU time of "
+                "its own worker, the budgets are the same as in one process. The systems compared within "
+                "one run are still trained side by side in one process, one step at a time.")
+        parts.append("Throughput is CPU time of one process with the systems alternating step by step "
+                     "(no torch.compile rows on a CPU); the widget benchmarks report wall time and CPU time.")
+        return " ".join(parts)
+    return (f"Wall-clock budgets on {device}, with CUDA synchronisation after each step (an idle GPU is "
+            "assumed); one process per benchmark.")
+
+
+def write_results(path: Path, mode: str, invocation: str, device: str, threads: int, started: dt.datetime,
+                  load0: float, cmds: dict[str, list[str]], outputs: dict) -> None:
     m = machine(device)
     v = peers.versions()
     total_wall = sum(o[3] for o in outputs.values())
     total_cpu = sum(o[4] for o in outputs.values())
+    if mode == "quick":
+        gpu = (f"- GPU: {m['gpu']}; not used: the `--full` mode (30 s / 120 s toys, 60 s / 300 s digits, "
+               "big batches) was NOT run for this file")
+    elif device == "cpu":
+        gpu = (f"- GPU: {m['gpu']}; not used: `--full --device cpu` ran the full budgets on the CPU, "
+               "no GPU run is reported in this file")
+    else:
+        gpu = f"- GPU: {m['gpu']}; the training benchmarks ran on {device}"
     lines = [
         "# Benchmarks: flowlib against zuko, nflows and normflows",
         "",
-        f"Written by `python benchmarks/run_all.py --{mode}` on {started:%Y-%m-%d %H:%M %Z}; the sections "
-        f"took {total_wall / 60:.1f} min of wall time and {total_cpu / 60:.1f} min of CPU time. Re-run it to "
-        "update this file (do not edit it by hand); what the benchmarks measure and why is in "
-        "benchmarks/README.md.",
+        f"Written by `python benchmarks/run_all.py {invocation}` on {started:%Y-%m-%d %H:%M %Z}; the "
+        f"sections took {total_wall / 60:.1f} min of wall time and {total_cpu / 60:.1f} min of CPU time (all "
+        "processes). Re-run it to update this file (do not edit it by hand); what the benchmarks measure "
+        "and why is in benchmarks/README.md.",
         "",
         "## Machine and versions",
         "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores; {threads} torch thread(s) per benchmark; load average "
-        f"{load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (the machine is shared: other "
-        "jobs were running)",
-        f"- GPU: {m['gpu']}" + ("" if mode == "full" else "; the `--full` mode (GPU, 30 s / 120 s toys, "
-                                  "60 s / 300 s digits, big batches) was NOT run for this file"),
+        f"- CPU: {m['cpu']}, {m['cores']} cores; {threads} torch thread(s) per benchmark process; load "
+        f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (the machine may be "
+        "shared with other jobs)",
+        gpu,
         f"- {m['os']}, Python {m['python']}; " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- device for the training benchmarks: {device}",
         "",
         "## Clocks",
         "",
+        clocks_text(mode, device, threads, cmds),
+        "",
     ]
-    if mode == "quick":
-        lines += [
-            "Training budgets and throughput are in CPU time of the benchmark process (`time.process_time`, "
-            "1 torch thread), not wall time: on this shared 2-core machine the wall clock counts other jobs' "
-            "work too. Systems that are compared are run side by side in the same process, alternating step "
-            "by step, so that whatever load there is falls on all of them alike; the ratios are the figures "
-            "to trust, the absolute rates depend on the load. The widget benchmarks report wall time (what a "
-            "student waits) and CPU time. Budgets are shorter than the full mode's: 8 s per system on the "
-            "toys (full: 30 s and 120 s), 60 s on the digits (full: 60 s and 300 s).",
-            "",
-        ]
-    else:
-        lines += ["Wall-clock budgets, with CUDA synchronisation after each step (an idle GPU is assumed).",
-                  ""]
     for k, cmd in cmds.items():
         rc, out, tail, wall, cpu = outputs[k]
         shown = shlex.join(_shown(cmd))

@@ -3,13 +3,17 @@
     python benchmarks/toys_vs_peers.py                           # 30 s and 120 s (CPU clock), 3 toys
     python benchmarks/toys_vs_peers.py --budgets 10 --kl-samples 100000      # the quick table
     python benchmarks/toys_vs_peers.py --systems "flowlib RealNVP,zuko NSF" --toys two_moons
+    python benchmarks/toys_vs_peers.py --jobs 2                  # two (toy, budget) runs at a time
 
-Systems (benchmarks/peers.py): flowlib's RealNVP and a Glow-style vector flow built from
-flowlib's layers, zuko's MAF and NSF, nflows' RealNVP, MAF and NSF, normflows' RealNVP and NSF.
-All have (close to) the same number of parameters: each family has a fixed depth (``--depth``
-affine layers, ``--spline-depth`` spline layers) and its hidden width is searched so that its
-count is nearest to that of flowlib's default RealNVP (12 couplings, 64 units). The table
-reports the counts.
+Systems (benchmarks/peers.py): flowlib's ``realnvp_vector`` (its default, split couplings: the
+conditioner reads the kept coordinates only), ``glow_vector`` (ActNorm, LU linear map, split
+coupling) and ``realnvp_vector(coupling="mask")``, the masked coupling flowlib used before
+(row "flowlib RealNVP, masked coupling (before)"); zuko's MAF and NSF, nflows' RealNVP, MAF and
+NSF, normflows' RealNVP and NSF. All have (close to) the same number of parameters: each family
+has a fixed depth (``--depth`` affine layers, ``--spline-depth`` spline layers) and its hidden
+width is searched so that its count is nearest to that of flowlib's default RealNVP
+(``realnvp_vector(2)``: 12 couplings, 64 units). The table reports the counts. System names may
+contain commas; ``--systems`` splits the list back into known names.
 
 All systems are trained by the same loop, the recipe of ``benchmarks/toy_kl.py``: Adam,
 linear warm-up then a cosine to 0 over the budget, batch 512 doubled after 60 % of the budget,
@@ -20,6 +24,13 @@ always advancing the one that has used the least of its budget. Any load the sha
 has at a moment falls on all of them alike. The budget's clock is this process's CPU time by
 default (``--clock cpu``, with 1 torch thread: the time the work itself took, hardly affected
 by other jobs), or wall-clock time (``--clock wall``, the natural choice on a GPU).
+
+Parallel runs: the (toy, budget) runs are independent, and ``--jobs N`` gives them to N worker
+processes (multiprocessing, "spawn" context, each worker with ``--threads`` torch threads); the
+table is the same, in the same order. The systems of one run still train side by side in one
+process. With ``--clock cpu`` each budget is CPU time of the worker that trains it, so N workers
+on N free cores are as fair as one; with ``--clock wall``, or more workers than free cores, the
+workers slow each other down and the budgets buy fewer steps.
 
 KL(p_data || p_model) = E_data[log p_data - log p_model] is estimated over ``--kl-samples``
 fresh samples with each toy's exact log-density (flowlib.metrics.kl_divergence_estimate), the
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -44,7 +56,7 @@ import peers  # noqa: E402
 
 from flowlib.data.toys import get_toy  # noqa: E402
 from flowlib.metrics import kl_divergence_estimate  # noqa: E402
-from flowlib.models import realnvp  # noqa: E402
+from flowlib.models import realnvp_vector  # noqa: E402
 
 TOYS = "eight_gaussians,two_moons,checkerboard"
 
@@ -65,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--kl-samples", type=int, default=200_000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (the machine is shared)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the independent (toy, budget) runs (1: all in this process)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -111,26 +125,29 @@ class Trainer:
         self.used += self.clock() - t0
 
 
-_WIDTHS: dict[tuple[str, int, int], int] = {}
+def target_parameters(args: argparse.Namespace) -> int:
+    """The parameter count every system is matched to: flowlib's default RealNVP at ``--depth``."""
+    return peers.count_parameters(realnvp_vector(2, couplings=args.depth))
 
 
-def width_for(name: str, depth: int, target: int) -> int:
-    """The hidden width of ``name`` at ``depth`` nearest to ``target`` parameters (cached per system)."""
-    key = (name, depth, target)
-    if key not in _WIDTHS:
-        dummy = torch.randn(64, 2)
-        _WIDTHS[key] = peers.match_width(lambda h: peers.build_vector(name, 2, depth, h, dummy), target)
-    return _WIDTHS[key]
-
-
-def build_all(names: list[str], toy: object, args: argparse.Namespace) -> dict[str, nn.Module]:
-    """Every system at the parameter count of flowlib's default RealNVP; ActNorm started on 8192 samples."""
-    data = toy.sample(8192, generator=torch.Generator().manual_seed(args.seed))
-    target = peers.count_parameters(realnvp(2, couplings=args.depth))
-    models = {}
+def widths_for(names: list[str], args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    """name -> (depth, hidden width), the width whose parameter count is nearest to the target."""
+    target = target_parameters(args)
+    dummy = torch.randn(64, 2)
+    out = {}
     for name in names:
         depth = args.spline_depth if peers.VECTOR_SYSTEMS[name][3] == "spline" else args.depth
-        width = width_for(name, depth, target)
+        width = peers.match_width(lambda h, n=name, d=depth: peers.build_vector(n, 2, d, h, dummy), target)
+        out[name] = (depth, width)
+    return out
+
+
+def build_all(shapes: dict[str, tuple[int, int]], toy: object,
+              args: argparse.Namespace) -> dict[str, nn.Module]:
+    """Every system at its (depth, width); ActNorm and the peers' standardisation started on 8192 samples."""
+    data = toy.sample(8192, generator=torch.Generator().manual_seed(args.seed))
+    models = {}
+    for name, (depth, width) in shapes.items():
         torch.manual_seed(args.seed)
         model = peers.build_vector(name, 2, depth, width, data).to(args.device)
         model.depth, model.width = depth, width
@@ -141,10 +158,12 @@ def build_all(names: list[str], toy: object, args: argparse.Namespace) -> dict[s
     return models
 
 
-def run_toy(toy_name: str, names: list[str], budget: float, args: argparse.Namespace) -> dict[str, dict]:
+def run_toy(toy_name: str, shapes: dict[str, tuple[int, int]], budget: float,
+            args: argparse.Namespace) -> dict[str, dict]:
+    """Train every system on one toy for ``budget`` seconds, side by side; KL and counts per system."""
     toy = get_toy(toy_name)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    models = build_all(names, toy, args)
+    models = build_all(shapes, toy, args)
     trainers = [Trainer(n, m, args, budget, toy, clock) for n, m in models.items()]
     while True:
         left = [t for t in trainers if not t.done]
@@ -167,31 +186,65 @@ def run_toy(toy_name: str, names: list[str], budget: float, args: argparse.Names
     return out
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_task(task: tuple) -> tuple[tuple[str, float], dict[str, dict], float]:
+    """One (toy, budget) run, in this process or in a worker: (key, results, wall seconds)."""
+    toy, budget, shapes, args = task
+    w0 = time.perf_counter()
+    return (toy, budget), run_toy(toy, shapes, budget, args), time.perf_counter() - w0
+
+
+def run_all(toys: list[str], budgets: list[float], shapes: dict[str, tuple[int, int]],
+            args: argparse.Namespace) -> dict[tuple[str, float], dict[str, dict]]:
+    """Every (toy, budget) run, in this process (``--jobs 1``) or in ``--jobs`` worker processes."""
+    tasks = [(toy, budget, shapes, args) for budget in budgets for toy in toys]
+    results = {}
+
+    def report(key: tuple[str, float], wall: float) -> None:
+        print(f"  {key[0]}, {key[1]:g} s: done in {wall:.0f} s wall", file=sys.stderr, flush=True)
+
+    if args.jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            key, res, wall = _run_task(task)
+            results[key] = res
+            report(key, wall)
+        return results
+    tasks.sort(key=lambda t: -t[1])  # the longest budgets first: the workers finish closer together
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(args.jobs, len(tasks)), initializer=_init_worker, initargs=(args.threads,)) as pool:
+        for key, res, wall in pool.imap_unordered(_run_task, tasks):
+            results[key] = res
+            report(key, wall)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     torch.set_num_threads(args.threads)
     toys = [t.strip() for t in args.toys.split(",") if t.strip()]
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    names = peers.parse_names(args.systems, list(peers.VECTOR_SYSTEMS))
     unknown = [n for n in names if n not in peers.VECTOR_SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown systems {unknown}; choose from {list(peers.VECTOR_SYSTEMS)}")
     missing = [n for n in names if not peers.available(peers.VECTOR_SYSTEMS[n][0])]
     names = [n for n in names if n not in missing]
-    results: dict[tuple[str, float], dict[str, dict]] = {}
-    for budget in budgets:
-        for toy in toys:
-            w0 = time.perf_counter()
-            results[toy, budget] = run_toy(toy, names, budget, args)
-            print(f"  {toy}, {budget:g} s: done in {time.perf_counter() - w0:.0f} s wall", file=sys.stderr,
-                  flush=True)
+    shapes = widths_for(names, args)
+    results = run_all(toys, budgets, shapes, args)
 
     cols = [(t, b) for b in budgets for t in toys]
     first = results[cols[0]]
     shown = ", ".join(f"{b:g}" for b in budgets)
+    workers = (f"; the (toy, budget) runs in {min(args.jobs, len(cols))} worker processes"
+               if args.jobs > 1 and len(cols) > 1 else "")
     print(f"KL(data || model) in nats (lower is better; 0 = exact) after {shown} s "
-          f"of {args.clock} time per system, {torch.get_num_threads()} torch thread(s), {args.device}; "
-          f"{args.kl_samples} samples per estimate.\n")
+          f"of {args.clock} time per system, {args.threads} torch thread(s) per process, {args.device}"
+          f"{workers}; {args.kl_samples} samples per estimate.\n")
     print("| system | depth x width | params | " + " | ".join(f"{t} {b:g} s" for t, b in cols)
           + " | ms/step |")
     print("|---|---|---:|" + "---:|" * len(cols) + "---:|")
