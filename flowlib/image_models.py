@@ -43,7 +43,7 @@ from flowlib.dequantize import (
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale
-from flowlib.split_coupling import AffineSplitCoupling, split_sizes
+from flowlib.split_coupling import AffineSplitCoupling, can_split, split_sizes
 
 __all__ = [
     "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
@@ -204,9 +204,7 @@ def _affine_coupling(mask: Tensor, coupling: str, conditioner: str, hidden: int,
                      clamp: float | None) -> Flow:
     """An affine coupling with ``mask``: sliced when the mask allows it and ``coupling == "split"``."""
     c = mask.shape[0]
-    flat = mask.reshape(c, -1)
-    per_channel = bool((flat == flat[:, :1]).all())
-    if coupling == "split" and per_channel:
+    if coupling == "split" and can_split(mask):
         kept, moved = split_sizes(mask)
         net = _conditioner(conditioner, kept, 2 * moved, hidden, blocks)
         return AffineSplitCoupling(mask, net, clamp=clamp)

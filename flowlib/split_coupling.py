@@ -40,23 +40,33 @@ from flowlib.coupling import (
 )
 
 __all__ = [
-    "split_sizes", "AdditiveSplitCoupling", "AffineSplitCoupling", "split_from_masked", "split_couplings",
+    "can_split", "split_sizes", "AdditiveSplitCoupling", "AffineSplitCoupling", "split_from_masked",
+    "split_couplings",
 ]
+
+
+def _along_dim1(mask: Tensor) -> Tensor | None:
+    """The mask's value per entry along dim 1 (channel or coordinate), or None when an image mask
+    is not the same at every pixel of a channel (a checkerboard)."""
+    flat = mask.reshape(mask.shape[0], -1)
+    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else None
+
+
+def can_split(mask: Tensor) -> bool:
+    """Whether a coupling with this mask can slice: one value per channel, some kept, some moved."""
+    per_entry = _along_dim1(mask)
+    return per_entry is not None and 0 < int((per_entry > 0.5).sum()) < per_entry.numel()
 
 
 def _split_indices(mask: Tensor, who: str) -> tuple[Tensor, Tensor]:
     """The indices along dim 1 kept (mask 1) and moved (mask 0) by a mask that can be sliced."""
-    mask = _mask_buffer(mask, who)
-    if mask.dim() > 1:
-        # An image mask must hold one value per channel, the same at every pixel.
-        flat = mask.reshape(mask.shape[0], -1)
-        if not bool((flat == flat[:, :1]).all()):
-            raise FlowInputError(
-                f"{who}: expected a mask that is constant over each channel (e.g. channel_mask); a "
-                f"checkerboard mask cannot be sliced: use AffineCoupling / AdditiveCoupling for it"
-            )
-        mask = flat[:, 0]
-    keep = mask > 0.5
+    per_entry = _along_dim1(_mask_buffer(mask, who))
+    if per_entry is None:
+        raise FlowInputError(
+            f"{who}: expected a mask that is constant over each channel (e.g. channel_mask); a "
+            f"checkerboard mask cannot be sliced: use AffineCoupling / AdditiveCoupling for it"
+        )
+    keep = per_entry > 0.5
     kept = torch.nonzero(keep).flatten()
     moved = torch.nonzero(~keep).flatten()
     if kept.numel() == 0 or moved.numel() == 0:
@@ -267,24 +277,15 @@ def split_from_masked(
             m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
         else:
             m.in_channels, m.out_channels = m.weight.shape[1], m.weight.shape[0]
-    for name, size in (("in_features", len(kept)), ("in_channels", len(kept))):
+    # The conditioner classes record their sizes and check their inputs against them.
+    for name, size in (("in_features", len(kept)), ("in_channels", len(kept)),
+                       ("out_features", len(rows)), ("out_channels", len(rows))):
         if hasattr(net, name):
             setattr(net, name, size)
-    for name in ("out_features", "out_channels"):
-        if hasattr(net, name):
-            setattr(net, name, len(rows))
     mask = layer.mask.detach().clone()
     if affine:
         return AffineSplitCoupling(mask, net, clamp=layer.clamp).to(layer.mask.device)
     return AdditiveSplitCoupling(mask, net).to(layer.mask.device)
-
-
-def _sliceable(layer: nn.Module) -> bool:
-    if not isinstance(layer, (AffineCoupling, AdditiveCoupling)):
-        return False
-    mask = layer.mask.reshape(layer.mask.shape[0], -1)
-    per_entry = mask[:, 0]
-    return bool((mask == mask[:, :1]).all()) and 0 < int(per_entry.sum()) < per_entry.numel()
 
 
 def split_couplings(module: nn.Module) -> int:
@@ -297,7 +298,7 @@ def split_couplings(module: nn.Module) -> int:
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if _sliceable(child):
+            if isinstance(child, (AffineCoupling, AdditiveCoupling)) and can_split(child.mask):
                 setattr(parent, name, split_from_masked(child))
                 replaced += 1
     return replaced
