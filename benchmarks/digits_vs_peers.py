@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import multiprocessing
 import sys
 import time
 from collections.abc import Callable
@@ -209,12 +208,8 @@ def run(budget: float, widths: dict[str, int], data: dict, args: argparse.Namesp
     return {t.name: t.finish() for t in trainers}
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _run_task(task: tuple) -> tuple[float, dict[str, dict], float]:
-    """One budget's run in a worker process (which loads the data itself): (budget, results, wall s)."""
+    """One budget's run, here or in a worker (it loads the digits itself): (budget, results, wall s)."""
     budget, widths, args = task
     w0 = time.perf_counter()
     return budget, run(budget, widths, load_data(args.device), args), time.perf_counter() - w0
@@ -222,24 +217,9 @@ def _run_task(task: tuple) -> tuple[float, dict[str, dict], float]:
 
 def run_budgets(budgets: list[float], widths: dict[str, int], args: argparse.Namespace) -> dict[float, dict]:
     """Every budget's run, in this process (``--jobs 1``) or in ``--jobs`` worker processes."""
-    rows: dict[float, dict] = {}
-
-    def report(budget: float, wall: float) -> None:
-        print(f"  digits, {budget:g} s: done in {wall:.0f} s wall", file=sys.stderr, flush=True)
-
-    if args.jobs <= 1 or len(budgets) <= 1:
-        data = load_data(args.device)
-        for budget in budgets:
-            w0 = time.perf_counter()
-            rows[budget] = run(budget, widths, data, args)
-            report(budget, time.perf_counter() - w0)
-        return rows
-    tasks = sorted(((b, widths, args) for b in budgets), key=lambda t: -t[0])  # the longest first
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(args.jobs, len(tasks)), initializer=_init_worker, initargs=(args.threads,)) as pool:
-        for budget, res, wall in pool.imap_unordered(_run_task, tasks):
-            rows[budget] = res
-            report(budget, wall)
+    tasks = [(b, widths, args) for b in budgets]
+    rows = peers.run_tasks(_run_task, tasks, args.jobs, args.threads, cost=lambda t: t[0],
+                           label=lambda budget: f"digits, {budget:g} s")
     return {b: rows[b] for b in budgets}
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import multiprocessing
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -49,6 +51,38 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "missing"
     return out
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_tasks(task_fn: Callable, tasks: list, jobs: int, threads: int, cost: Callable,
+              label: Callable) -> dict:
+    """``{key: result}`` of ``task_fn(task) -> (key, result, wall seconds)`` over independent tasks.
+
+    ``jobs`` <= 1: one after the other in this process, in the given order. Otherwise in ``jobs``
+    worker processes ("spawn" context, ``threads`` torch threads each), the costliest tasks
+    (``cost(task)``) first so that the workers finish close together. ``task_fn`` must be a
+    module-level function (it is pickled by name). A line per finished task goes to stderr,
+    labelled ``label(key)``.
+    """
+    results = {}
+
+    def done(key: object, result: object, wall: float) -> None:
+        results[key] = result
+        print(f"  {label(key)}: done in {wall:.0f} s wall", file=sys.stderr, flush=True)
+
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            done(*task_fn(task))
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    ordered = sorted(tasks, key=lambda t: -cost(t))
+    with ctx.Pool(min(jobs, len(tasks)), initializer=_set_threads, initargs=(threads,)) as pool:
+        for out in pool.imap_unordered(task_fn, ordered):
+            done(*out)
+    return results
 
 
 def count_parameters(model: nn.Module) -> int:

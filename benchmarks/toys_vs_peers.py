@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -186,10 +185,6 @@ def run_toy(toy_name: str, shapes: dict[str, tuple[int, int]], budget: float,
     return out
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _run_task(task: tuple) -> tuple[tuple[str, float], dict[str, dict], float]:
     """One (toy, budget) run, in this process or in a worker: (key, results, wall seconds)."""
     toy, budget, shapes, args = task
@@ -201,24 +196,8 @@ def run_all(toys: list[str], budgets: list[float], shapes: dict[str, tuple[int, 
             args: argparse.Namespace) -> dict[tuple[str, float], dict[str, dict]]:
     """Every (toy, budget) run, in this process (``--jobs 1``) or in ``--jobs`` worker processes."""
     tasks = [(toy, budget, shapes, args) for budget in budgets for toy in toys]
-    results = {}
-
-    def report(key: tuple[str, float], wall: float) -> None:
-        print(f"  {key[0]}, {key[1]:g} s: done in {wall:.0f} s wall", file=sys.stderr, flush=True)
-
-    if args.jobs <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            key, res, wall = _run_task(task)
-            results[key] = res
-            report(key, wall)
-        return results
-    tasks.sort(key=lambda t: -t[1])  # the longest budgets first: the workers finish closer together
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(args.jobs, len(tasks)), initializer=_init_worker, initargs=(args.threads,)) as pool:
-        for key, res, wall in pool.imap_unordered(_run_task, tasks):
-            results[key] = res
-            report(key, wall)
-    return results
+    return peers.run_tasks(_run_task, tasks, args.jobs, args.threads, cost=lambda t: t[1],
+                           label=lambda key: f"{key[0]}, {key[1]:g} s")
 
 
 def main(argv: list[str] | None = None) -> None:
