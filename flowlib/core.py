@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from flowlib._checks import FlowInputError
+
 __all__ = [
     "Flow",
     "Compose",
@@ -33,13 +35,6 @@ __all__ = [
     "layer_classes",
     "register_layer",
 ]
-
-
-class FlowInputError(ValueError):
-    """Raised when a flow, a model or a training call gets input it cannot use.
-
-    The message always names the layer or call and what it expected.
-    """
 
 
 # Every concrete layer class, by name, filled in by ``Flow.__init_subclass__``.
@@ -279,6 +274,8 @@ class FlowModel(nn.Module, Distribution):
     has_rsample = True
     arg_constraints: ClassVar[dict] = {}
     support = constraints.real
+    #: The unit of :meth:`loss`: what :func:`flowlib.fit` minimises and reports, read, never guessed.
+    loss_unit: ClassVar[str] = "nats"
 
     def __init__(self, flow: Flow, base: nn.Module, validate: bool = True) -> None:
         nn.Module.__init__(self)
@@ -319,6 +316,10 @@ class FlowModel(nn.Module, Distribution):
             check_data(x, tuple(self.event_shape), self.device, f"{type(self).__name__}.log_prob")
         z, logdet = self.flow(x)
         return self.base.log_prob(z) + logdet
+
+    def loss(self, x: Tensor) -> Tensor:
+        """What training minimises, one value per sample: -log p_X(x), in nats (``loss_unit``)."""
+        return -self.log_prob(x)
 
     def _shape(self, sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
         if isinstance(sample_shape, int):
