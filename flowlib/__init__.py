@@ -24,15 +24,7 @@ from flowlib import (
     reversible,
     split_coupling,
 )
-from flowlib.core import (
-    Compose,
-    Flow,
-    FlowInputError,
-    FlowModel,
-    Inverse,
-    layer_classes,
-    register_layer,
-)
+from flowlib.core import Compose, Flow, FlowInputError, FlowModel, Inverse
 from flowlib.distributions import DiagonalGaussian, StandardNormal
 from flowlib.models import glow, nice, planar_flow, radial_flow, realnvp
 from flowlib.train import FitResult, TrainingError, fit
@@ -62,14 +54,12 @@ __all__ = [
     "distributions",
     "elementwise",
     "image_models",
-    "layer_classes",
     "linear",
     "models",
     "multiscale",
     "nets",
     "permutations",
     "planar",
-    "register_layer",
     "reversible",
     "split_coupling",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from flowlib._checks import integer, number
 from flowlib.core import Flow, FlowInputError
 
 __all__ = ["ActNorm"]
@@ -34,11 +35,11 @@ class ActNorm(Flow):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
-        if int(num_features) < 1:
-            raise FlowInputError(f"ActNorm: num_features must be >= 1, got {num_features}")
+        num_features = integer(num_features, "num_features", "ActNorm")
+        eps = number(eps, "eps", "ActNorm", minimum=0.0)
         super().__init__(None)
-        self.num_features = int(num_features)
-        self.eps = float(eps)
+        self.num_features = num_features
+        self.eps = eps
         self.bias = nn.Parameter(torch.zeros(self.num_features))
         self.log_scale = nn.Parameter(torch.zeros(self.num_features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -110,12 +111,3 @@ class ActNorm(Flow):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, initialized={self._initialized}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(3)
-        # Initialise on shifted, scaled data so that the map is far from the identity.
-        data = 2.0 + 3.0 * torch.randn(16, 3, generator=generator)
-        f.train()
-        f(data)
-        return f, torch.randn(5, 3, generator=generator)

@@ -25,39 +25,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from flowlib._checks import FlowInputError
+from flowlib._modules import placement
 
-__all__ = [
-    "Flow",
-    "Compose",
-    "Inverse",
-    "FlowModel",
-    "FlowInputError",
-    "layer_classes",
-    "register_layer",
-]
-
-
-# Every concrete layer class, by name, filled in by ``Flow.__init_subclass__``.
-_LAYERS: dict[str, type[Flow]] = {}
-
-
-def register_layer(cls: type[Flow]) -> type[Flow]:
-    """Add ``cls`` to the public layer list (done automatically for Flow subclasses)."""
-    _LAYERS[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return cls
-
-
-def layer_classes() -> list[type[Flow]]:
-    """Every concrete layer class of flowlib, so tests can iterate over all of them.
-
-    A class is listed when it subclasses :class:`Flow` and does not set ``abstract = True``
-    in its own body. Each listed class provides :meth:`Flow.example`.
-    """
-    # Import the modules that define layers so that the list is complete whichever
-    # module the caller imported first.
-    import flowlib  # noqa: F401  (side effect: registers every layer module)
-
-    return sorted(_LAYERS.values(), key=lambda c: (c.__module__, c.__qualname__))
+__all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "check_data"]
 
 
 class Flow(nn.Module):
@@ -70,17 +40,25 @@ class Flow(nn.Module):
     ``event_shape`` is the shape of one sample without the batch dimension, e.g. ``(2,)``
     for points in the plane or ``(1, 8, 8)`` for an 8x8 grey image; ``None`` means "any
     shape" (elementwise layers).
+
+    Subclassing registers nothing: flowlib keeps no list of layers (the test-suite keeps its
+    own, in ``tests/layer_cases.py``).
+
+    >>> class Shift(Flow):
+    ...     def forward(self, x):
+    ...         return x + 1, x.new_zeros(x.shape[0])
+    ...     def inverse(self, z):
+    ...         return z - 1, z.new_zeros(z.shape[0])
+    >>> Shift()(torch.zeros(2, 1))
+    (tensor([[1.],
+            [1.]]), tensor([0., 0.]))
     """
 
-    abstract: ClassVar[bool] = True
-    #: True when ``forward`` (data -> latent) has no closed form and is solved numerically.
+    #: True when ``forward`` (data -> latent) has no closed form and is solved numerically
+    #: (the planar flow): documented behaviour of a layer, not a test flag.
     numerical_forward: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        # ``abstract`` must be set in the class's own body to opt out of the list.
-        if not cls.__dict__.get("abstract", False):
-            register_layer(cls)
+    #: True when ``inverse`` (latent -> data) has no closed form (MixtureLogisticCDF).
+    numerical_inverse: ClassVar[bool] = False
 
     def __init__(self, event_shape: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -96,8 +74,8 @@ class Flow(nn.Module):
         raise NotImplementedError
 
     # -- helpers shared by every layer ------------------------------------------------
-    def check_input(self, x: Tensor, direction: str = "forward") -> None:
-        """Check the tensor's shape against ``event_shape``: metadata only, no GPU sync."""
+    def check_tensor(self, x: Tensor, direction: str = "forward") -> None:
+        """Check that ``x`` is a floating-point tensor (the part of every layer's check that is shared)."""
         name = type(self).__name__
         if not isinstance(x, Tensor):
             raise FlowInputError(f"{name}.{direction}: expected a torch.Tensor, got {type(x).__name__}")
@@ -105,6 +83,11 @@ class Flow(nn.Module):
             raise FlowInputError(
                 f"{name}.{direction}: expected a floating-point tensor, got dtype {x.dtype}"
             )
+
+    def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        """Check the tensor's shape against ``event_shape``: metadata only, no GPU sync."""
+        self.check_tensor(x, direction)
+        name = type(self).__name__
         if self.event_shape is None:
             if x.dim() < 2:
                 raise FlowInputError(
@@ -117,15 +100,6 @@ class Flow(nn.Module):
             raise FlowInputError(
                 f"{name}.{direction}: expected input of shape {shown}, got {tuple(x.shape)}"
             )
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        """A small instance with a random, non-identity initialisation and a matching batch.
-
-        Used by the test-suite to check every layer against autograd. Each concrete layer
-        overrides it.
-        """
-        raise NotImplementedError(f"{cls.__name__} must implement the classmethod example()")
 
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={self.event_shape}"
@@ -195,15 +169,6 @@ class Compose(Flow):
     def __getitem__(self, i: int) -> Flow:
         return self.flows[i]
 
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.elementwise import Affine
-        from flowlib.permutations import ReversePermutation
-
-        a, x = Affine.example(generator)
-        b, _ = Affine.example(generator)
-        return cls(a, ReversePermutation(x.shape[1]), b), x
-
 
 class Inverse(Flow):
     """Swap a flow's directions: ``Inverse(f).forward == f.inverse``.
@@ -226,13 +191,6 @@ class Inverse(Flow):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return self.flow.forward(z)
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.elementwise import SinhArcsinh
-
-        f, x = SinhArcsinh.example(generator)
-        return cls(f), x
 
 
 def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str) -> None:
@@ -295,11 +253,8 @@ class FlowModel(nn.Module, Distribution):
 
     @property
     def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
-        return torch.device("cpu")
+        """The device of the model's tensors (see :func:`flowlib._modules.placement`)."""
+        return placement(self)[0]
 
     @property
     def dim(self) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -190,9 +189,6 @@ class LogitPreprocess(Flow):
     / alpha) (2.94 for alpha = 0.05): no infinite logit at x -> 1. Elementwise, any shape.
     """
 
-    #: Valid inputs are in [0, 1] (scaled, dequantized pixels).
-    input_domain: ClassVar[str] = "unit"
-
     def __init__(self, alpha: float = 0.05) -> None:
         if not (0 < float(alpha) < 0.5):
             raise FlowInputError(f"LogitPreprocess: alpha must be in (0, 0.5), got {alpha!r}")
@@ -214,7 +210,3 @@ class LogitPreprocess(Flow):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        return cls(0.05), torch.rand(4, 1, 3, 3, generator=generator) * 0.98 + 0.01

@@ -17,15 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowlib.core import Flow, FlowInputError, sum_except_batch
+from flowlib._checks import integer
+from flowlib.core import Flow, sum_except_batch
 
 __all__ = ["Affine", "SinhArcsinh", "MixtureLogisticCDF", "solve_monotone"]
-
-
-def _dim(dim: int, who: str) -> int:
-    if int(dim) < 1:
-        raise FlowInputError(f"{who}: dim must be >= 1, got {dim}")
-    return int(dim)
 
 
 class Affine(Flow):
@@ -36,7 +31,7 @@ class Affine(Flow):
     """
 
     def __init__(self, dim: int = 1) -> None:
-        dim = _dim(dim, "Affine")
+        dim = integer(dim, "dim", "Affine")
         super().__init__((dim,))
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.shift = nn.Parameter(torch.zeros(dim))
@@ -50,14 +45,6 @@ class Affine(Flow):
         self.check_input(z, "inverse")
         x = (z - self.shift) * torch.exp(-self.log_scale)
         return x, (-self.log_scale.sum()).expand(z.shape[0])
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(3)
-        with torch.no_grad():
-            f.log_scale.copy_(0.5 * torch.randn(3, generator=generator))
-            f.shift.copy_(torch.randn(3, generator=generator))
-        return f, torch.randn(6, 3, generator=generator)
 
 
 class SinhArcsinh(Flow):
@@ -74,7 +61,7 @@ class SinhArcsinh(Flow):
     """
 
     def __init__(self, dim: int = 1) -> None:
-        dim = _dim(dim, "SinhArcsinh")
+        dim = integer(dim, "dim", "SinhArcsinh")
         super().__init__((dim,))
         self.epsilon = nn.Parameter(torch.zeros(dim))
         self.log_delta = nn.Parameter(torch.zeros(dim))
@@ -101,14 +88,6 @@ class SinhArcsinh(Flow):
         log_cosh = b.abs() + torch.log1p(torch.exp(-2 * b.abs())) - 0.6931471805599453
         log_dxdz = -self.log_delta + log_cosh - 0.5 * torch.log1p(z * z)
         return x, sum_except_batch(log_dxdz)
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(2)
-        with torch.no_grad():
-            f.epsilon.copy_(0.5 * torch.randn(2, generator=generator))
-            f.log_delta.copy_(0.3 * torch.randn(2, generator=generator))
-        return f, torch.randn(5, 2, generator=generator)
 
 
 def solve_monotone(
@@ -194,11 +173,9 @@ class MixtureLogisticCDF(Flow):
     numerical_inverse: ClassVar[bool] = True
 
     def __init__(self, dim: int = 1, components: int = 4) -> None:
-        dim = _dim(dim, "MixtureLogisticCDF")
-        if int(components) < 1:
-            raise FlowInputError(f"MixtureLogisticCDF: components must be >= 1, got {components}")
+        dim = integer(dim, "dim", "MixtureLogisticCDF")
+        k = integer(components, "components", "MixtureLogisticCDF")
         super().__init__((dim,))
-        k = int(components)
         self.components = k
         self.logits = nn.Parameter(torch.zeros(dim, k))
         # Spread the components over [-1, 1] so that they do not all start in one place.
@@ -240,12 +217,3 @@ class MixtureLogisticCDF(Flow):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, components={self.components}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(2, components=3)
-        with torch.no_grad():
-            f.logits.copy_(0.5 * torch.randn(2, 3, generator=generator))
-            f.loc.add_(0.5 * torch.randn(2, 3, generator=generator))
-            f.log_scale.copy_(0.3 * torch.randn(2, 3, generator=generator) - 0.2)
-        return f, torch.randn(5, 2, generator=generator)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowlib._checks import integer
 from flowlib.core import Flow, FlowInputError
 
 __all__ = ["InvertibleLinear", "InvertibleLinearLU", "random_rotation"]
@@ -52,11 +53,8 @@ def random_rotation(channels: int, generator: torch.Generator | None = None) -> 
 class _ChannelLinear(Flow):
     """Shared machinery: apply W to vectors or to every pixel, shape checks, eval-mode cache."""
 
-    abstract = True
-
     def __init__(self, channels: int) -> None:
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise FlowInputError(f"{type(self).__name__}: channels must be an integer >= 1, got {channels!r}")
+        channels = integer(channels, "channels", type(self).__name__)
         super().__init__(None)
         self.channels = channels
         self._cache: dict[str, Tensor] = {}
@@ -107,12 +105,9 @@ class _ChannelLinear(Flow):
 
     # -- the contract ----------------------------------------------------------------------
     def check_input(self, x: Tensor, direction: str = "forward") -> None:
+        self.check_tensor(x, direction)
         name = type(self).__name__
         want = f"(batch, {self.channels}) or (batch, {self.channels}, height, width)"
-        if not isinstance(x, Tensor):
-            raise FlowInputError(f"{name}.{direction}: expected a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise FlowInputError(f"{name}.{direction}: expected a floating-point tensor, got dtype {x.dtype}")
         if x.dim() not in (2, 4) or x.shape[1] != self.channels:
             raise FlowInputError(f"{name}.{direction}: expected input of shape {want}, got {tuple(x.shape)}")
 
@@ -166,14 +161,6 @@ class InvertibleLinear(_ChannelLinear):
     def _compute_log_abs_det(self) -> Tensor:
         return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
 
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(4, generator=generator)
-        with torch.no_grad():
-            # Leave the rotation group, so that the logdet is not zero and really tested.
-            f.weight.add_(0.3 * torch.randn(4, 4, generator=generator))
-        return f, torch.randn(3, 4, 3, 2, generator=generator)
-
 
 class InvertibleLinearLU(_ChannelLinear):
     """The LU-parameterised 1x1 convolution (Kingma & Dhariwal, 2018, section 3.2).
@@ -221,12 +208,3 @@ class InvertibleLinearLU(_ChannelLinear):
 
     def _compute_log_abs_det(self) -> Tensor:
         return self.log_s.sum()
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(4, generator=generator)
-        with torch.no_grad():
-            f.lower.add_(0.3 * torch.randn(4, 4, generator=generator))
-            f.upper.add_(0.3 * torch.randn(4, 4, generator=generator))
-            f.log_s.add_(0.3 * torch.randn(4, generator=generator))
-        return f, torch.randn(3, 4, 2, 3, generator=generator)

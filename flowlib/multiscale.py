@@ -25,7 +25,6 @@ generic layer tests and plugs into ``FlowModel`` with a ``StandardNormal((C, H, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -55,9 +54,6 @@ class Squeeze(Flow):
 
     Changes the shape, so H and W must be divisible by the factor f.
     """
-
-    #: The output shape differs from the input's (the generic round-trip test allows it).
-    changes_shape: ClassVar[bool] = True
 
     def __init__(self, factor: int = 2) -> None:
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
@@ -89,10 +85,6 @@ class Squeeze(Flow):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        return cls(2), torch.randn(3, 2, 4, 2, generator=generator)
 
 
 class GaussianSplitPrior(Flow):
@@ -149,14 +141,6 @@ class GaussianSplitPrior(Flow):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, bound={self.bound}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(4)
-        with torch.no_grad():
-            for p in f.parameters():
-                p.copy_(0.3 * torch.randn(p.shape, generator=generator))
-        return f, torch.randn(3, 4, 3, 3, generator=generator)
 
 
 def _image_shape(event_shape: Sequence[int], who: str) -> tuple[int, int, int]:
@@ -296,17 +280,3 @@ class MultiScale(Flow):
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}, levels={self.levels}, split_prior={self.split_prior}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.linear import InvertibleLinear, InvertibleLinearLU
-
-        a, b = InvertibleLinearLU.example(generator)[0], InvertibleLinear.example(generator)[0]
-        b8 = InvertibleLinear(8, generator=generator)
-        with torch.no_grad():
-            b8.weight.add_(0.3 * torch.randn(8, 8, generator=generator))
-        f = cls((1, 4, 4), [[a, b], [b8]], split_prior=True)
-        with torch.no_grad():
-            for p in f.priors.parameters():
-                p.copy_(0.3 * torch.randn(p.shape, generator=generator))
-        return f, torch.randn(3, 1, 4, 4, generator=generator)

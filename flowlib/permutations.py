@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowlib._checks import integer
 from flowlib.core import Flow, FlowInputError
 
 __all__ = ["Permutation", "ReversePermutation", "RandomPermutation"]
@@ -36,33 +37,19 @@ class Permutation(Flow):
         self.check_input(z, "inverse")
         return z[:, self.inv_perm], z.new_zeros(z.shape[0])
 
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        return cls(torch.tensor([2, 0, 3, 1])), torch.randn(5, 4, generator=generator)
-
 
 class ReversePermutation(Permutation):
     """Reverse the order of the coordinates: z = (x_d, ..., x_1)."""
 
     def __init__(self, dim: int) -> None:
-        if int(dim) < 1:
-            raise FlowInputError(f"ReversePermutation: dim must be >= 1, got {dim}")
-        super().__init__(torch.arange(int(dim) - 1, -1, -1))
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        return cls(5), torch.randn(4, 5, generator=generator)
+        dim = integer(dim, "dim", "ReversePermutation")
+        super().__init__(torch.arange(dim - 1, -1, -1))
 
 
 class RandomPermutation(Permutation):
     """A random permutation drawn once at construction from ``seed`` and then fixed."""
 
     def __init__(self, dim: int, seed: int = 0) -> None:
-        if int(dim) < 1:
-            raise FlowInputError(f"RandomPermutation: dim must be >= 1, got {dim}")
-        g = torch.Generator().manual_seed(int(seed))
-        super().__init__(torch.randperm(int(dim), generator=g))
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        return cls(6, seed=3), torch.randn(4, 6, generator=generator)
+        dim = integer(dim, "dim", "RandomPermutation")
+        g = torch.Generator().manual_seed(integer(seed, "seed", "RandomPermutation", minimum=None))
+        super().__init__(torch.randperm(dim, generator=g))

@@ -21,16 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowlib._checks import integer
 from flowlib.core import Flow, FlowInputError
 from flowlib.elementwise import solve_monotone
 
 __all__ = ["Planar", "Radial"]
-
-
-def _dim(dim: int, who: str) -> int:
-    if int(dim) < 1:
-        raise FlowInputError(f"{who}: dim must be >= 1, got {dim}")
-    return int(dim)
 
 
 class Planar(Flow):
@@ -65,7 +60,7 @@ class Planar(Flow):
     numerical_forward: ClassVar[bool] = True
 
     def __init__(self, dim: int, enforce_invertibility: bool = True) -> None:
-        dim = _dim(dim, "Planar")
+        dim = integer(dim, "dim", "Planar")
         super().__init__((dim,))
         self.enforce_invertibility = bool(enforce_invertibility)
         # ||w|| ~ 1 and u small: at initialisation the map is a mild contraction along w.
@@ -167,15 +162,6 @@ class Planar(Flow):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, enforce_invertibility={self.enforce_invertibility}"
 
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(3)
-        with torch.no_grad():
-            f.w.copy_(torch.randn(3, generator=generator))
-            f.u.copy_(torch.randn(3, generator=generator))
-            f.b.copy_(0.5 * torch.randn((), generator=generator))
-        return f, torch.randn(5, 3, generator=generator)
-
 
 class Radial(Flow):
     """The radial flow x = z + beta h(alpha, r) (z - z0), r = ||z - z0||, h = 1/(alpha + r).
@@ -201,7 +187,7 @@ class Radial(Flow):
     numerical_forward: ClassVar[bool] = False
 
     def __init__(self, dim: int) -> None:
-        dim = _dim(dim, "Radial")
+        dim = integer(dim, "dim", "Radial")
         super().__init__((dim,))
         self.z0 = nn.Parameter(torch.randn(dim))
         self.alpha_raw = nn.Parameter(torch.zeros(()))
@@ -252,7 +238,15 @@ class Radial(Flow):
         return z, -self._logdet(r, alpha, beta)
 
     @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
+    def example(cls, generator: torch.Generator | None = None) -> tuple[Radial, Tensor]:
+        """Deprecated: a random 3D radial layer and 5 points (test scaffolding, kept for old notebooks).
+
+        Build the layer yourself instead: ``Radial(3)``, then set ``z0``, ``alpha_raw`` and
+        ``beta_raw`` under ``torch.no_grad()``. (The test-suite's factories live in tests/.)
+        """
+        warnings.warn("Radial.example() is deprecated and will be removed: build the layer with "
+                      "Radial(3) and set z0, alpha_raw, beta_raw under torch.no_grad()",
+                      DeprecationWarning, stacklevel=2)
         f = cls(3)
         with torch.no_grad():
             f.z0.copy_(0.5 * torch.randn(3, generator=generator))

@@ -231,19 +231,6 @@ class MemorySavingCompose(Compose):
             errors.append(float((t - steps[k]).abs().max()))
         return errors
 
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.elementwise import Affine, SinhArcsinh
-        from flowlib.permutations import ReversePermutation
-
-        a, x = Affine.example(generator)
-        s = SinhArcsinh(3)
-        with torch.no_grad():
-            s.epsilon.copy_(0.5 * torch.randn(3, generator=generator))
-            s.log_delta.copy_(0.3 * torch.randn(3, generator=generator))
-        b, _ = Affine.example(generator)
-        return cls(a, s, ReversePermutation(3), b), x
-
 
 def memory_saving(flow: Compose | Sequence[Flow]) -> MemorySavingCompose:
     """The same stack (sharing its layers and parameters) with memory-saving backprop.
