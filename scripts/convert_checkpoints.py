@@ -52,7 +52,8 @@ RENAMED = {"levels": "scales", "steps": "depth", "bins": "grey_levels"}
 #: Buffers a builder computes from its arguments (never learned): taken from the fresh model.
 COMPUTED_BUFFERS = ("mask",)
 RECIPE = {
-    "mnist": (f"x = the first {N_IMAGES} MNIST t10k images as uint8 grey levels 0..K-1 (K = blob['levels']), "
+    "mnist": (f"x = the first {N_IMAGES} MNIST t10k images as uint8 grey levels 0..K-1 (K = the file's "
+              f"grey levels, 256), "
               f"padded to blob['pad'] if set; u = torch.rand(x.shape, generator=torch.Generator()"
               f".manual_seed({DEQUANTIZATION_SEED}), dtype=torch.float64); y = (x.double() + u) / K"),
     "noise": (f"y = torch.rand((N, C, H, W), generator=torch.Generator().manual_seed({NOISE_SEED}), "
@@ -77,7 +78,12 @@ def mnist_input(blob: dict) -> torch.Tensor:
     if blob.get("pad"):
         x = pad_to(x, blob["pad"])
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(DEQUANTIZATION_SEED), dtype=torch.float64)
-    return (x.double() + u) / blob["levels"]
+    return (x.double() + u) / grey_levels(blob)
+
+
+def grey_levels(blob: dict) -> int:
+    """The file's number of grey levels K (stored as ``levels`` before the conversion)."""
+    return int(blob["grey_levels"] if "grey_levels" in blob else blob["levels"])
 
 
 def noise_input(shape: tuple[int, ...]) -> torch.Tensor:
@@ -185,11 +191,15 @@ def convert(folder: Path, ref_path: Path, dry_run: bool) -> None:
         blob["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         note = (f"converted {datetime.date.today().isoformat()} by scripts/convert_checkpoints.py: builder "
                 f"keywords {_renamed(blob)} renamed; tensors copied by key into the one Coupling layout "
-                f"({len(computed)} computed mask buffers from the builder); float64 log p_Y of "
-                f"{N_IMAGES} MNIST test images and {N_IMAGES} noise images equal to {diff:.1e} nats")
+                f"({len(computed)} computed mask buffers from the builder); moved to flowlib/checkpoints/; "
+                f"float64 log p_Y of {N_IMAGES} MNIST test images and {N_IMAGES} noise images equal to "
+                f"{diff:.1e} nats")
         previous = blob.get("converted")
         blob["converted"] = note if previous is None else f"{previous}; then {note}"
-        blob.pop("levels_note", None)
+        # The files moved into the package: the recorded command writes (and resumes) there now.
+        blob["command"] = blob["command"].replace("--out checkpoints/", "--out flowlib/checkpoints/")
+        blob["grey_levels"] = grey_levels(blob)
+        blob.pop("levels", None)  # one word, one meaning: "levels" said grey levels here, scales in kwargs
         if dry_run:
             print(f"{path.name}: would write ({note})")
             continue

@@ -1,6 +1,7 @@
 """Train an image flow (Glow, RealNVP or NICE) and ship it as a small, safely loadable file.
 
-    python scripts/train_image_flow.py --model glow --data mnist --minutes 20 --out checkpoints/glow_mnist.pt
+    python scripts/train_image_flow.py --model glow --data mnist --minutes 20 \\
+        --out flowlib/checkpoints/glow_mnist.pt
     python scripts/train_image_flow.py --model nice --data digits --minutes 1 --out /tmp/nice.pt --no-readme
 
 What it does:
@@ -18,7 +19,7 @@ What it does:
    ``torch.load(path, weights_only=True)`` (no code runs on loading)::
 
        {"format": "flowlib.pretrained/1", "builder": "glow_image", "kwargs": {...},
-        "state_dict": {...}, "data": "mnist", "levels": 256, "metrics": {...}, ...}
+        "state_dict": {...}, "data": "mnist", "grey_levels": 256, "metrics": {...}, ...}
 
    and rebuilds with ``getattr(flowlib.image_models, builder)(**kwargs)`` followed by
    ``load_state_dict`` (:func:`load_pretrained` does both);
@@ -37,7 +38,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from flowlib import image_models
+from flowlib._io import atomic_write
 from flowlib.checkpoint import save_checkpoint
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
 from flowlib.image_models import count_parameters, mean_bits_per_dim
@@ -56,10 +57,10 @@ BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_imag
 #: The builders a shipped file may name: nothing else is ever looked up by name.
 ALLOWED_BUILDERS = PRETRAINED_BUILDERS
 assert set(BUILDERS.values()) == ALLOWED_BUILDERS
-#: Sizes for a CPU: small conditioners, few steps. Override any of them with --set KEY=VALUE.
+#: Sizes for a CPU: small conditioners, few flow steps. Override any of them with --set KEY=VALUE.
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
-    "glow": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
-    "realnvp": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
+    "glow": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
+    "realnvp": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
     "nice": {"couplings": 4, "hidden": 32, "blocks": 1},
 }
 MAX_BYTES = 10 * 1024 * 1024
@@ -104,21 +105,6 @@ def hardware() -> str:
             f"torch {torch.__version__}, cpu")
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update_readme(readme: Path, file_name: str, row: str) -> None:
     """Put ``row`` in the table of ``readme`` (created if missing), replacing the row of ``file_name``."""
     text = readme.read_text(encoding="utf-8") if readme.exists() else (
@@ -131,8 +117,8 @@ def update_readme(readme: Path, file_name: str, row: str) -> None:
     rows = [r for r in table.strip().splitlines()[2:] if r.strip() and not r.startswith(key)]
     rows.append(row)
     rows.sort()
-    _write_text_atomically(readme, f"{head}{README_START}\n{README_HEADER}\n" + "\n".join(rows)
-                           + f"\n{README_END}{tail}")
+    with atomic_write(readme, "w") as f:
+        f.write(f"{head}{README_START}\n{README_HEADER}\n" + "\n".join(rows) + f"\n{README_END}{tail}")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -142,10 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, choices=sorted(BUILDERS))
     p.add_argument("--data", required=True, choices=sorted(DATASETS))
     p.add_argument("--minutes", type=float, required=True, help="wall-clock training budget (over resumes)")
-    p.add_argument("--out", required=True, type=Path, help="the file to ship, e.g. checkpoints/glow_mnist.pt")
+    p.add_argument("--out", required=True, type=Path,
+                   help="the file to ship, e.g. flowlib/checkpoints/glow_mnist.pt")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a builder argument, e.g. hidden=64 or dequantization=variational")
-    p.add_argument("--pad", type=int, default=None, help="pad the images to PAD x PAD (e.g. 32 for 3 levels)")
+    p.add_argument("--pad", type=int, default=None, help="pad the images to PAD x PAD (e.g. 32 for 3 scales)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine)")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -163,8 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], levels: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS[args.model], "bins": levels}
+def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], grey_levels: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS[args.model], "grey_levels": grey_levels}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -215,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     blob = {
         "format": FORMAT, "builder": builder, "kwargs": kwargs,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "data": args.data, "levels": info.levels, "pad": args.pad, "metrics": metrics,
+        "data": args.data, "grey_levels": info.levels, "pad": args.pad, "metrics": metrics,
         "command": command, "hardware": hardware(), "torch_version": str(torch.__version__),
     }
     save_checkpoint(blob, args.out)
@@ -228,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           flush=True)
 
     if not args.no_readme:
-        ks = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("shape", "bins"))
+        ks = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("shape", "grey_levels"))
         row = (f"| `{args.out.name}` | {args.model} ({ks}) | {args.data} {'x'.join(map(str, shape))} | "
                f"**{test_bpd:.3f}** ({args.iw_samples} draws, {metrics['test_images']} images; best val "
                f"{metrics['best_val_bpd']:.3f}) | {metrics['parameters']:,} | {metrics['steps']} | "

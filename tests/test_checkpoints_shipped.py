@@ -1,14 +1,25 @@
-"""The shipped image-flow checkpoints (checkpoints/*.pt) load safely and still work.
+"""The shipped image-flow checkpoints (flowlib/checkpoints/*.pt) load safely and keep their figures.
 
-Each file must load with ``torch.load(..., weights_only=True)`` (so it runs no code), rebuild
-through the builder it names, give a finite log-likelihood on a few MNIST test images (with
-sensible bits/dim), stay under 10 MB, and have its row in checkpoints/README.md.
+Each file must load with ``torch.load(..., weights_only=True)`` (so it runs no code), load by
+its name through :func:`flowlib.pretrained.load_pretrained`, rebuild through the builder it
+names with today's keywords (no DeprecationWarning), give a finite log-likelihood on a few
+MNIST test images (with sensible bits/dim), stay under 10 MB, and have its row in
+flowlib/checkpoints/README.md.
+
+And the map is the one that was trained: in float64, the continuous log-density of fixed
+inputs equals the figure recorded from the file before its conversion
+(``tests/checkpoint_reference.json``, written by ``scripts/convert_checkpoints.py reference``)
+within 1e-6 nats per image. The noise input needs no data set, so that check runs everywhere;
+the MNIST one (256 test images, fixed dequantization noise) runs where MNIST is (conftest sets
+``FLOWLIB_DATA`` to ../shared/data), and checks the SHA-256 of its input first.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,23 +27,29 @@ import torch
 
 from flowlib import image_models
 from flowlib.data.images import DatasetError, load_digits, load_images, pad_to
+from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = sorted((ROOT / "checkpoints").glob("*.pt"))
+FOLDER = ROOT / "flowlib" / "checkpoints"
+CHECKPOINTS = sorted(FOLDER.glob("*.pt"))
+REFERENCE = json.loads((Path(__file__).parent / "checkpoint_reference.json").read_text())
 MAX_BYTES = 10 * 1024 * 1024
+OLD_KEYWORDS = {"levels", "steps", "bins", "coupling"}
 
 
-def _script():
-    """scripts/train_image_flow.py as a module (scripts/ is not a package)."""
-    path = ROOT / "scripts" / "train_image_flow.py"
-    spec = importlib.util.spec_from_file_location("train_image_flow", path)
+def _script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+CONVERT = _script("convert_checkpoints")
+
+
 def _rebuild(path: Path) -> tuple[dict, image_models.ImageFlowModel]:
-    """The loading recipe the lectures use, written out."""
+    """The loading recipe, written out."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = getattr(image_models, blob["builder"])(**blob["kwargs"])
     model.load_state_dict(blob["state_dict"])
@@ -51,7 +68,10 @@ def _test_images(blob: dict, n: int = 8) -> torch.Tensor:
 
 
 def test_some_checkpoints_are_shipped() -> None:
-    assert CHECKPOINTS, "no checkpoints/*.pt: train them with scripts/train_image_flow.py"
+    assert CHECKPOINTS, "no flowlib/checkpoints/*.pt: train them with scripts/train_image_flow.py"
+    # importlib.resources finds the same files as the folder listing, and every one has figures.
+    assert sorted(shipped_checkpoints()) == [p.stem for p in CHECKPOINTS] == sorted(REFERENCE["models"])
+    assert not (ROOT / "checkpoints").exists() or not list((ROOT / "checkpoints").glob("*.pt"))
 
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
@@ -62,6 +82,27 @@ def test_size_and_format(path: Path) -> None:
     assert blob["builder"] in {"nice_image", "realnvp_image", "glow_image"}
     for key in ("test_bpd", "steps", "parameters", "train_seconds"):
         assert key in blob["metrics"]
+    # One word, one meaning: converted once to today's keywords, and the file says so.
+    assert not OLD_KEYWORDS & set(blob["kwargs"]), blob["kwargs"]
+    assert "levels" not in blob and blob["grey_levels"] == 256
+    assert "scripts/convert_checkpoints.py" in blob["converted"]
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+def test_loads_by_name_without_deprecation(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        model = load_pretrained(path.stem)
+        info = checkpoint_info(path.stem)
+    assert not model.training and "state_dict" not in info
+    _, again = _rebuild(path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_unknown_name_says_what_is_shipped() -> None:
+    with pytest.raises(FileNotFoundError, match="glow_mnist"):
+        load_pretrained("no_such_model")
 
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
@@ -77,13 +118,34 @@ def test_rebuilds_and_scores_test_images(path: Path) -> None:
     assert log_p.shape == (x.shape[0],) and torch.isfinite(log_p).all()
     # A trained model is far better than uniform noise (8 bits/dim) and not absurdly good; its
     # figure on 8 images is near the recorded one (a loose check: few images, one draw each).
-    assert 0.3 < float(bpd.mean()) < math.log2(blob["levels"])
+    assert 0.3 < float(bpd.mean()) < math.log2(blob["grey_levels"])
     assert abs(float(bpd.mean()) - blob["metrics"]["test_bpd"]) < 0.5
+
+
+def _check_figures(name: str, key: str, y: torch.Tensor) -> None:
+    want = REFERENCE["models"][name][key]
+    assert CONVERT.sha256(y) == want["sha256"], f"the {key} input is not the recorded one: see its recipe"
+    got = CONVERT.log_densities(load_pretrained(name), y)
+    diff = (got - torch.tensor(want["log_prob_continuous"], dtype=torch.float64)).abs()
+    assert got.shape == (CONVERT.N_IMAGES,) and float(diff.max()) <= 1e-6, f"moved by {float(diff.max()):.3e}"
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+def test_same_map_as_before_on_noise_images(path: Path) -> None:
+    shape = tuple(checkpoint_info(path.stem)["kwargs"]["shape"])
+    _check_figures(path.stem, "noise", CONVERT.noise_input(shape))
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+def test_same_map_as_before_on_mnist_test_images(path: Path) -> None:
+    blob = checkpoint_info(path.stem)
+    _test_images(blob, 1)  # skips, saying why, where the data set is missing
+    _check_figures(path.stem, "mnist", CONVERT.mnist_input(blob))
 
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
 def test_script_loader_matches_the_recipe(path: Path) -> None:
-    model = _script().load_pretrained(path)
+    model = _script("train_image_flow").load_pretrained(path)
     _, again = _rebuild(path)
     assert not model.training
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
@@ -92,9 +154,9 @@ def test_script_loader_matches_the_recipe(path: Path) -> None:
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
 def test_recorded_in_readme(path: Path) -> None:
-    readme = (ROOT / "checkpoints" / "README.md").read_text(encoding="utf-8")
+    readme = (FOLDER / "README.md").read_text(encoding="utf-8")
     rows = [line for line in readme.splitlines() if line.startswith(f"| `{path.name}` |")]
-    assert len(rows) == 1, f"{path.name} needs exactly one row in checkpoints/README.md"
+    assert len(rows) == 1, f"{path.name} needs exactly one row in flowlib/checkpoints/README.md"
     blob = torch.load(path, map_location="cpu", weights_only=True)
     assert f"{blob['metrics']['test_bpd']:.3f}" in rows[0]
-    assert "scripts/train_image_flow.py" in rows[0]
+    assert "scripts/train_image_flow.py" in rows[0] and blob["command"] in rows[0]
