@@ -3,6 +3,7 @@
 - requirements.txt pins every direct dependency exactly (torch to 2.13.0) and installs flowlib;
   environment.yml (conda) and binder/ carry the same packages at the same versions.
 - README.md opens with the two commands, and .ci/run runs README's test command.
+- the shipped checkpoints are package data (flowlib/checkpoints/, pyproject's package-data);
 - every lectures/*.ipynb has a py:percent twin with the same cells (jupytext), and is committed
   with its outputs, without errors, and with valid nbval tags.
 """
@@ -124,6 +125,27 @@ def test_readme_binder_badge_opens_the_first_lecture():
     for url in urls:
         assert url.endswith(f"?urlpath=lab/tree/{START_NOTEBOOK}"), url
     assert (ROOT / START_NOTEBOOK).is_file()
+
+
+# -- package data ----------------------------------------------------------------------------------
+def test_shipped_checkpoints_are_package_data():
+    """Every committed .pt is a shipped checkpoint inside the package, and installs with it.
+
+    ``tests/test_wheel.py`` builds and installs the wheel; this is the quick static half.
+    """
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "*.pt"], capture_output=True, text=True)
+    pt = [Path(p) for p in tracked.stdout.split()] if tracked.returncode == 0 else []
+    folder = Path("flowlib") / "checkpoints"
+    assert all(p.parent == folder for p in pt), f"checkpoints outside {folder}/: {pt}"
+    assert not (ROOT / "checkpoints").exists(), "the old checkpoints/ folder is back"
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["flowlib"]
+    shipped = sorted((ROOT / folder).glob("*.pt"))
+    assert shipped
+    for file in [*shipped, ROOT / folder / "README.md"]:
+        inside = file.relative_to(ROOT / "flowlib")
+        assert any(inside.match(pattern) for pattern in patterns), f"{inside} is not in package-data"
 
 
 # -- README and CI ---------------------------------------------------------------------------------
