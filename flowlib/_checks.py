@@ -16,12 +16,16 @@ which is defined here and re-exported by :mod:`flowlib.core`.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["FlowInputError", "integer", "number", "fraction", "choice", "flag", "event_shape"]
+__all__ = ["FlowInputError", "integer", "number", "fraction", "choice", "flag", "event_shape", "renamed",
+           "inputs_checked", "checking_inputs"]
 
 
 class FlowInputError(ValueError):
@@ -115,3 +119,66 @@ def event_shape(shape: Any, who: str) -> tuple[int, ...]:
     if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
         raise FlowInputError(f"{who}: expected a non-empty event shape of positive sizes, got {shape!r}")
     return tuple(int(s) for s in sizes)
+
+
+# -- renamed keywords -----------------------------------------------------------------------
+def renamed(old: dict[str, Any], names: dict[str, str | None], who: str,
+            stacklevel: int = 3) -> dict[str, Any]:
+    """The deprecated keywords ``old`` (a function's ``**kwargs``) as ``{new name: value}``.
+
+    ``names`` maps each old keyword to its new spelling, or to ``None`` for one that is now
+    ignored. Each use warns with a :class:`DeprecationWarning` that names the new spelling
+    (``stacklevel=3``: the warning points at the caller of the function that calls this). A
+    keyword in neither list is a ``TypeError``, as Python gives for an unknown keyword.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     renamed({"bins": 17}, {"bins": "grey_levels"}, "nice_image")
+    {'grey_levels': 17}
+    """
+    new: dict[str, Any] = {}
+    for key, value in old.items():
+        if key not in names:
+            raise TypeError(f"{who}() got an unexpected keyword argument {key!r}")
+        spelling = names[key]
+        if spelling is None:
+            warnings.warn(f"{who}: the keyword {key}= is deprecated and ignored", DeprecationWarning,
+                          stacklevel=stacklevel)
+            continue
+        warnings.warn(f"{who}: the keyword {key}= is deprecated, use {spelling}= (the same meaning)",
+                      DeprecationWarning, stacklevel=stacklevel)
+        new[spelling] = value
+    return new
+
+
+# -- data the caller has already checked ----------------------------------------------------
+# A context variable, not a flag on the model: code that checked its data once (fit, at its
+# door) can skip the per-call checks without changing any model, and other threads are unaffected.
+_INPUTS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("flowlib_inputs_checked",
+                                                                       default=False)
+
+
+@contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Inside this block models skip the data checks at their door (as ``validate=False`` would).
+
+    For code that has checked its data once already: the checks read the values (finiteness,
+    grey levels), which on a GPU synchronises at every call. No model is changed; the block
+    holds for this thread (or task) only.
+
+    >>> checking_inputs()
+    True
+    >>> with inputs_checked():
+    ...     checking_inputs()
+    False
+    """
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
+
+def checking_inputs() -> bool:
+    """False inside :func:`inputs_checked`: what a model's ``validate`` flag is and-ed with."""
+    return not _INPUTS_CHECKED.get()

@@ -8,6 +8,8 @@ evaluate it without changing it.
   submodule back its own training flag. Evaluation mode matters: in training mode an
   uninitialised ActNorm would initialise itself on whatever it is shown, and dropout would
   add noise to a figure.
+- :func:`training`: the same in training mode, for a data-dependent initialisation on one
+  batch (ActNorm) that leaves every flag as it was.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["owner", "placement", "evaluating"]
+__all__ = ["owner", "placement", "evaluating", "training"]
 
 
 def owner(obj: object) -> object:
@@ -61,10 +63,34 @@ def evaluating(obj: object, grad: bool = False) -> Iterator[None]:
     >>> net.training
     True
     """
+    with _in_mode(obj, False, grad):
+        yield
+
+
+@contextmanager
+def training(obj: object, grad: bool = False) -> Iterator[None]:
+    """Training mode (and ``torch.no_grad()`` unless ``grad``), then every flag restored.
+
+    For a data-dependent initialisation on one batch (ActNorm initialises itself in training
+    mode) that must leave the model's flags as they were.
+
+    >>> net = nn.Dropout().eval()
+    >>> with training(net):
+    ...     net.training
+    True
+    >>> net.training
+    False
+    """
+    with _in_mode(obj, True, grad):
+        yield
+
+
+@contextmanager
+def _in_mode(obj: object, mode: bool, grad: bool) -> Iterator[None]:
     module = owner(obj)
     flags = [(m, m.training) for m in module.modules()] if isinstance(module, nn.Module) else []
-    if any(was for _, was in flags):
-        module.eval()  # through train(False), so modules that clear a cache on a mode change do so
+    if any(was != mode for _, was in flags):
+        module.train(mode)  # through train(), so modules that clear a cache on a mode change do so
     try:
         if grad:
             yield

@@ -1,47 +1,53 @@
-"""Masks and coupling layers: NICE's additive coupling and RealNVP's affine coupling.
+"""Masks, NICE's scaling and the one coupling structure: a mask, a conditioner, a transformer.
 
-A binary mask m of the event shape splits the input: where m = 1 the values pass through
-unchanged and feed the conditioner network; where m = 0 they are transformed elementwise
-with parameters computed from the unchanged part. The Jacobian is triangular (after
-reordering), so its log-determinant is the sum of the log-scales, and the inverse needs
-the conditioner only in the forward direction (Dinh et al., 2015; 2017). Because the split
-is a mask rather than a slice, the same layers serve vectors (d,) and images (C, H, W).
+A binary mask m of the event shape separates the coordinates: where m = 1 they are *kept*
+(x_A: they pass unchanged and feed the conditioner), where m = 0 they are *transformed* (x_B),
+elementwise, by a :mod:`~flowlib.transformers` transformer whose parameters h the conditioner
+computes from the kept part (Dinh et al., 2015; 2017; Papamakarios et al., 2021, section 3.1):
+
+    z_A = x_A,    z_B = tau(x_B; h),  h = NN(x_A),    log|det dz/dx| = sum_B log|tau'(x_B; h)|
+
+The Jacobian is triangular after reordering, so its log-determinant is that sum, and the
+inverse x_B = tau^-1(z_B; NN(z_A)) needs the conditioner only in the forward direction.
+
+:class:`Coupling` is that structure, once. How it separates x_A from x_B it reads off the mask:
+
+- *slice*, when the mask is constant over each channel (images) or is a vector mask, and keeps
+  some entries along dim 1 and moves the others: x_A and x_B are taken out along dim 1 (narrow
+  views for contiguous halves, ``index_select`` otherwise), the conditioner maps |A| channels to
+  ``params`` x |B| (Glow's couplings; RealNVP's channel-wise ones);
+- *mask* otherwise (checkerboards): the conditioner reads m*x and returns ``params`` x C
+  channels, and the mask selects the result, as NICE and RealNVP write it.
+
+Both compute the same family of maps; slicing costs less (no zeros fed to or computed by the
+conditioner). :meth:`Coupling.conditioner_sizes` says which sizes a mask needs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from flowlib.core import Flow, FlowInputError, sum_except_batch
+from flowlib._checks import FlowInputError, choice, integer, number
+from flowlib._checks import event_shape as _event_shape
+from flowlib.core import Flow, sum_except_batch
+from flowlib.transformers import Additive, Affine, Transformer, soft_clamp
 
 __all__ = [
     "half_mask",
     "checkerboard_mask",
     "channel_mask",
     "soft_clamp",
+    "Coupling",
     "AdditiveCoupling",
     "AffineCoupling",
     "Scaling",
 ]
 
 
-# -- masks (1 = passes through and conditions, 0 = transformed) ----------------------------
-def _check_parity(parity: int, who: str) -> int:
-    if parity not in (0, 1):
-        raise FlowInputError(f"{who}: parity must be 0 or 1, got {parity}")
-    return int(parity)
-
-
-def _check_sizes(who: str, **sizes: int) -> None:
-    for name, value in sizes.items():
-        if int(value) < 1:
-            raise FlowInputError(f"{who}: {name} must be >= 1, got {value}")
-
-
+# -- masks (1 = kept: passes through and conditions; 0 = transformed) ----------------------
 def half_mask(dim: int, parity: int = 0, kind: str = "half") -> Tensor:
     """A (dim,) mask for vectors.
 
@@ -49,179 +55,276 @@ def half_mask(dim: int, parity: int = 0, kind: str = "half") -> Tensor:
     the others. ``kind="alternate"``: parity 0 keeps the even-indexed coordinates, parity 1
     the odd ones. The two parities are complements, so alternating them transforms every
     coordinate. (For dim = 2 both kinds coincide.)
+
+    >>> half_mask(5, 0, kind="alternate")
+    tensor([1., 0., 1., 0., 1.])
     """
-    _check_sizes("half_mask", dim=dim)
-    parity = _check_parity(parity, "half_mask")
-    idx = torch.arange(int(dim))
-    if kind == "half":
-        keep = idx < (int(dim) + 1) // 2
-    elif kind == "alternate":
-        keep = idx % 2 == 0
-    else:
-        raise FlowInputError(f"half_mask: kind must be 'half' or 'alternate', got {kind!r}")
+    dim = integer(dim, "dim", "half_mask")
+    parity = choice(integer(parity, "parity", "half_mask", minimum=0), "parity", (0, 1),
+                    "half_mask")
+    idx = torch.arange(dim)
+    keep = idx < (dim + 1) // 2 if choice(kind, "kind", ("half", "alternate"), "half_mask") == "half" \
+        else idx % 2 == 0
     keep = keep if parity == 0 else ~keep
     return keep.to(torch.get_default_dtype())
 
 
 def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
     """A (C, H, W) mask equal to 1 where (row + column + parity) is even, in every channel."""
-    _check_sizes("checkerboard_mask", channels=channels, height=height, width=width)
-    parity = _check_parity(parity, "checkerboard_mask")
-    rows = torch.arange(int(height)).unsqueeze(1)
-    cols = torch.arange(int(width)).unsqueeze(0)
+    c, h, w = (integer(v, n, "checkerboard_mask") for v, n in
+               ((channels, "channels"), (height, "height"), (width, "width")))
+    parity = choice(integer(parity, "parity", "checkerboard_mask", minimum=0), "parity", (0, 1),
+                    "checkerboard_mask")
+    rows = torch.arange(h).unsqueeze(1)
+    cols = torch.arange(w).unsqueeze(0)
     board = ((rows + cols + parity) % 2 == 0).to(torch.get_default_dtype())
-    return board.expand(int(channels), -1, -1).clone()
+    return board.expand(c, -1, -1).clone()
 
 
 def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
-    """A (C, H, W) mask equal to 1 on the first C//2 channels (parity 0) or on the others (1)."""
-    _check_sizes("channel_mask", channels=channels, height=height, width=width)
-    parity = _check_parity(parity, "channel_mask")
-    if int(channels) < 2:
-        raise FlowInputError(f"channel_mask: needs at least 2 channels to split, got {channels}")
-    keep = torch.arange(int(channels)) < int(channels) // 2
-    keep = keep if parity == 0 else ~keep
-    return keep.to(torch.get_default_dtype()).view(-1, 1, 1).expand(-1, int(height), int(width)).clone()
+    """A (C, H, W) mask equal to 1 on the first C//2 channels (parity 0) or on the others (1).
 
-
-def soft_clamp(s: Tensor, clamp: float | None = 2.0) -> Tensor:
-    """(2c/pi) atan(s/c): a smooth clamp of log-scales into (-c, c); ``clamp=None``: no clamp.
-
-    An unbounded log-scale lets one coupling multiply a coordinate by exp(50) early in
-    training: the loss overflows to inf/NaN. Squashing s into (-c, c) bounds every layer's
-    scale factor by exp(c) (2/pi = 0.636..., the constant used by FrEIA, Ardizzone et al.).
-    atan rather than tanh: its gradient decays like 1/s^2, not exponentially, so a
-    saturated unit can still be pulled back.
+    >>> channel_mask(3, 1, 1, 1).flatten()
+    tensor([0., 1., 1.])
     """
-    if clamp is None:
-        return s
-    return (2.0 * clamp / math.pi) * torch.atan(s / clamp)
+    c, h, w = (integer(v, n, "channel_mask") for v, n in
+               ((channels, "channels"), (height, "height"), (width, "width")))
+    parity = choice(integer(parity, "parity", "channel_mask", minimum=0), "parity", (0, 1),
+                    "channel_mask")
+    if c < 2:
+        raise FlowInputError(f"channel_mask: needs at least 2 channels to separate, got {channels}")
+    keep = torch.arange(c) < c // 2
+    keep = keep if parity == 0 else ~keep
+    return keep.to(torch.get_default_dtype()).view(-1, 1, 1).expand(-1, h, w).clone()
 
 
+# -- the coupling structure ---------------------------------------------------------------
 def _mask_buffer(mask: Tensor, who: str) -> Tensor:
     if not isinstance(mask, Tensor):
         raise FlowInputError(f"{who}: expected the mask as a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() < 1 or mask.numel() == 0:
-        raise FlowInputError(
-            f"{who}: expected a mask of the event shape, e.g. (dim,) or (C, H, W), "
-            f"got shape {tuple(mask.shape)}"
-        )
-    mask = mask.detach().to(torch.get_default_dtype())
+        raise FlowInputError(f"{who}: expected a mask of the event shape, e.g. (dim,) or (C, H, W), "
+                             f"got shape {tuple(mask.shape)}")
+    mask = mask.detach().to(device="cpu", dtype=torch.get_default_dtype())
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise FlowInputError(f"{who}: expected a binary mask of 0s and 1s, got other values")
     return mask.clone()
 
 
-def _check_conditioner(conditioner: nn.Module, who: str) -> None:
-    if not callable(conditioner):
-        raise FlowInputError(f"{who}: expected a callable conditioner (an nn.Module), got "
-                             f"{type(conditioner).__name__}")
+def _slices(mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(kept, moved) indices along dim 1 when the mask can be sliced, else None.
+
+    It can when it is constant over each entry of dim 1 (a channel of an image, a coordinate of
+    a vector) and keeps some entries and moves the others: a checkerboard varies inside a
+    channel, an all-ones or all-zeros mask leaves nothing to condition on or to transform.
+    """
+    flat = mask.reshape(mask.shape[0], -1)
+    if not bool((flat == flat[:, :1]).all()):
+        return None
+    keep = flat[:, 0] > 0.5
+    kept, moved = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
+    return (kept, moved) if kept.numel() and moved.numel() else None
 
 
-class AdditiveCoupling(Flow):
-    """NICE's additive coupling (Dinh et al., 2015):
+def _block(index: Tensor) -> tuple[int, int] | None:
+    """(start, length) when the indices are one contiguous run, else None."""
+    start, length = int(index[0]), int(index.numel())
+    return (start, length) if bool((index == torch.arange(start, start + length)).all()) else None
 
-        z = m*x + (1-m) * (x + t(m*x)),      x = m*z + (1-m) * (z - t(m*z)),
 
-    volume preserving: log|det dz/dx| = 0. ``conditioner(m*x)`` returns t shaped like x;
-    zero-initialise its last layer (e.g. :class:`flowlib.nets.MLP`) to start at identity.
+def _params(transformer: Transformer | type[Transformer], who: str) -> int:
+    ok = isinstance(transformer, Transformer) or (
+        isinstance(transformer, type) and issubclass(transformer, Transformer))
+    if not ok:
+        raise FlowInputError(f"{who}: expected a flowlib.transformers.Transformer (e.g. Affine()), "
+                             f"got {type(transformer).__name__}")
+    return int(transformer.params)
+
+
+class Coupling(Flow):
+    """One coupling layer: a mask (the structure), a conditioner and an elementwise transformer.
+
+        h = conditioner(x_A),   z_A = x_A,   z_B = tau(x_B; h),   log|det dz/dx| = sum_B log|tau'|
+
+    ``mask`` (1 = kept, 0 = transformed) has the event shape, (dim,) or (C, H, W); the layer
+    slices along dim 1 or multiplies by the mask, whichever the mask allows (see the module
+    docstring), and :meth:`conditioner_sizes` gives the conditioner's (input, output) sizes
+    along dim 1 for it. ``transformer`` is a :class:`~flowlib.transformers.Transformer`.
+    Zero-initialise the conditioner's last layer (every flowlib network does) and the layer
+    starts as the identity.
+
+    State dict: ``mask`` and ``conditioner.*`` (the transformers hold no weights).
+
+    >>> from flowlib.nets import MLP
+    >>> from flowlib.transformers import Affine
+    >>> mask = half_mask(4, 0)                       # keeps x_0, x_1: the layer slices
+    >>> sizes = Coupling.conditioner_sizes(mask, Affine)
+    >>> sizes
+    (2, 4)
+    >>> layer = Coupling(mask, MLP(*sizes), Affine(clamp=2.0))
+    >>> layer.sliced, layer(torch.randn(3, 4))[1]   # zero last layer: the identity
+    (True, tensor([0., 0., 0.]))
+    """
+
+    def __init__(self, mask: Tensor, conditioner: nn.Module, transformer: Transformer) -> None:
+        who = type(self).__name__
+        mask = _mask_buffer(mask, who)
+        params = _params(transformer, who)
+        if isinstance(transformer, type):
+            raise FlowInputError(f"{who}: expected a transformer instance, e.g. Affine(), got the class "
+                                 f"{transformer.__name__}")
+        if not callable(conditioner):
+            raise FlowInputError(f"{who}: expected a callable conditioner (an nn.Module), got "
+                                 f"{type(conditioner).__name__}")
+        super().__init__(tuple(mask.shape))
+        self.register_buffer("mask", mask)
+        self.conditioner = conditioner
+        self.transformer = transformer
+        # What follows is derived from the mask: not part of the state dict.
+        slices = _slices(mask)
+        self.sliced = slices is not None
+        if slices is not None:
+            kept, moved = slices
+            self.kept_size, self.moved_size = int(kept.numel()), int(moved.numel())
+            # Contiguous halves (channel masks, d = 2) are narrowed views: no gather, no copy.
+            self._kept_block, self._moved_block = _block(kept), _block(moved)
+            self._contiguous = self._kept_block is not None and self._moved_block is not None
+            self.register_buffer("kept_index", kept, persistent=False)
+            self.register_buffer("moved_index", moved, persistent=False)
+            self.register_buffer("join_index", torch.argsort(torch.cat([kept, moved])), persistent=False)
+        else:
+            self.kept_size, self.moved_size = int(mask.sum()), int(mask.numel() - mask.sum())
+            self.register_buffer("keep", mask.bool(), persistent=False)
+            # h is zeroed on the kept entries (as NICE and RealNVP write it): the transformer then
+            # does nothing there whose result is thrown away, so it cannot overflow there either.
+            self.register_buffer("free_h", (1 - mask).repeat(params, *[1] * (mask.dim() - 1)),
+                                 persistent=False)
+
+    @staticmethod
+    def conditioner_sizes(mask: Tensor, transformer: Transformer | type[Transformer]) -> tuple[int, int]:
+        """(in, out): the conditioner's sizes along dim 1 for a coupling with this mask.
+
+        (|A|, params |B|) when the coupling slices, (C, params C) when it multiplies by the mask
+        (C = ``mask.shape[0]``: channels of an image, coordinates of a vector).
+
+        >>> from flowlib.transformers import Additive, Affine
+        >>> Coupling.conditioner_sizes(channel_mask(5, 4, 4, 0), Affine)
+        (2, 6)
+        >>> Coupling.conditioner_sizes(checkerboard_mask(1, 4, 4, 0), Additive())
+        (1, 1)
+        """
+        mask = _mask_buffer(mask, "Coupling.conditioner_sizes")
+        params = _params(transformer, "Coupling.conditioner_sizes")
+        slices = _slices(mask)
+        if slices is None:
+            return int(mask.shape[0]), params * int(mask.shape[0])
+        return int(slices[0].numel()), params * int(slices[1].numel())
+
+    # -- slicing --------------------------------------------------------------------------
+    def slice(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_A, x_B): the kept and the transformed entries along dim 1 (sliced layers only)."""
+        if self._contiguous:
+            (ka, kn), (ma, mn) = self._kept_block, self._moved_block
+            return x.narrow(1, ka, kn), x.narrow(1, ma, mn)
+        return x.index_select(1, self.kept_index), x.index_select(1, self.moved_index)
+
+    def join(self, kept: Tensor, moved: Tensor) -> Tensor:
+        """The inverse of :meth:`slice`."""
+        if self._contiguous:
+            return torch.cat([kept, moved] if self._kept_block[0] == 0 else [moved, kept], dim=1)
+        return torch.cat([kept, moved], dim=1).index_select(1, self.join_index)
+
+    # -- the contract ---------------------------------------------------------------------
+    def _h(self, kept: Tensor, n: int) -> Tensor:
+        """The conditioner's output, checked: (batch, params * n, *rest)."""
+        h = self.conditioner(kept)
+        p = self.transformer.params
+        want = (kept.shape[0], p * n, *kept.shape[2:])
+        if not isinstance(h, Tensor) or tuple(h.shape) != want:
+            got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            how = (f"slices: it reads the {self.kept_size} kept entries along dim 1 and must return "
+                   f"{p} x {n} (for the {n} transformed ones)" if self.sliced else
+                   f"multiplies by its mask: it reads all {n} entries along dim 1 (m*x) and must return "
+                   f"{p} x {n}")
+            raise FlowInputError(
+                f"{type(self).__name__}: the layer {how}, {type(self.transformer).__name__} taking "
+                f"{p} per coordinate; expected the conditioner's output of shape {want}, got {got} "
+                f"(Coupling.conditioner_sizes(mask, transformer) gives the sizes)")
+        return h
+
+    def _couple(self, x: Tensor, tau) -> tuple[Tensor, Tensor]:
+        if self.sliced:
+            kept, moved = self.slice(x)
+            y, log_derivative = tau(moved, self._h(kept, self.moved_size))
+            return self.join(kept, y), sum_except_batch(log_derivative)
+        h = self._h(self.mask * x, x.shape[1]) * self.free_h
+        y, log_derivative = tau(x, h)
+        return torch.where(self.keep, x, y), sum_except_batch(log_derivative.masked_fill(self.keep, 0.0))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x, "forward")
+        return self._couple(x, self.transformer.forward)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        return self._couple(z, self.transformer.inverse)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        key = prefix + "mask"
+        if key not in state_dict:
+            # Sliced couplings saved before the mask was stored (flowlib < 0.2): the mask they
+            # were built with is this one. (load_state_dict works on its own copy of the dict.)
+            state_dict[key] = self.mask
+        elif tuple(state_dict[key].shape) == tuple(self.mask.shape) and not torch.equal(
+                state_dict[key].to(self.mask), self.mask):
+            error_msgs.append(f"{prefix}mask: the stored mask differs from the one this "
+                              f"{type(self).__name__} was built with; the mask fixes the layer's "
+                              f"structure (and its conditioner's sizes): build it with the stored mask")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        how = "sliced" if self.sliced else "masked"
+        return f"{super().extra_repr()}, {how}: kept={self.kept_size}, transformed={self.moved_size}"
+
+
+class AdditiveCoupling(Coupling):
+    """NICE's additive coupling (Dinh et al., 2015): ``Coupling(mask, conditioner, Additive())``.
+
+        z_A = x_A,   z_B = x_B + t(x_A),   log|det dz/dx| = 0 (volume preserving)
+
+    The conditioner returns the shift t: |B| entries along dim 1 when the layer slices, C when
+    it multiplies by the mask (see :meth:`Coupling.conditioner_sizes`).
     """
 
     def __init__(self, mask: Tensor, conditioner: nn.Module) -> None:
-        mask = _mask_buffer(mask, "AdditiveCoupling")
-        _check_conditioner(conditioner, "AdditiveCoupling")
-        super().__init__(tuple(mask.shape))
-        self.register_buffer("mask", mask)
-        self.conditioner = conditioner
-
-    def _shift(self, kept: Tensor) -> Tensor:
-        t = self.conditioner(kept)
-        if t.shape != kept.shape:
-            raise FlowInputError(
-                f"AdditiveCoupling: the conditioner must return a tensor shaped like its input "
-                f"{tuple(kept.shape)}, got {tuple(t.shape)}"
-            )
-        return (1 - self.mask) * t
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(x, "forward")
-        return x + self._shift(self.mask * x), x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(z, "inverse")
-        return z - self._shift(self.mask * z), z.new_zeros(z.shape[0])
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.nets import MLP
-
-        net = MLP(4, 4, hidden=16, layers=1)
-        with torch.no_grad():  # the last layer starts at zero: perturb it so the map moves
-            net.last.weight.copy_(0.5 * torch.randn(net.last.weight.shape, generator=generator))
-            net.last.bias.copy_(0.5 * torch.randn(net.last.bias.shape, generator=generator))
-        return cls(half_mask(4, 0), net), torch.randn(5, 4, generator=generator)
+        super().__init__(mask, conditioner, Additive())
 
 
-class AffineCoupling(Flow):
-    """RealNVP's affine coupling (Dinh et al., 2017):
+class AffineCoupling(Coupling):
+    """RealNVP's affine coupling (Dinh et al., 2017): ``Coupling(mask, conditioner, Affine(clamp))``.
 
-        (s_raw, t) = conditioner(m*x).chunk(2, dim=1),   s = (1-m) * soft_clamp(s_raw, clamp)
-        z = m*x + (1-m) * (x * exp(s) + t),               log|det dz/dx| = sum s
-        x = m*z + (1-m) * ((z - t) * exp(-s))
+        (s_raw, t) = conditioner(x_A).chunk(2, dim=1),   s = soft_clamp(s_raw, clamp)
+        z_A = x_A,   z_B = x_B exp(s) + t,               log|det dz/dx| = sum s
 
-    The conditioner returns twice the input's size along dim 1: (batch, 2d) for vectors,
-    (batch, 2C, H, W) for images. ``clamp`` bounds |s| < clamp (see :func:`soft_clamp`);
-    ``None`` turns the clamp off.
+    The conditioner returns log-scales then shifts: 2|B| entries along dim 1 when the layer
+    slices, 2C when it multiplies by the mask. ``clamp`` bounds |s| < clamp (see
+    :func:`~flowlib.transformers.soft_clamp`); ``None`` turns the clamp off.
     """
 
     def __init__(self, mask: Tensor, conditioner: nn.Module, clamp: float | None = 2.0) -> None:
-        mask = _mask_buffer(mask, "AffineCoupling")
-        _check_conditioner(conditioner, "AffineCoupling")
-        if clamp is not None and not (float(clamp) > 0 and math.isfinite(float(clamp))):
-            raise FlowInputError(f"AffineCoupling: clamp must be a finite number > 0 or None, got {clamp}")
-        super().__init__(tuple(mask.shape))
-        self.register_buffer("mask", mask)
-        self.conditioner = conditioner
-        self.clamp = None if clamp is None else float(clamp)
+        if clamp is not None:
+            clamp = number(clamp, "clamp", "AffineCoupling", minimum=0.0, strict=True)
+        super().__init__(mask, conditioner, Affine(clamp))
 
-    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.conditioner(kept)
-        want = (kept.shape[0], 2 * kept.shape[1], *kept.shape[2:])
-        if tuple(h.shape) != want:
-            raise FlowInputError(
-                f"AffineCoupling: the conditioner must return shape {want} (twice the channels: "
-                f"log-scale and shift), got {tuple(h.shape)}"
-            )
-        s_raw, t = h.chunk(2, dim=1)
-        free = 1 - self.mask
-        return free * soft_clamp(s_raw, self.clamp), free * t
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(x, "forward")
-        s, t = self._scale_shift(self.mask * x)
-        z = self.mask * x + (1 - self.mask) * (x * torch.exp(s) + t)
-        return z, sum_except_batch(s)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(z, "inverse")
-        s, t = self._scale_shift(self.mask * z)
-        x = self.mask * z + (1 - self.mask) * ((z - t) * torch.exp(-s))
-        return x, -sum_except_batch(s)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, clamp={self.clamp}"
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        from flowlib.nets import MLP
-
-        net = MLP(4, 8, hidden=16, layers=1)
-        with torch.no_grad():  # the last layer starts at zero: perturb it so the map moves
-            net.last.weight.copy_(0.5 * torch.randn(net.last.weight.shape, generator=generator))
-            net.last.bias.copy_(0.5 * torch.randn(net.last.bias.shape, generator=generator))
-        return cls(half_mask(4, 1), net), torch.randn(5, 4, generator=generator)
+    @property
+    def clamp(self) -> float | None:
+        """The soft clamp's bound c on the log-scales (None: no clamp)."""
+        return self.transformer.clamp
 
 
+# -- NICE's last layer --------------------------------------------------------------------
 class Scaling(Flow):
     """NICE's diagonal scaling (Dinh et al., 2015): z = x * exp(s), log|det dz/dx| = sum s.
 
@@ -230,11 +333,7 @@ class Scaling(Flow):
     """
 
     def __init__(self, event_shape: int | Sequence[int]) -> None:
-        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-        if not shape or any(int(n) < 1 for n in shape):
-            raise FlowInputError(
-                f"Scaling: expected a dim >= 1 or an event shape of positive sizes, got {shape}"
-            )
+        shape = _event_shape(event_shape, "Scaling")
         super().__init__(shape)
         self.log_scale = nn.Parameter(torch.zeros(shape))
 
@@ -245,10 +344,3 @@ class Scaling(Flow):
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
         return z * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(z.shape[0])
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Flow, Tensor]:
-        f = cls(3)
-        with torch.no_grad():
-            f.log_scale.copy_(0.5 * torch.randn(3, generator=generator))
-        return f, torch.randn(4, 3, generator=generator)

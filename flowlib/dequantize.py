@@ -25,16 +25,19 @@ with a Gaussian base are at ease on the real line, not on a bounded cube:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowlib._checks import event_shape, integer, renamed
 from flowlib.convnets import ResNetConditioner
 from flowlib.core import Compose, Flow, FlowInputError, sum_except_batch
-from flowlib.coupling import AffineCoupling, checkerboard_mask
+from flowlib.coupling import AffineCoupling, Coupling, checkerboard_mask
 from flowlib.metrics import bits_per_dim
+from flowlib.transformers import Affine
 
 __all__ = [
     "as_levels",
@@ -48,14 +51,17 @@ __all__ = [
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _check_levels(levels: int, who: str) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise FlowInputError(f"{who}: levels (the number K of intensity values) must be an integer >= 2, "
-                             f"got {levels!r}")
-    return levels
+def _grey_levels(grey_levels: int | None, deprecated: dict, who: str) -> int:
+    """K from ``grey_levels`` or its deprecated spelling ``levels=``, checked to be >= 2."""
+    grey_levels = renamed(deprecated, {"levels": "grey_levels"}, who, stacklevel=4).get("grey_levels",
+                                                                                          grey_levels)
+    if grey_levels is None:
+        raise TypeError(f"{who}() missing the argument grey_levels (the number K of grey levels)")
+    return integer(grey_levels, "grey_levels (the number K of grey levels)", who, minimum=2)
 
 
-def as_levels(x: Tensor, levels: int, where: str = "as_levels") -> Tensor:
+def as_levels(x: Tensor, grey_levels: int | None = None, where: str = "as_levels",
+              **deprecated: object) -> Tensor:
     """Discrete image data as float grey levels k in {0, ..., K-1}, validated.
 
     Accepts the levels in any dtype: the uint8 tensors of :mod:`flowlib.data`, or the same
@@ -64,7 +70,7 @@ def as_levels(x: Tensor, levels: int, where: str = "as_levels") -> Tensor:
     back with ``(x * (K - 1)).round()``. Reads the values: call it once at the model's door,
     never inside a layer.
     """
-    levels = _check_levels(levels, where)
+    levels = _grey_levels(grey_levels, deprecated, where)
     if not isinstance(x, Tensor):
         raise FlowInputError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
@@ -85,8 +91,8 @@ def as_levels(x: Tensor, levels: int, where: str = "as_levels") -> Tensor:
     return x.to(torch.get_default_dtype())
 
 
-def dequantized_bits_per_dim(log_p_continuous: Tensor, dim: int, levels: int,
-                             log_q: Tensor | float = 0.0) -> Tensor:
+def dequantized_bits_per_dim(log_p_continuous: Tensor, dim: int, grey_levels: int | None = None,
+                             log_q: Tensor | float = 0.0, **deprecated: object) -> Tensor:
     """Bits per dimension of discrete data from the density of its dequantized version.
 
     For x in {0..K-1}^D mapped to [0, 1]^D by y = (x + u) / K,
@@ -94,11 +100,14 @@ def dequantized_bits_per_dim(log_p_continuous: Tensor, dim: int, levels: int,
         bpd = (-log p_cont(y) + D log K + log q(u|x)) / (D ln 2),
 
     with log q = 0 for uniform noise. ``log_p_continuous`` is log p_cont(y) per sample (nats).
-    The same convention as :func:`flowlib.metrics.bits_per_dim` with ``levels=K``, which does
-    the arithmetic.
+    The same convention as :func:`flowlib.metrics.bits_per_dim` with ``grey_levels=K``, which
+    does the arithmetic.
+
+    >>> float(dequantized_bits_per_dim(torch.tensor(0.0), 784, 256))
+    8.0
     """
-    levels = _check_levels(levels, "dequantized_bits_per_dim")
-    return bits_per_dim(log_p_continuous - log_q, dim, levels=levels)
+    grey_levels = _grey_levels(grey_levels, deprecated, "dequantized_bits_per_dim")
+    return bits_per_dim(log_p_continuous - log_q, dim, grey_levels=grey_levels)
 
 
 class Dequantization(nn.Module):
@@ -110,12 +119,19 @@ class Dequantization(nn.Module):
     reparameterised sample, so gradients reach the noise model.
     """
 
-    def __init__(self, levels: int) -> None:
+    def __init__(self, grey_levels: int | None = None, **deprecated: object) -> None:
         super().__init__()
-        self.levels = _check_levels(levels, type(self).__name__)
+        self.grey_levels = _grey_levels(grey_levels, deprecated, type(self).__name__)
+
+    @property
+    def levels(self) -> int:
+        """Deprecated spelling of ``grey_levels``."""
+        warnings.warn(f"{type(self).__name__}.levels is deprecated, use .grey_levels", DeprecationWarning,
+                      stacklevel=2)
+        return self.grey_levels
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}"
+        return f"grey_levels={self.grey_levels}"
 
 
 class UniformDequantization(Dequantization):
@@ -124,8 +140,8 @@ class UniformDequantization(Dequantization):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         d = x[0].numel()
-        y = (x + u) / self.levels
-        return y, x.new_full((x.shape[0],), -d * math.log(self.levels))
+        y = (x + u) / self.grey_levels
+        return y, x.new_full((x.shape[0],), -d * math.log(self.grey_levels))
 
 
 class VariationalDequantization(Dequantization):
@@ -134,7 +150,8 @@ class VariationalDequantization(Dequantization):
         eps ~ N(0, I),   v = g(eps; x) (affine couplings),   u = sigmoid(v) in (0, 1)^D
         log q(u|x) = log N(eps) - log|det dv/deps| - sum log sigmoid'(v)
 
-    The conditioning uses the plain couplings of :mod:`flowlib.coupling` on the pair
+    ``couplings`` affine couplings (old keyword ``steps=``). The conditioning uses the
+    couplings of :mod:`flowlib.coupling` on the pair
     (eps, c), c = x scaled to [-1, 1], stacked along channels: every mask is 1 on the c
     channels, so c passes through unchanged, feeds every conditioner, and adds nothing to the
     log-determinant, which is therefore log|det dv/deps| exactly. Checkerboard masks of
@@ -142,22 +159,24 @@ class VariationalDequantization(Dequantization):
     conditioners compute their own from c.
     """
 
-    def __init__(self, levels: int, shape: Sequence[int], steps: int = 4, hidden: int = 32,
-                 blocks: int = 1) -> None:
-        super().__init__(levels)
-        shape = tuple(shape)
-        if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-            raise FlowInputError(
-                f"VariationalDequantization: expected an image shape (C, H, W), got {shape!r}"
-            )
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise FlowInputError(f"VariationalDequantization: steps must be an integer >= 1, got {steps!r}")
+    def __init__(self, grey_levels: int | None = None, shape: Sequence[int] | None = None,
+                 couplings: int = 4, hidden: int = 32, blocks: int = 1, **deprecated: object) -> None:
+        new = renamed(deprecated, {"levels": "grey_levels", "steps": "couplings"},
+                      "VariationalDequantization")
+        super().__init__(new.get("grey_levels", grey_levels))
+        couplings = new.get("couplings", couplings)
+        shape = event_shape(shape if shape is not None else (), "VariationalDequantization")
+        if len(shape) != 3:
+            raise FlowInputError(f"VariationalDequantization: expected an image shape (C, H, W), "
+                                 f"got {shape!r}")
+        couplings = integer(couplings, "couplings", "VariationalDequantization")
         c, h, w = shape
         self.shape = shape
         layers = []
-        for k in range(steps):
+        for k in range(couplings):
             mask = torch.cat([checkerboard_mask(c, h, w, k % 2), torch.ones(c, h, w)], dim=0)
-            layers.append(AffineCoupling(mask, ResNetConditioner(2 * c, 4 * c, hidden, blocks)))
+            net = ResNetConditioner(*Coupling.conditioner_sizes(mask, Affine), hidden, blocks)  # 2C -> 4C
+            layers.append(AffineCoupling(mask, net))
         self.flow = Compose(layers)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -167,15 +186,15 @@ class VariationalDequantization(Dequantization):
         c = self.shape[0]
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         log_n = -0.5 * sum_except_batch(eps * eps + _LOG_2PI)
-        context = 2 * x / (self.levels - 1) - 1
+        context = 2 * x / (self.grey_levels - 1) - 1
         h, logdet = self.flow(torch.cat([eps, context], dim=1))
         v = h[:, :c]
         u = torch.sigmoid(v)
         # log sigmoid'(v) = log sigmoid(v) + log sigmoid(-v), finite for any v.
         log_dudv = sum_except_batch(F.logsigmoid(v) + F.logsigmoid(-v))
         log_q = log_n - logdet - log_dudv
-        y = (x + u) / self.levels
-        return y, -x[0].numel() * math.log(self.levels) - log_q
+        y = (x + u) / self.grey_levels
+        return y, -x[0].numel() * math.log(self.grey_levels) - log_q
 
 
 class LogitPreprocess(Flow):

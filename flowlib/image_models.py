@@ -24,15 +24,25 @@ continuous images y (T = 0: the mode, deterministic), in [0, 1] up to the logit'
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from flowlib._checks import choice, event_shape, integer, renamed
+from flowlib._modules import evaluating, training
 from flowlib.actnorm import ActNorm
 from flowlib.convnets import GlowConditioner, ResNetConditioner
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel
-from flowlib.coupling import AdditiveCoupling, AffineCoupling, Scaling, channel_mask, checkerboard_mask
+from flowlib.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    Scaling,
+    channel_mask,
+    checkerboard_mask,
+)
 from flowlib.dequantize import (
     Dequantization,
     LogitPreprocess,
@@ -42,28 +52,25 @@ from flowlib.dequantize import (
 )
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
+from flowlib.metrics import bits_per_dim
 from flowlib.multiscale import MultiScale
-from flowlib.split_coupling import AffineSplitCoupling, can_split, split_sizes
+from flowlib.transformers import Additive, Affine
 
 __all__ = [
     "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
 ]
 
 
-@torch.no_grad()
 def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256) -> float:
     """Mean of ``model.bits_per_dim`` over the images ``x``, in batches, in evaluation mode.
 
     ``samples`` > 1 importance-weights over that many dequantization draws per image (see
-    :meth:`ImageFlowModel.bits_per_dim`). The model's train/eval mode is restored afterwards.
+    :meth:`ImageFlowModel.bits_per_dim`). Every module's train/eval flag is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    batch = integer(batch, "batch", "mean_bits_per_dim")
+    with evaluating(model):
         total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
                     for i in range(0, x.shape[0], batch))
-    finally:
-        model.train(was_training)
     return total / x.shape[0]
 
 
@@ -87,28 +94,34 @@ class ImageFlowModel(FlowModel):
     #: Image models are trained and compared in bits per dimension (see :meth:`loss`).
     loss_unit = "bits/dim"
 
-    def __init__(self, flow: Flow, base: nn.Module, levels: int = 256,
-                 dequantization: str | Dequantization = "uniform", validate: bool = True) -> None:
+    def __init__(self, flow: Flow, base: nn.Module, grey_levels: int = 256,
+                 dequantization: str | Dequantization = "uniform", validate: bool = True,
+                 **deprecated: object) -> None:
         super().__init__(flow, base, validate)
+        grey_levels = renamed(deprecated, {"levels": "grey_levels"}, "ImageFlowModel").get("grey_levels",
+                                                                                            grey_levels)
         shape = tuple(self.event_shape)
         if len(shape) != 3:
             raise FlowInputError(f"ImageFlowModel: expected a base with an image event_shape (C, H, W), "
                                  f"got {shape}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise FlowInputError(f"ImageFlowModel: levels must be an integer >= 2, got {levels!r}")
-        self.levels = levels
+        #: K, the number of grey levels of the data (256 for 8-bit images, 17 for the 8x8 digits).
+        self.grey_levels = integer(grey_levels, "grey_levels", "ImageFlowModel", minimum=2)
         if isinstance(dequantization, Dequantization):
-            if dequantization.levels != levels:
-                raise FlowInputError(f"ImageFlowModel: the dequantizer has {dequantization.levels} levels, "
-                                     f"the model {levels}")
+            if dequantization.grey_levels != self.grey_levels:
+                raise FlowInputError(f"ImageFlowModel: the dequantizer has {dequantization.grey_levels} grey "
+                                     f"levels, the model {self.grey_levels}")
             self.dequantizer = dequantization
-        elif dequantization == "uniform":
-            self.dequantizer = UniformDequantization(levels)
-        elif dequantization == "variational":
-            self.dequantizer = VariationalDequantization(levels, shape)
         else:
-            raise FlowInputError(f"ImageFlowModel: dequantization must be 'uniform', 'variational' or a "
-                                 f"Dequantization module, got {dequantization!r}")
+            choice(dequantization, "dequantization", ("uniform", "variational"), "ImageFlowModel")
+            self.dequantizer = (UniformDequantization(self.grey_levels) if dequantization == "uniform"
+                                else VariationalDequantization(self.grey_levels, shape))
+
+    @property
+    def levels(self) -> int:
+        """Deprecated spelling of :attr:`grey_levels`."""
+        warnings.warn("ImageFlowModel.levels is deprecated, use .grey_levels", DeprecationWarning,
+                      stacklevel=2)
+        return self.grey_levels
 
     def _levels(self, x: Tensor, where: str) -> Tensor:
         """Validate discrete data at the model's door and return float levels on the model's dtype."""
@@ -122,8 +135,8 @@ class ImageFlowModel(FlowModel):
             raise FlowInputError(f"{where}: the data is on {x.device} but the model is on {device}; "
                                  f"move one of them, e.g. x.to({str(device)!r})")
         dtype = next((p.dtype for p in self.parameters()), torch.get_default_dtype())
-        if self.validate:
-            return as_levels(x, self.levels, where).to(dtype)
+        if self.checks_inputs:
+            return as_levels(x, self.grey_levels, where).to(dtype)
         return x.to(dtype)
 
     def _log_prob_levels(self, x_levels: Tensor) -> Tensor:
@@ -147,13 +160,11 @@ class ImageFlowModel(FlowModel):
         (-log p((x + u)/K) + D log K) / (D ln 2), see
         :func:`flowlib.dequantize.dequantized_bits_per_dim`.
         """
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise FlowInputError(f"{type(self).__name__}.bits_per_dim: samples must be an integer >= 1, "
-                                 f"got {samples!r}")
+        samples = integer(samples, "samples", f"{type(self).__name__}.bits_per_dim")
         x_levels = self._levels(x, f"{type(self).__name__}.bits_per_dim")
         draws = torch.stack([self._log_prob_levels(x_levels) for _ in range(samples)])
         log_px = torch.logsumexp(draws, dim=0) - math.log(samples)
-        return -log_px / (self.dim * math.log(2))
+        return bits_per_dim(log_px, self.dim)
 
     def loss(self, x: Tensor) -> Tensor:
         """What training minimises, one value per image: bits/dim of one dequantization draw.
@@ -163,171 +174,166 @@ class ImageFlowModel(FlowModel):
         """
         return self.bits_per_dim(x)
 
-    @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Run one batch in training mode, so data-dependent layers (ActNorm) initialise on it."""
-        was_training = self.training
-        self.train()
-        self.log_prob(x)
-        self.train(was_training)
+        """Run one batch in training mode, so data-dependent layers (ActNorm) initialise on it.
+
+        Without gradients; every module's train/eval flag is as it was afterwards.
+        """
+        with training(self):
+            self.log_prob(x)
 
     def sample_levels(self, n: int, temperature: float = 1.0) -> Tensor:
         """Samples rounded to grey levels: floor(K y) clamped to 0..K-1, as int64, shape (n, C, H, W)."""
         y = self.sample(n, temperature=temperature)
-        return torch.floor(y * self.levels).clamp(0, self.levels - 1).long()
+        return torch.floor(y * self.grey_levels).clamp(0, self.grey_levels - 1).long()
 
 
 # -- builders ------------------------------------------------------------------------------
+#: The builders' old keywords: ``levels`` (scales), ``steps`` (flow steps per scale), ``bins``
+#: (grey levels), and ``coupling`` (the coupling now slices wherever its mask allows it).
+_OLD_KEYWORDS = {"levels": "scales", "steps": "depth", "bins": "grey_levels", "coupling": None}
+
+
 def _shape(shape: Sequence[int], who: str) -> tuple[int, int, int]:
-    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
-    if (not isinstance(shape, tuple) or len(shape) != 3
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)):
+    shape = event_shape(shape, who)
+    if len(shape) != 3:
         raise FlowInputError(f"{who}: expected an image shape (channels, height, width), got {shape!r}")
     return shape  # type: ignore[return-value]
 
 
-def _level_shapes(shape: tuple[int, int, int], levels: int, who: str) -> list[tuple[int, int, int]]:
+def _scale_shapes(shape: tuple[int, int, int], scales: int, who: str) -> list[tuple[int, int, int]]:
     try:
-        return MultiScale.level_shapes(shape, levels)
+        return MultiScale.scale_shapes(shape, scales)
     except FlowInputError as err:
         raise FlowInputError(f"{who}: {err}") from err
 
 
-def _count(value: int, what: str, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FlowInputError(f"{who}: {what} must be an integer >= 1, got {value!r}")
-    return value
+def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, clamp: float | None) -> Flow:
+    """An affine coupling with ``mask`` and a conditioner of the sizes the mask needs."""
+    c_in, c_out = Coupling.conditioner_sizes(mask, Affine)
+    net = GlowConditioner(c_in, c_out, hidden) if conditioner == "glow" else \
+        ResNetConditioner(c_in, c_out, hidden, blocks)
+    return AffineCoupling(mask, net, clamp=clamp)
 
 
-def _check_choice(value: str, name: str, choices: tuple[str, ...], who: str) -> str:
-    if value not in choices:
-        raise FlowInputError(f"{who}: {name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _conditioner(kind: str, c_in: int, c_out: int, hidden: int, blocks: int) -> nn.Module:
-    if kind == "glow":
-        return GlowConditioner(c_in, c_out, hidden)
-    return ResNetConditioner(c_in, c_out, hidden, blocks)
-
-
-def _affine_coupling(mask: Tensor, coupling: str, conditioner: str, hidden: int, blocks: int,
-                     clamp: float | None) -> Flow:
-    """An affine coupling with ``mask``: sliced when the mask allows it and ``coupling == "split"``."""
-    c = mask.shape[0]
-    if coupling == "split" and can_split(mask):
-        kept, moved = split_sizes(mask)
-        net = _conditioner(conditioner, kept, 2 * moved, hidden, blocks)
-        return AffineSplitCoupling(mask, net, clamp=clamp)
-    return AffineCoupling(mask, _conditioner(conditioner, c, 2 * c, hidden, blocks), clamp=clamp)
-
-
-def _model(flow: Flow, shape: tuple[int, int, int], bins: int, alpha: float,
+def _model(flow: Flow, shape: tuple[int, int, int], grey_levels: int, alpha: float,
            dequantization: str | Dequantization) -> ImageFlowModel:
-    return ImageFlowModel(Compose(LogitPreprocess(alpha), flow), StandardNormal(shape), levels=bins,
-                          dequantization=dequantization)
+    return ImageFlowModel(Compose(LogitPreprocess(alpha), flow), StandardNormal(shape),
+                          grey_levels=grey_levels, dequantization=dequantization)
 
 
 def nice_image(shape: Sequence[int], couplings: int = 4, hidden: int = 64, blocks: int = 2,
-               bins: int = 256, alpha: float = 0.05,
-               dequantization: str | Dequantization = "uniform") -> ImageFlowModel:
+               grey_levels: int = 256, alpha: float = 0.05,
+               dequantization: str | Dequantization = "uniform", **deprecated: object) -> ImageFlowModel:
     """NICE for images (Dinh et al., 2015): additive couplings + a diagonal scaling.
 
-    ``couplings`` additive couplings with checkerboard masks of alternating parity, each with
-    a :class:`~flowlib.convnets.ResNetConditioner` (``hidden`` channels, ``blocks`` residual
-    blocks), then one learned scale per pixel (the only volume change). ``bins`` is K, the
-    number of grey levels of the data (256 for 8-bit images, 17 for the 8x8 digits).
+    ``couplings`` additive couplings with checkerboard masks of alternating parity (masked, see
+    :class:`~flowlib.coupling.Coupling`), each with a :class:`~flowlib.convnets.ResNetConditioner`
+    (``hidden`` channels, ``blocks`` residual blocks), then one learned scale per pixel (the
+    only volume change). ``grey_levels`` is K, the number of grey levels of the data (256 for
+    8-bit images, 17 for the 8x8 digits; old keyword ``bins=``).
+
+    >>> sum(p.numel() for p in nice_image((1, 8, 8), hidden=16, grey_levels=17).parameters())
+    38408
     """
+    grey_levels = renamed(deprecated, _OLD_KEYWORDS, "nice_image").get("grey_levels", grey_levels)
     c, h, w = _shape(shape, "nice_image")
-    _count(couplings, "couplings", "nice_image")
-    layers: list[Flow] = [
-        AdditiveCoupling(checkerboard_mask(c, h, w, k % 2), ResNetConditioner(c, c, hidden, blocks))
-        for k in range(couplings)
-    ]
+    integer(couplings, "couplings", "nice_image")
+    layers: list[Flow] = []
+    for k in range(couplings):
+        mask = checkerboard_mask(c, h, w, k % 2)
+        net = ResNetConditioner(*Coupling.conditioner_sizes(mask, Additive), hidden, blocks)
+        layers.append(AdditiveCoupling(mask, net))
     layers.append(Scaling((c, h, w)))
-    return _model(Compose(layers), (c, h, w), bins, alpha, dequantization)
+    return _model(Compose(layers), (c, h, w), grey_levels, alpha, dequantization)
 
 
-def realnvp_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: int = 64,
-                  blocks: int = 2, bins: int = 256, alpha: float = 0.05, clamp: float | None = 2.0,
+def realnvp_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: int = 64,
+                  blocks: int = 2, grey_levels: int = 256, alpha: float = 0.05, clamp: float | None = 2.0,
                   actnorm: bool = True, split_prior: bool = False,
-                  dequantization: str | Dequantization = "uniform", coupling: str = "split",
-                  conditioner: str = "resnet") -> ImageFlowModel:
+                  dequantization: str | Dequantization = "uniform", conditioner: str = "resnet",
+                  **deprecated: object) -> ImageFlowModel:
     """RealNVP for images (Dinh et al., 2017): multi-scale affine couplings.
 
-    Each of the ``levels`` levels squeezes, then applies ``steps`` affine couplings: the first
-    half with checkerboard masks, the second half with channel masks, parities alternating (the
-    paper's recipe of 3 + 3 per scale, applied after the squeeze so that every level has the
-    same structure), then factors out half of the channels. Height and width must be divisible
-    by 2^levels. ``actnorm`` puts an ActNorm before each coupling, standing in for the paper's
-    batch normalisation; ``split_prior=True`` adds Glow's learned prior for the split latents.
-    Log-scales are soft-clamped to (-clamp, clamp) (see :func:`flowlib.coupling.soft_clamp`).
-
-    ``coupling="split"`` (default) slices the channel-mask couplings
-    (:class:`~flowlib.split_coupling.AffineSplitCoupling`: the conditioner reads C/2 channels
-    and writes 2 x C/2); ``"mask"`` uses :class:`~flowlib.coupling.AffineCoupling` throughout,
-    the same family of maps at a higher cost. Checkerboard couplings are always masked.
+    Each of the ``scales`` scales squeezes, then applies ``depth`` affine couplings: the first
+    half with checkerboard masks (masked), the second half with channel masks (sliced: the
+    conditioner reads C/2 channels and writes 2 x C/2), parities alternating (the paper's recipe
+    of 3 + 3 per scale, applied after the squeeze so that every scale has the same structure),
+    then factors out half of the channels. Height and width must be divisible by 2^scales.
+    ``actnorm`` puts an ActNorm before each coupling, standing in for the paper's batch
+    normalisation; ``split_prior=True`` adds Glow's learned prior for the split latents.
+    Log-scales are soft-clamped to (-clamp, clamp) (see :func:`flowlib.transformers.soft_clamp`).
     ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner`, ``blocks``
     residual blocks) or ``"glow"`` (:class:`~flowlib.convnets.GlowConditioner`).
+
+    Old keywords (deprecated): ``levels=`` for ``scales``, ``steps=`` for ``depth``, ``bins=``
+    for ``grey_levels``; ``coupling=`` is ignored.
+
+    >>> model = realnvp_image((1, 8, 8), scales=2, depth=4, hidden=16, blocks=1, grey_levels=17)
+    >>> sum(p.numel() for p in model.parameters())
+    53040
     """
+    new = renamed(deprecated, _OLD_KEYWORDS, "realnvp_image")
+    scales, depth = new.get("scales", scales), new.get("depth", depth)
+    grey_levels = new.get("grey_levels", grey_levels)
     c, h, w = _shape(shape, "realnvp_image")
-    _count(steps, "steps", "realnvp_image")
-    _check_choice(coupling, "coupling", ("split", "mask"), "realnvp_image")
-    _check_choice(conditioner, "conditioner", ("resnet", "glow"), "realnvp_image")
-    level_steps = []
-    for cl, hl, wl in _level_shapes((c, h, w), levels, "realnvp_image"):
+    integer(depth, "depth", "realnvp_image")
+    choice(conditioner, "conditioner", ("resnet", "glow"), "realnvp_image")
+    per_scale = []
+    for cl, hl, wl in _scale_shapes((c, h, w), scales, "realnvp_image"):
         flows: list[Flow] = []
-        for k in range(steps):
-            mask_fn = checkerboard_mask if k < (steps + 1) // 2 else channel_mask
+        for k in range(depth):
+            mask_fn = checkerboard_mask if k < (depth + 1) // 2 else channel_mask
             if actnorm:
                 flows.append(ActNorm(cl))
-            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), coupling, conditioner, hidden, blocks,
-                                          clamp))
-        level_steps.append(flows)
-    flow = MultiScale((c, h, w), level_steps, split_prior=split_prior)
-    return _model(flow, (c, h, w), bins, alpha, dequantization)
+            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp))
+        per_scale.append(flows)
+    flow = MultiScale((c, h, w), per_scale, split_prior=split_prior)
+    return _model(flow, (c, h, w), grey_levels, alpha, dequantization)
 
 
-def glow_image(shape: Sequence[int], levels: int = 2, steps: int = 4, hidden: int = 64,
-               blocks: int = 2, lu: bool = True, bins: int = 256, alpha: float = 0.05,
+def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: int = 64,
+               blocks: int = 2, lu: bool = True, grey_levels: int = 256, alpha: float = 0.05,
                clamp: float | None = 2.0, split_prior: bool = True,
-               dequantization: str | Dequantization = "uniform", coupling: str = "split",
-               conditioner: str = "resnet") -> ImageFlowModel:
-    """Glow (Kingma & Dhariwal, 2018): multi-scale, K = ``steps`` steps of flow per level.
+               dequantization: str | Dequantization = "uniform", conditioner: str = "resnet",
+               **deprecated: object) -> ImageFlowModel:
+    """Glow (Kingma & Dhariwal, 2018): multi-scale, K = ``depth`` flow steps per scale.
 
     One step: ActNorm -> invertible 1x1 convolution (LU-parameterised when ``lu``) -> affine
-    coupling with a channel mask (parities alternating) and a ResNet conditioner whose last
-    convolution is zero-initialised. Each level squeezes first and (except the last) factors
-    out half of the channels with a learned conditional prior N(mu(z1), sigma(z1)^2)
-    (``split_prior``). Height and width must be divisible by 2^levels.
+    coupling with a channel mask (parities alternating; sliced, as Glow's code does) and a
+    conditioner whose last convolution is zero-initialised. Each of the ``scales`` scales
+    squeezes first and (except the last) factors out half of the channels with a learned
+    conditional prior N(mu(z1), sigma(z1)^2) (``split_prior``). Height and width must be
+    divisible by 2^scales.
 
     The coupling's scale: Glow's code uses sigmoid(h + 2), which bounds the scale in (0, 1); we
     use exp(soft_clamp(h)) with the same zero start (scale 1) and a scale bounded in
     (e^-clamp, e^clamp), so a coupling can expand as well as contract and never overflows.
-
-    ``coupling="split"`` (default) slices the channels
-    (:class:`~flowlib.split_coupling.AffineSplitCoupling`, as Glow's code does); ``"mask"``
-    multiplies by the mask (:class:`~flowlib.coupling.AffineCoupling`): the same family of maps,
-    at a higher cost. ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner`
-    with ``blocks`` residual blocks) or ``"glow"`` (the paper's three convolutions,
+    ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner` with ``blocks``
+    residual blocks) or ``"glow"`` (the paper's three convolutions,
     :class:`~flowlib.convnets.GlowConditioner`, ``blocks`` unused), about three times faster
     per step at equal ``hidden``.
+
+    Old keywords (deprecated): ``levels=`` for ``scales``, ``steps=`` for ``depth``, ``bins=``
+    for ``grey_levels``; ``coupling=`` is ignored.
+
+    >>> model = glow_image((1, 8, 8), scales=2, depth=4, hidden=32, blocks=1, grey_levels=17)
+    >>> sum(p.numel() for p in model.parameters())
+    169920
     """
+    new = renamed(deprecated, _OLD_KEYWORDS, "glow_image")
+    scales, depth = new.get("scales", scales), new.get("depth", depth)
+    grey_levels = new.get("grey_levels", grey_levels)
     c, h, w = _shape(shape, "glow_image")
-    _count(steps, "steps", "glow_image")
-    _check_choice(coupling, "coupling", ("split", "mask"), "glow_image")
-    _check_choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
+    integer(depth, "depth", "glow_image")
+    choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
     linear = InvertibleLinearLU if lu else InvertibleLinear
-    level_steps = []
-    for cl, hl, wl in _level_shapes((c, h, w), levels, "glow_image"):
+    per_scale = []
+    for cl, hl, wl in _scale_shapes((c, h, w), scales, "glow_image"):
         flows: list[Flow] = []
-        for k in range(steps):
-            flows += [
-                ActNorm(cl),
-                linear(cl),
-                _affine_coupling(channel_mask(cl, hl, wl, k % 2), coupling, conditioner, hidden, blocks,
-                                 clamp),
-            ]
-        level_steps.append(flows)
-    flow = MultiScale((c, h, w), level_steps, split_prior=split_prior)
-    return _model(flow, (c, h, w), bins, alpha, dequantization)
+        for k in range(depth):
+            flows += [ActNorm(cl), linear(cl),
+                      _affine_coupling(channel_mask(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp)]
+        per_scale.append(flows)
+    flow = MultiScale((c, h, w), per_scale, split_prior=split_prior)
+    return _model(flow, (c, h, w), grey_levels, alpha, dequantization)

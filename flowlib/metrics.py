@@ -56,15 +56,16 @@ LogProbLike = Callable[[Tensor], Tensor] | _HasLogProb
 
 
 # -- bits per dimension ------------------------------------------------------------------------
-def bits_per_dim(log_prob_nats: Tensor | float, num_dims: int, levels: int | None = None,
-                 reduction: str = "none") -> Tensor:
+def bits_per_dim(log_prob_nats: Tensor | float, num_dims: int, grey_levels: int | None = None,
+                 reduction: str = "none", **deprecated: object) -> Tensor:
     """Bits per dimension of a log-density in nats: bpd = -log p(x) / (D ln 2) [+ log2 K].
 
     Args:
         log_prob_nats: log p(x) in nats, per sample (any shape, e.g. ``(batch,)``) or a number.
         num_dims: D, the number of scalar dimensions of one sample (e.g. 1 * 28 * 28 for MNIST).
-        levels: K, the number of discrete values per dimension of the original data (256 for
-            8-bit images), or ``None`` when the density is on the data's own scale.
+        grey_levels: K, the number of discrete values per dimension of the original data (256
+            for 8-bit images), or ``None`` when the density is on the data's own scale (old
+            keyword: ``levels=``, deprecated).
         reduction: ``"none"`` (one value per sample, the input's shape) or ``"mean"``.
 
     The convention for discrete data. Images hold integers 0..K-1. Dequantisation adds noise
@@ -76,21 +77,29 @@ def bits_per_dim(log_prob_nats: Tensor | float, num_dims: int, levels: int | Non
 
         bpd = -log2 p_Y(y) / D + log2 K,
 
-    i.e. pass ``levels=K`` and add log2(K) per dimension (8 bits for K = 256). If your pipeline
+    i.e. pass ``grey_levels=K`` and add log2(K) per dimension (8 bits for K = 256). If your pipeline
     maps [0, 1] further (to [-1/2, 1/2], or through a logit), those maps are part of the model
     and their log-determinants belong in ``log_prob_nats``: this function only handles the
-    final 1/K scaling. Without ``levels``, bpd is simply -log2 p(x) / D.
+    final 1/K scaling. Without ``grey_levels``, bpd is simply -log2 p(x) / D. Every bits/dim
+    figure of flowlib is computed here.
+
+    >>> bits_per_dim(torch.tensor([0.0]), 784, grey_levels=256)
+    tensor([8.])
     """
+    from flowlib._checks import integer, renamed
+
+    grey_levels = renamed(deprecated, {"levels": "grey_levels"}, "bits_per_dim").get("grey_levels",
+                                                                                      grey_levels)
     if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims <= 0:
         raise FlowInputError(f"bits_per_dim: num_dims must be a positive integer, got {num_dims!r}")
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
-        raise FlowInputError(f"bits_per_dim: levels must be an integer >= 2 or None, got {levels!r}")
+    if grey_levels is not None:
+        grey_levels = integer(grey_levels, "grey_levels (K, or None)", "bits_per_dim", minimum=2)
     if reduction not in ("none", "mean"):
         raise FlowInputError(f"bits_per_dim: reduction must be 'none' or 'mean', got {reduction!r}")
     lp = log_prob_nats if isinstance(log_prob_nats, Tensor) else torch.tensor(float(log_prob_nats))
     bpd = -lp / (num_dims * _LN2)
-    if levels is not None:
-        bpd = bpd + math.log2(levels)
+    if grey_levels is not None:
+        bpd = bpd + math.log2(grey_levels)
     return bpd.mean() if reduction == "mean" else bpd
 
 

@@ -24,15 +24,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from flowlib._checks import choice, event_shape, integer, renamed
 from flowlib.actnorm import ActNorm
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel
-from flowlib.coupling import AdditiveCoupling, AffineCoupling, Scaling, half_mask
+from flowlib.coupling import AdditiveCoupling, AffineCoupling, Coupling, Scaling, half_mask
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinearLU
 from flowlib.nets import MLP
 from flowlib.permutations import Permutation
 from flowlib.planar import Planar, Radial
-from flowlib.split_coupling import AdditiveSplitCoupling, AffineSplitCoupling, split_sizes
+from flowlib.transformers import Additive, Affine
 
 __all__ = [
     "nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "planar_flow", "radial_flow",
@@ -45,61 +46,46 @@ def _is_image_shape(shape: object) -> bool:
 
 def _vector_dim(dim: int | Sequence[int], who: str) -> int:
     """The dimension d from ``d`` or ``(d,)``."""
-    if isinstance(dim, (tuple, list, torch.Size)):
-        if len(dim) != 1:
-            raise FlowInputError(f"{who}: expected a dimension d or a shape (d,), got {tuple(dim)}")
-        dim = dim[0]
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise FlowInputError(f"{who}: expected a dimension d >= 1, got {dim!r}")
-    return dim
+    shape = event_shape(dim, who)
+    if len(shape) != 1:
+        raise FlowInputError(f"{who}: expected a dimension d or a shape (d,), got {tuple(shape)}")
+    return shape[0]
 
 
-def _count(value: int, what: str, who: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise FlowInputError(f"{who}: {what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_coupling(coupling: str, who: str) -> str:
-    if coupling not in ("split", "mask"):
-        raise FlowInputError(f"{who}: coupling must be 'split' or 'mask', got {coupling!r}")
-    return coupling
+#: ``coupling="split" | "mask"`` chose the coupling's form before the coupling chose it itself.
+_OLD_COUPLING = {"coupling": None}
 
 
 def nice_vector(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128, layers: int = 3,
-                activation: Callable[[], nn.Module] = nn.ReLU, coupling: str = "split") -> FlowModel:
+                activation: Callable[[], nn.Module] = nn.ReLU, **deprecated: object) -> FlowModel:
     """NICE: ``couplings`` additive couplings (odd / even coordinates in turn) + a diagonal scaling.
 
-    Each conditioner is an MLP with ``layers`` hidden layers of width ``hidden``. The
-    couplings preserve volume; the final :class:`~flowlib.coupling.Scaling` is the only
-    layer that changes it (Dinh et al., 2015).
+    Each conditioner is an MLP with ``layers`` hidden layers of width ``hidden`` from the d/2
+    kept coordinates to the shifts of the d/2 others (the coupling slices, see
+    :class:`~flowlib.coupling.Coupling`). The couplings preserve volume; the final
+    :class:`~flowlib.coupling.Scaling` is the only layer that changes it (Dinh et al., 2015).
+    (``coupling=`` is deprecated and ignored: the layer chooses how to separate.)
 
-    ``coupling="split"`` (default) gathers the kept coordinates and feeds only them to the
-    conditioner (:class:`~flowlib.split_coupling.AdditiveSplitCoupling`, an MLP from d/2 to
-    d/2); ``"mask"`` uses the masked :class:`~flowlib.coupling.AdditiveCoupling` (an MLP from d
-    to d whose inputs and outputs are half zeros): the same family of maps, at a higher cost.
+    >>> sum(p.numel() for p in nice_vector(2).parameters())
+    133638
     """
+    renamed(deprecated, _OLD_COUPLING, "nice")
     d = _vector_dim(dim, "nice")
-    couplings = _count(couplings, "couplings", "nice")
-    _check_coupling(coupling, "nice")
+    couplings = integer(couplings, "couplings", "nice")
     flows: list[Flow] = []
     for k in range(couplings):
         mask = half_mask(d, k % 2, kind="alternate")
-        if coupling == "split" and d >= 2:  # d = 1: nothing to slice, the masked layer is exact
-            kept, moved = split_sizes(mask)
-            net = MLP(kept, moved, hidden=hidden, layers=layers, activation=activation)
-            flows.append(AdditiveSplitCoupling(mask, net))
-        else:
-            net = MLP(d, d, hidden=hidden, layers=layers, activation=activation)
-            flows.append(AdditiveCoupling(mask, net))
+        net = MLP(*Coupling.conditioner_sizes(mask, Additive), hidden=hidden, layers=layers,
+                  activation=activation)
+        flows.append(AdditiveCoupling(mask, net))
     flows.append(Scaling(d))
     return FlowModel(Compose(flows), StandardNormal(d))
 
 
 def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
-            actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
-            activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0,
-            coupling: str = "split") -> FlowModel:
+                   actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
+                   activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0,
+                   **deprecated: object) -> FlowModel:
     """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
 
     Layout: [ActNorm] -> { [mixing] -> AffineCoupling -> [ActNorm] } x couplings.
@@ -107,34 +93,33 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
     - ActNorm (``actnorm=True``) standardises the data on the first training batch and
       keeps every coupling's input at unit scale, which makes training faster and steadier;
     - masks alternate between odd and even coordinates, so each coordinate is transformed
-      in every other layer;
+      in every other layer; the couplings slice (the conditioner reads the kept coordinates
+      and returns the log-scales and shifts of the others, see :class:`~flowlib.coupling.Coupling`);
     - ``mixing`` before each coupling but the first: ``"none"`` (masks only),
       ``"permutation"`` (a fixed random permutation, as RealNVP; only when d > 2, since for
       d = 2 the alternating masks already are all there is), or ``"linear"`` (a learned
       invertible linear map, LU-parameterised, started at a random rotation: Glow's 1x1
       convolution for vectors, which lets couplings act along any direction);
-    - ``clamp`` bounds each coupling's log-scale (:func:`~flowlib.coupling.soft_clamp`);
+    - ``clamp`` bounds each coupling's log-scale (:func:`~flowlib.transformers.soft_clamp`);
     - conditioners: MLPs with ``layers`` hidden layers of width ``hidden``, last layer
       zero, so the model starts as (ActNorm followed by) the identity;
     - ``seed`` fixes the random permutations / rotations (the networks' initial weights
       follow torch's global seed, as for any nn.Module);
-    - ``coupling="split"`` (default) feeds the conditioner only the kept coordinates and asks
-      it for the log-scales and shifts of the others
-      (:class:`~flowlib.split_coupling.AffineSplitCoupling`); ``"mask"`` uses the masked
-      :class:`~flowlib.coupling.AffineCoupling` (inputs and outputs half zeros), the same
-      family of maps at a higher cost.
+    - ``coupling=`` is deprecated and ignored: the layer chooses how to separate.
 
-    The defaults (12 couplings of 2 x 64 ReLU MLPs, 55k parameters for d = 2) are the best
+    The defaults (12 couplings of 2 x 64 ReLU MLPs, 53k parameters for d = 2) are the best
     configuration found by ``benchmarks/toy_kl.py``: with Adam at lr 5e-3 (warm-up, cosine
     decay), KL(data || model) of 0.033 / 0.005 / 0.074 nats on eight Gaussians / two moons /
-    checkerboard after 120 s of one CPU core, measured with ``coupling="mask"``; the split
-    default has 53k parameters and trains faster per step (benchmarks/RESULTS.md).
+    checkerboard after 120 s of one CPU core, measured with the masked couplings of earlier
+    versions (55k parameters; the sliced ones train faster per step, benchmarks/RESULTS.md).
+
+    >>> sum(p.numel() for p in realnvp_vector(2).parameters())
+    53068
     """
+    renamed(deprecated, _OLD_COUPLING, "realnvp")
     d = _vector_dim(dim, "realnvp")
-    couplings = _count(couplings, "couplings", "realnvp")
-    _check_coupling(coupling, "realnvp")
-    if mixing not in ("none", "permutation", "linear"):
-        raise FlowInputError(f"realnvp: mixing must be 'none', 'permutation' or 'linear', got {mixing!r}")
+    couplings = integer(couplings, "couplings", "realnvp")
+    choice(mixing, "mixing", ("none", "permutation", "linear"), "realnvp")
     g = torch.Generator().manual_seed(int(seed))
     flows: list[Flow] = [ActNorm(d)] if actnorm else []
     for k in range(couplings):
@@ -143,13 +128,9 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
         elif k > 0 and mixing == "linear":
             flows.append(InvertibleLinearLU(d, generator=g))
         mask = half_mask(d, k % 2, kind="alternate")
-        if coupling == "split" and d >= 2:  # d = 1: nothing to slice, the masked layer is exact
-            kept, moved = split_sizes(mask)
-            net = MLP(kept, 2 * moved, hidden=hidden, layers=layers, activation=activation)
-            flows.append(AffineSplitCoupling(mask, net, clamp=clamp))
-        else:
-            net = MLP(d, 2 * d, hidden=hidden, layers=layers, activation=activation)
-            flows.append(AffineCoupling(mask, net, clamp=clamp))
+        net = MLP(*Coupling.conditioner_sizes(mask, Affine), hidden=hidden, layers=layers,
+                  activation=activation)
+        flows.append(AffineCoupling(mask, net, clamp=clamp))
         if actnorm:
             flows.append(ActNorm(d))
     return FlowModel(Compose(flows), StandardNormal(d))
@@ -162,7 +143,7 @@ def planar_flow(dim: int | Sequence[int], layers: int = 8, enforce_invertibility
     ``model.log_prob(x)`` of given data works too, through the numerical inverse.
     """
     d = _vector_dim(dim, "planar_flow")
-    layers = _count(layers, "layers", "planar_flow")
+    layers = integer(layers, "layers", "planar_flow")
     flows = [Planar(d, enforce_invertibility=enforce_invertibility) for _ in range(layers)]
     return FlowModel(Compose(flows), StandardNormal(d))
 
@@ -170,7 +151,7 @@ def planar_flow(dim: int | Sequence[int], layers: int = 8, enforce_invertibility
 def radial_flow(dim: int | Sequence[int], layers: int = 8) -> FlowModel:
     """``layers`` radial flows; closed form in both directions (see :class:`~flowlib.planar.Radial`)."""
     d = _vector_dim(dim, "radial_flow")
-    layers = _count(layers, "layers", "radial_flow")
+    layers = integer(layers, "layers", "radial_flow")
     return FlowModel(Compose([Radial(d) for _ in range(layers)]), StandardNormal(d))
 
 

@@ -1,9 +1,10 @@
-"""The multi-scale architecture of RealNVP and Glow: squeeze, steps, factor out half.
+"""The multi-scale architecture of RealNVP and Glow: squeeze, flow steps, factor out half.
 
-Dinh et al. (2017, section 3.6) process an image at several scales. At each level the image
+Dinh et al. (2017, section 3.6) process an image at several scales. At each scale the image
 is *squeezed* (every 2x2 block of pixels becomes 4 channels: (C, H, W) -> (4C, H/2, W/2)),
-transformed by a few flow steps, and then half of the channels are *factored out*: they are
-final latent variables and only the other half goes on to the next, coarser level. This
+transformed by a few flow steps (``depth`` of them, Glow's K), and then half of the channels
+are *factored out* (the *split*): they are final latent variables and only the other half
+goes on to the next, coarser scale. This
 saves computation and gives the latent a coarse-to-fine structure.
 
 Glow (Kingma & Dhariwal, 2018) gives each factored-out half z2 a *learned conditional prior*
@@ -14,21 +15,24 @@ bijection, :class:`GaussianSplitPrior`,
 
 so that a standard-normal density on eps2 *is* the learned prior on z2, and everything stays
 within the layer contract. Sampling at temperature T draws every eps ~ N(0, T^2), which scales
-the split priors too; T = 0 gives mu(z1) at every level (the mode, deterministically).
+the split priors too; T = 0 gives mu(z1) at every scale (the mode, deterministically).
 
 :class:`MultiScale` returns a latent of the same shape as its input: the factored-out parts
 are un-squeezed back into place, a fixed volume-preserving rearrangement. So it passes the
 generic layer tests and plugs into ``FlowModel`` with a ``StandardNormal((C, H, W))`` base;
-:meth:`MultiScale.split_latents` recovers the per-level latents.
+:meth:`MultiScale.split_latents` recovers the per-scale latents.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from flowlib._checks import event_shape as _event_shape
+from flowlib._checks import integer, number, renamed
 from flowlib.convnets import ZeroConv2d
 from flowlib.core import Compose, Flow, FlowInputError, sum_except_batch
 
@@ -56,8 +60,7 @@ class Squeeze(Flow):
     """
 
     def __init__(self, factor: int = 2) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-            raise FlowInputError(f"Squeeze: factor must be an integer >= 2, got {factor!r}")
+        factor = integer(factor, "factor", "Squeeze", minimum=2)
         super().__init__(None)
         self.factor = factor
 
@@ -102,12 +105,10 @@ class GaussianSplitPrior(Flow):
     """
 
     def __init__(self, channels: int, bound: float = 5.0) -> None:
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2 or channels % 2:
-            raise FlowInputError(
-                f"GaussianSplitPrior: channels must be an even integer >= 2, got {channels!r}"
-            )
-        if not bound > 0:
-            raise FlowInputError(f"GaussianSplitPrior: bound must be > 0, got {bound!r}")
+        if integer(channels, "channels", "GaussianSplitPrior", minimum=2) % 2:
+            raise FlowInputError(f"GaussianSplitPrior: channels must be an even integer >= 2, "
+                                 f"got {channels!r}")
+        bound = number(bound, "bound", "GaussianSplitPrior", minimum=0.0, strict=True)
         super().__init__(None)
         self.channels = channels
         self.bound = float(bound)
@@ -143,77 +144,89 @@ class GaussianSplitPrior(Flow):
         return f"channels={self.channels}, bound={self.bound}"
 
 
-def _image_shape(event_shape: Sequence[int], who: str) -> tuple[int, int, int]:
-    shape = tuple(event_shape)
-    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise FlowInputError(f"{who}: expected an image shape (channels, height, width) of positive "
-                             f"integers, got {shape!r}")
+def _image_shape(shape: Sequence[int], who: str) -> tuple[int, int, int]:
+    shape = _event_shape(shape, who)
+    if len(shape) != 3:
+        raise FlowInputError(f"{who}: expected an image shape (channels, height, width), got {shape!r}")
     return shape  # type: ignore[return-value]
 
 
 class MultiScale(Flow):
-    """The multi-scale flow of RealNVP / Glow: per level squeeze, K steps, factor out half.
+    """The multi-scale flow of RealNVP / Glow: per scale squeeze, flow steps, factor out half.
 
-    For levels l = 0 .. L-1, on h_0 = x:
+    For scales l = 0 .. L-1, on h_0 = x:
 
         h = squeeze(h_l)                  (C_l, H_l, W_l) -> (4 C_l, H_l/2, W_l/2)
-        h = steps[l](h)
+        h = flows[l](h)                   the flow steps of scale l (Glow: K = depth of them)
         if l < L-1:  (h_{l+1}, eps_l) = split(prior_l(h))   keep the first half, factor out the rest
 
-    ``steps[l]`` acts on shape ``MultiScale.level_shapes(event_shape, L)[l]``; with
-    ``split_prior=True`` (Glow) ``prior_l`` is a :class:`GaussianSplitPrior`, with ``False``
-    (RealNVP) the factored-out half goes to the base density unchanged. The latent is
-    assembled back to the input's shape by un-squeezing, so ``forward`` maps (B, C, H, W) to
-    (B, C, H, W) and log|det| = sum of the steps' and priors' logdets (squeezes add 0).
+    ``flows[l]`` (a flow, or a list of flows composed in order) acts on shape
+    ``MultiScale.scale_shapes(event_shape, L)[l]``; with ``split_prior=True`` (Glow)
+    ``prior_l`` is a :class:`GaussianSplitPrior`, with ``False`` (RealNVP) the factored-out half
+    goes to the base density unchanged. The latent is assembled back to the input's shape by
+    un-squeezing, so ``forward`` maps (B, C, H, W) to (B, C, H, W) and log|det| = sum of the
+    flows' and priors' logdets (squeezes add 0). The flows are kept in ``self.steps`` (the
+    name in every saved state dict: ``steps.<scale>.*``).
+
+    >>> MultiScale.scale_shapes((1, 28, 28), 2)
+    [(4, 14, 14), (8, 7, 7)]
     """
 
-    def __init__(self, event_shape: Sequence[int], steps: Sequence[Flow | Sequence[Flow]],
-                 split_prior: bool = True) -> None:
+    def __init__(self, event_shape: Sequence[int], flows: Sequence[Flow | Sequence[Flow]] | None = None,
+                 split_prior: bool = True, **deprecated: object) -> None:
+        flows = renamed(deprecated, {"steps": "flows"}, "MultiScale").get("flows", flows)
         c, h, w = _image_shape(event_shape, "MultiScale")
-        if isinstance(steps, Flow) or len(steps) < 1:
-            raise FlowInputError("MultiScale: steps must be a list with one flow (or list of flows) "
-                                 "per level")
-        levels = len(steps)
-        if h % 2**levels or w % 2**levels:
-            raise FlowInputError(
-                f"MultiScale: {levels} levels squeeze by 2 each, so height and width must be divisible "
-                f"by {2**levels}; got shape {(c, h, w)}"
-            )
+        if flows is None or isinstance(flows, Flow) or len(flows) < 1:
+            raise FlowInputError("MultiScale: flows must be a list with one flow (or list of flows) "
+                                 "per scale")
+        shapes = self.scale_shapes((c, h, w), len(flows))
         super().__init__((c, h, w))
-        flows = []
-        for level, s in enumerate(steps):
+        per_scale = []
+        for scale, f in enumerate(flows):
             try:
-                flows.append(s if isinstance(s, Flow) else Compose(list(s)))
+                per_scale.append(f if isinstance(f, Flow) else Compose(list(f)))
             except FlowInputError as err:
-                raise FlowInputError(
-                    f"MultiScale: steps[{level}] is not a flow or list of flows: {err}"
-                ) from err
-        self.steps = torch.nn.ModuleList(flows)
-        shapes = self.level_shapes((c, h, w), levels)
+                raise FlowInputError(f"MultiScale: flows[{scale}] is not a flow or list of flows: "
+                                     f"{err}") from err
+        self.steps = torch.nn.ModuleList(per_scale)
         self.split_prior = bool(split_prior)
         self.priors = torch.nn.ModuleList(
             [GaussianSplitPrior(s[0]) for s in shapes[:-1]] if split_prior else []
         )
 
     @property
-    def levels(self) -> int:
+    def scales(self) -> int:
+        """L, the number of scales."""
         return len(self.steps)
+
+    @property
+    def levels(self) -> int:
+        """Deprecated spelling of :attr:`scales`."""
+        warnings.warn("MultiScale.levels is deprecated, use MultiScale.scales", DeprecationWarning,
+                      stacklevel=2)
+        return self.scales
+
+    @staticmethod
+    def scale_shapes(event_shape: Sequence[int], scales: int) -> list[tuple[int, int, int]]:
+        """The shape (4 C_l, H/2^(l+1), W/2^(l+1)) that the flow steps of each scale act on."""
+        c, h, w = _image_shape(event_shape, "MultiScale.scale_shapes")
+        scales = integer(scales, "scales", "MultiScale.scale_shapes")
+        if h % 2**scales or w % 2**scales:
+            raise FlowInputError(f"MultiScale: {scales} scales squeeze by 2 each, so height and width must "
+                                 f"be divisible by {2**scales}; got shape {(c, h, w)}")
+        shapes = []
+        for _ in range(scales):
+            c, h, w = 4 * c, h // 2, w // 2
+            shapes.append((c, h, w))
+            c //= 2  # half of the channels goes on to the next scale
+        return shapes
 
     @staticmethod
     def level_shapes(event_shape: Sequence[int], levels: int) -> list[tuple[int, int, int]]:
-        """The shape (4 C_l, H/2^(l+1), W/2^(l+1)) that the steps of each level act on."""
-        c, h, w = _image_shape(event_shape, "MultiScale.level_shapes")
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise FlowInputError(f"MultiScale.level_shapes: levels must be an integer >= 1, got {levels!r}")
-        if h % 2**levels or w % 2**levels:
-            raise FlowInputError(f"MultiScale: {levels} levels need height and width divisible by "
-                                 f"{2**levels}, got shape {(c, h, w)}")
-        shapes = []
-        for _ in range(levels):
-            c, h, w = 4 * c, h // 2, w // 2
-            shapes.append((c, h, w))
-            c //= 2  # half of the channels goes on to the next level
-        return shapes
+        """Deprecated spelling of :meth:`scale_shapes`."""
+        warnings.warn("MultiScale.level_shapes is deprecated, use MultiScale.scale_shapes",
+                      DeprecationWarning, stacklevel=2)
+        return MultiScale.scale_shapes(event_shape, levels)
 
     # -- the contract ------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,12 +234,12 @@ class MultiScale(Flow):
         logdet = x.new_zeros(x.shape[0])
         factored = []
         h = x
-        for level, step in enumerate(self.steps):
-            h, ld = step(squeeze(h))
+        for scale, flow in enumerate(self.steps):
+            h, ld = flow(squeeze(h))
             logdet = logdet + ld
-            if level < self.levels - 1:
+            if scale < self.scales - 1:
                 if self.split_prior:
-                    h, ld = self.priors[level](h)
+                    h, ld = self.priors[scale](h)
                     logdet = logdet + ld
                 h, eps = h.chunk(2, dim=1)
                 factored.append(eps)
@@ -236,20 +249,20 @@ class MultiScale(Flow):
         self.check_input(z, "inverse")
         h, factored = self._disassemble(z)
         logdet = z.new_zeros(z.shape[0])
-        for level in reversed(range(self.levels)):
-            if level < self.levels - 1:
-                h = torch.cat([h, factored[level]], dim=1)
+        for scale in reversed(range(self.scales)):
+            if scale < self.scales - 1:
+                h = torch.cat([h, factored[scale]], dim=1)
                 if self.split_prior:
-                    h, ld = self.priors[level].inverse(h)
+                    h, ld = self.priors[scale].inverse(h)
                     logdet = logdet + ld
-            h, ld = self.steps[level].inverse(h)
+            h, ld = self.steps[scale].inverse(h)
             logdet = logdet + ld
             h = unsqueeze(h)
         return h, logdet
 
     # -- the latent's layout -----------------------------------------------------------
     def _assemble(self, top: Tensor, factored: list[Tensor]) -> Tensor:
-        # Each level undoes its own squeeze, coarsest first: the top level's output alone, every
+        # Each scale undoes its own squeeze, coarsest first: the top scale's output alone, every
         # finer one after putting its factored-out half back beside the kept half.
         z = unsqueeze(top)
         for eps in reversed(factored):
@@ -259,24 +272,24 @@ class MultiScale(Flow):
     def _disassemble(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
         factored = []
         h = z
-        for _ in range(self.levels - 1):
+        for _ in range(self.scales - 1):
             h, eps = squeeze(h).chunk(2, dim=1)
             factored.append(eps)
         return squeeze(h), factored
 
     def split_latents(self, z: Tensor) -> list[Tensor]:
-        """The per-level latents [eps_0, ..., eps_{L-2}, top] (finest first) of a latent ``z``."""
+        """The per-scale latents [eps_0, ..., eps_{L-2}, top] (finest first) of a latent ``z``."""
         self.check_input(z, "split_latents")
         top, factored = self._disassemble(z)
         return [*factored, top]
 
     def merge_latents(self, latents: Sequence[Tensor]) -> Tensor:
         """The inverse of :meth:`split_latents`: one latent of the input's shape."""
-        if len(latents) != self.levels:
+        if len(latents) != self.scales:
             raise FlowInputError(
-                f"MultiScale.merge_latents: expected {self.levels} tensors, got {len(latents)}"
+                f"MultiScale.merge_latents: expected {self.scales} tensors, got {len(latents)}"
             )
         return self._assemble(latents[-1], list(latents[:-1]))
 
     def extra_repr(self) -> str:
-        return f"event_shape={self.event_shape}, levels={self.levels}, split_prior={self.split_prior}"
+        return f"event_shape={self.event_shape}, scales={self.scales}, split_prior={self.split_prior}"

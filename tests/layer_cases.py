@@ -274,20 +274,29 @@ from flowlib.convnets import ResNetConditioner  # noqa: E402
 from flowlib.coupling import (  # noqa: E402
     AdditiveCoupling,
     AffineCoupling,
+    Coupling,
     Scaling,
     channel_mask,
+    checkerboard_mask,
     half_mask,
 )
 from flowlib.nets import MLP  # noqa: E402
-from flowlib.split_coupling import AdditiveSplitCoupling, AffineSplitCoupling  # noqa: E402
+from flowlib.transformers import Additive  # noqa: E402
+from flowlib.transformers import Affine as AffineTransformer  # noqa: E402
 
 
-def _mlp(n_in: int, n_out: int, g: torch.Generator) -> MLP:
+def _mlp(n_in: int, n_out: int, g: torch.Generator | None) -> MLP:
     net = MLP(n_in, n_out, hidden=16, layers=1)
-    with torch.no_grad():  # the last layer starts at zero: perturb it so the map moves
-        net.last.weight.copy_(0.5 * torch.randn(net.last.weight.shape, generator=g))
-        net.last.bias.copy_(0.5 * torch.randn(net.last.bias.shape, generator=g))
+    if g is not None:
+        with torch.no_grad():  # the last layer starts at zero: perturb it so the map moves
+            net.last.weight.copy_(0.5 * torch.randn(net.last.weight.shape, generator=g))
+            net.last.bias.copy_(0.5 * torch.randn(net.last.bias.shape, generator=g))
     return net
+
+
+def _resnet(n_in: int, n_out: int, g: torch.Generator | None) -> nn.Module:
+    net = ResNetConditioner(n_in, n_out, hidden=4, blocks=1)
+    return net if g is None else perturb(net, g)  # the output convolution starts at zero
 
 
 @case(Scaling, identity=lambda: (Scaling(3), torch.randn(4, 3)))
@@ -298,26 +307,41 @@ def scaling(g: torch.Generator) -> tuple[Flow, Tensor]:
     return f, randn(g, 4, 3)
 
 
-@case(AdditiveCoupling,
-      identity=lambda: (AdditiveCoupling(half_mask(4, 0), MLP(4, 4, 16, 1)), torch.randn(3, 4)))
+def _checkerboard(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    # A checkerboard cannot be sliced: the layer multiplies by its mask.
+    mask = checkerboard_mask(2, 4, 4, 1)
+    layer = Coupling(mask, _resnet(*Coupling.conditioner_sizes(mask, AffineTransformer), g),
+                     AffineTransformer(clamp=2.0))
+    assert not layer.sliced
+    return layer, torch.randn(3, 2, 4, 4, generator=g)
+
+
+@case(Coupling, identity=lambda: _checkerboard(None), tails=1e2)
+def coupling_masked(g: torch.Generator) -> tuple[Flow, Tensor]:
+    return _checkerboard(g)
+
+
+def _alternate(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    mask = half_mask(5, 0, kind="alternate")  # kept {0, 2, 4}: sliced by gathering (not a block)
+    layer = AdditiveCoupling(mask, _mlp(*Coupling.conditioner_sizes(mask, Additive), g))
+    assert layer.sliced
+    return layer, torch.randn(6, 5, generator=g)
+
+
+@case(AdditiveCoupling, identity=lambda: _alternate(None), tails=1e2)
 def additive_coupling(g: torch.Generator) -> tuple[Flow, Tensor]:
-    return AdditiveCoupling(half_mask(4, 0), _mlp(4, 4, g)), randn(g, 5, 4)
+    return _alternate(g)
 
 
-@case(AffineCoupling,
-      identity=lambda: (AffineCoupling(half_mask(4, 1), MLP(4, 8, 16, 1)), torch.randn(3, 4)))
+def _channels(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    # Parity 1 keeps the LAST 2 of 3 channels: contiguous slices with an odd split. (clamp=None,
+    # the additive masked and the vector-half layers: tests/test_coupling.py, same checks.)
+    mask = channel_mask(3, 2, 2, 1)
+    layer = AffineCoupling(mask, _resnet(*Coupling.conditioner_sizes(mask, AffineTransformer), g))
+    assert layer.sliced
+    return layer, torch.randn(4, 3, 2, 2, generator=g)
+
+
+@case(AffineCoupling, identity=lambda: _channels(None))
 def affine_coupling(g: torch.Generator) -> tuple[Flow, Tensor]:
-    return AffineCoupling(half_mask(4, 1), _mlp(4, 8, g)), randn(g, 5, 4)
-
-
-@case(AdditiveSplitCoupling)
-def additive_split_coupling(g: torch.Generator) -> tuple[Flow, Tensor]:
-    mask = half_mask(5, 0, kind="alternate")  # kept {0, 2, 4}: the gathered (non-slice) path
-    return AdditiveSplitCoupling(mask, _mlp(3, 2, g)), randn(g, 6, 5)
-
-
-@case(AffineSplitCoupling)
-def affine_split_coupling(g: torch.Generator) -> tuple[Flow, Tensor]:
-    # Parity 1 keeps the LAST 2 of 3 channels: the sliced path with an odd split.
-    net = perturb(ResNetConditioner(2, 2, hidden=4, blocks=1), g)
-    return AffineSplitCoupling(channel_mask(3, 2, 2, 1), net), randn(g, 4, 3, 2, 2)
+    return _channels(g)
