@@ -30,7 +30,7 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from flowlib.image_models import count_parameters, glow_image  # noqa: E402
-from flowlib.image_widgets import TemperatureGrid  # noqa: E402
+from flowlib.widgets import TemperatureGrid  # noqa: E402
 
 TARGET_MS = 1000.0
 

@@ -2,6 +2,9 @@
 
 Sampling at temperature T draws z ~ N(mu, T^2 sigma^2): T = 1 is the model itself, T < 1
 trades diversity for quality (Kingma & Dhariwal, 2018, section 5), T = 0 returns the mode.
+Each base writes that rule once, in :meth:`latent`: the latent at temperature T of given
+standard-normal noise eps. :meth:`sample` draws eps and calls it; a widget that keeps its eps
+fixed while T moves (``flowlib.widgets.TemperatureGrid``) calls it directly.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from flowlib._checks import event_shape as _event_shape
+from flowlib._checks import integer, number
 from flowlib.core import FlowInputError, sum_except_batch
 
 __all__ = ["StandardNormal", "DiagonalGaussian"]
@@ -19,20 +24,20 @@ __all__ = ["StandardNormal", "DiagonalGaussian"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _event_shape(event_shape: int | Sequence[int], who: str) -> tuple[int, ...]:
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-    if not shape or any(int(s) <= 0 for s in shape):
-        raise FlowInputError(f"{who}: expected a non-empty event_shape of positive sizes, got {shape}")
-    return tuple(int(s) for s in shape)
-
-
-def _check_temperature(temperature: float, who: str) -> None:
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise FlowInputError(f"{who}: temperature must be a finite number >= 0, got {temperature}")
+def _noise(eps: Tensor, shape: tuple[int, ...], who: str) -> None:
+    if not isinstance(eps, Tensor) or tuple(eps.shape[1:]) != shape:
+        got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
+        want = ", ".join(map(str, shape))
+        raise FlowInputError(f"{who}: expected noise eps of shape (n, {want}), got {got}")
 
 
 class StandardNormal(nn.Module):
-    """p_Z(z) = N(z; 0, I): log p = -1/2 (||z||^2 + d log 2 pi)."""
+    """p_Z(z) = N(z; 0, I): log p = -1/2 (||z||^2 + d log 2 pi).
+
+    >>> base = StandardNormal(2)
+    >>> base.latent(torch.ones(1, 2), temperature=0.5)
+    tensor([[0.5000, 0.5000]])
+    """
 
     def __init__(self, event_shape: int | Sequence[int]) -> None:
         super().__init__()
@@ -44,18 +49,30 @@ class StandardNormal(nn.Module):
         d = math.prod(self.event_shape)
         return -0.5 * (sum_except_batch(z * z) + d * _LOG_2PI)
 
+    def latent(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
+        """z = T eps: the latent at temperature T of standard-normal noise eps, (n, *event_shape)."""
+        temperature = number(temperature, "temperature", "StandardNormal.latent", minimum=0.0)
+        _noise(eps, self.event_shape, "StandardNormal.latent")
+        return temperature * eps
+
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
-        _check_temperature(temperature, "StandardNormal.sample")
-        eps = torch.randn((n, *self.event_shape), generator=generator,
-                          device=self._anchor.device, dtype=self._anchor.dtype)
-        return temperature * eps
+        """n draws of z ~ N(0, T^2 I)."""
+        eps = torch.randn((integer(n, "n", "StandardNormal.sample", minimum=0), *self.event_shape),
+                          generator=generator, device=self._anchor.device, dtype=self._anchor.dtype)
+        return self.latent(eps, _temperature(temperature, "StandardNormal.sample"))
 
 
 class DiagonalGaussian(nn.Module):
     """A learnable p_Z(z) = N(z; mu, diag(sigma^2)), sigma = exp(log_sigma).
 
     log p = -1/2 sum_i [((z_i - mu_i)/sigma_i)^2 + 2 log sigma_i + log 2 pi]
+
+    >>> base = DiagonalGaussian(2)
+    >>> with torch.no_grad():
+    ...     _ = base.loc.fill_(1.0)
+    >>> base.latent(torch.ones(1, 2), temperature=0.0)  # T = 0: the mode, mu
+    tensor([[1., 1.]], grad_fn=<AddBackward0>)
     """
 
     def __init__(self, event_shape: int | Sequence[int]) -> None:
@@ -68,9 +85,20 @@ class DiagonalGaussian(nn.Module):
         u = (z - self.loc) * torch.exp(-self.log_scale)
         return -0.5 * sum_except_batch(u * u + 2 * self.log_scale + _LOG_2PI)
 
+    def latent(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
+        """z = mu + T sigma eps: the latent at temperature T of standard-normal noise eps."""
+        temperature = number(temperature, "temperature", "DiagonalGaussian.latent", minimum=0.0)
+        _noise(eps, self.event_shape, "DiagonalGaussian.latent")
+        return self.loc + temperature * torch.exp(self.log_scale) * eps
+
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
-        _check_temperature(temperature, "DiagonalGaussian.sample")
-        eps = torch.randn((n, *self.event_shape), generator=generator,
-                          device=self.loc.device, dtype=self.loc.dtype)
-        return self.loc + temperature * torch.exp(self.log_scale) * eps
+        """n draws of z ~ N(mu, T^2 diag(sigma^2))."""
+        eps = torch.randn((integer(n, "n", "DiagonalGaussian.sample", minimum=0), *self.event_shape),
+                          generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        return self.latent(eps, _temperature(temperature, "DiagonalGaussian.sample"))
+
+
+def _temperature(temperature: float, who: str) -> float:
+    # Checked here too, so that the error names the call the user made (sample, not latent).
+    return number(temperature, "temperature", who, minimum=0.0)

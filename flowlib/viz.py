@@ -10,8 +10,11 @@ the notebook displays the figure. Plots only read models: a "model" is anything 
   p(x) on a grid (via :func:`flowlib.metrics.density_on_grid`) and scatter plots.
 * :func:`plot_density_1d`: a 1D density, optionally over a histogram of samples.
 * :func:`plot_flow_steps`: samples after each layer of a :class:`~flowlib.core.Compose`.
-* :func:`image_grid`: a batch of images ``(N, C, H, W)`` tiled into one picture.
-* :func:`plot_training_curve`: the loss per step and the validation points of a training run.
+* :func:`tile_images`: a batch of images ``(N, C, H, W)`` tiled into one array (the one tiler of
+  flowlib: :func:`image_grid` and the image widgets of :mod:`flowlib.widgets` show its output).
+* :func:`image_grid`: the same tiles drawn on an ``Axes``.
+* :func:`plot_training_curve`: the loss per step and the validation points of a training run
+  (a :class:`~flowlib.train.FitResult`, a dict or a list), the one training-curve plot.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
-from flowlib.core import Compose, Flow, FlowInputError
+from flowlib._checks import FlowInputError, choice, integer
+from flowlib._modules import evaluating, placement
+from flowlib.core import Compose, Flow
 from flowlib.metrics import Bounds, LogProbLike, density_on_grid
 
 __all__ = [
@@ -36,9 +41,11 @@ __all__ = [
     "plot_density_1d",
     "compare_densities",
     "plot_flow_steps",
+    "tile_images",
     "image_grid",
     "plot_training_curve",
 ]
+
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (4.0, 4.0)) -> Axes:
     if ax is None:
@@ -157,15 +164,6 @@ def _log_prob_fn(model: LogProbLike) -> Callable[[Tensor], Tensor]:
     return fn
 
 
-def _dtype_device(model: LogProbLike) -> tuple[torch.dtype, torch.device]:
-    owner = getattr(model, "__self__", model)
-    if isinstance(owner, nn.Module):
-        for t in (*owner.parameters(), *owner.buffers()):
-            if t.is_floating_point():
-                return t.dtype, t.device
-    return torch.get_default_dtype(), torch.device("cpu")
-
-
 def plot_density_1d(model: LogProbLike, bounds: tuple[float, float] = (-4.0, 4.0), resolution: int = 500,
                     ax: Axes | None = None, samples: Tensor | np.ndarray | None = None, bins: int = 50,
                     label: str | None = None, **line_kwargs: Any) -> Axes:
@@ -178,18 +176,10 @@ def plot_density_1d(model: LogProbLike, bounds: tuple[float, float] = (-4.0, 4.0
     if not lo < hi:
         raise FlowInputError(f"plot_density_1d: expected bounds (lo, hi) with lo < hi, got {bounds!r}")
     fn = _log_prob_fn(model)
-    dtype, device = _dtype_device(model)
+    device, dtype = placement(model)
     x = torch.linspace(lo, hi, resolution, dtype=dtype, device=device)[:, None]
-    owner = getattr(model, "__self__", model)
-    training = owner.training if isinstance(owner, nn.Module) else None
-    try:
-        if training:
-            owner.eval()  # a plot must not initialise ActNorm or draw dropout noise
-        with torch.no_grad():
-            density = fn(x).reshape(-1).exp()
-    finally:
-        if training:
-            owner.train()
+    with evaluating(model):  # a plot must not initialise ActNorm or draw dropout noise
+        density = fn(x).reshape(-1).exp()
     ax = _axes(ax, figsize=(5.0, 3.0))
     if samples is not None:
         ax.hist(_numpy(samples).reshape(-1), bins=bins, range=(lo, hi), density=True, alpha=0.35,
@@ -219,8 +209,7 @@ def plot_flow_steps(flow: Flow | Any, x: Tensor, direction: str = "forward", bou
     if not isinstance(flow, Flow):
         raise FlowInputError(
             f"plot_flow_steps: expected a Flow, a Compose or a FlowModel, got {type(flow).__name__}")
-    if direction not in ("forward", "inverse"):
-        raise FlowInputError(f"plot_flow_steps: direction must be 'forward' or 'inverse', got {direction!r}")
+    choice(direction, "direction", ("forward", "inverse"), "plot_flow_steps")
     compose = flow if isinstance(flow, Compose) else Compose(flow)
     with torch.no_grad():
         steps = compose.forward_steps(x) if direction == "forward" else compose.inverse_steps(x)
@@ -247,38 +236,60 @@ def plot_flow_steps(flow: Flow | Any, x: Tensor, direction: str = "forward", bou
 
 
 # -- images --------------------------------------------------------------------------------------
-def image_grid(images: Tensor | np.ndarray, nrow: int = 8, ax: Axes | None = None, padding: int = 1,
-               value_range: tuple[float, float] | None = None, pad_value: float = 1.0,
-               cmap: str = "gray", title: str | None = None) -> Axes:
-    """Tile a batch of images (N, C, H, W), C = 1 (grey) or 3 (colour), ``nrow`` per row.
+def tile_images(images: Tensor | np.ndarray, nrow: int = 8, padding: int = 1, pad_value: float = 1.0,
+                value_range: tuple[float, float] | None = (0.0, 1.0)) -> np.ndarray:
+    """Tile images (N, C, H, W), C = 1 or 3, or (N, H, W), ``nrow`` per row, into one array.
 
-    Values are mapped to [0, 1] from ``value_range`` (default: [0, 1] when the data lie in
-    it, else their min and max) and clipped; ``padding`` pixels of ``pad_value`` separate
-    the tiles.
+    Returns (rows, cols) for grey images, (rows, cols, 3) for colour ones, float32 in [0, 1]:
+    values are mapped from ``value_range`` to [0, 1] and clipped (``None``: [0, 1] when the
+    data lie in it, else their min and max); ``padding`` pixels of ``pad_value`` separate the
+    tiles, tile k sitting at row k // nrow, column k % nrow.
+
+    >>> tile_images(torch.ones(3, 1, 2, 2), nrow=2, pad_value=0.0).shape  # 2 rows of 2 tiles
+    (7, 7)
     """
-    arr = _numpy(images)
+    return _tile(images, nrow, padding, pad_value, value_range, "tile_images")
+
+
+def _tile(images: Tensor | np.ndarray, nrow: int, padding: int, pad_value: float,
+          value_range: tuple[float, float] | None, who: str) -> np.ndarray:
+    arr = images.detach().to("cpu", torch.float32).numpy() if isinstance(images, Tensor) \
+        else np.asarray(images, dtype=np.float32)
     if arr.ndim == 3:  # (N, H, W): grey images without a channel axis
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] == 0:
-        raise FlowInputError(f"image_grid: expected images of shape (N, 1 or 3, H, W), got {arr.shape}")
-    if int(nrow) < 1:
-        raise FlowInputError(f"image_grid: nrow must be >= 1, got {nrow}")
-    lo, hi = value_range if value_range is not None else (
-        (0.0, 1.0) if arr.min() >= 0.0 and arr.max() <= 1.0 else (float(arr.min()), float(arr.max())))
+        raise FlowInputError(f"{who}: expected images of shape (N, 1 or 3, H, W), got {arr.shape}")
+    cols = min(integer(nrow, "nrow", who), arr.shape[0])
+    padding = integer(padding, "padding", who, minimum=0)
+    if value_range is None:
+        inside = arr.min() >= 0.0 and arr.max() <= 1.0
+        value_range = (0.0, 1.0) if inside else (float(arr.min()), float(arr.max()))
+    lo, hi = value_range
     arr = np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     n, c, h, w = arr.shape
-    cols = min(int(nrow), n)
     rows = math.ceil(n / cols)
-    grid = np.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), float(pad_value))
+    grid = np.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value,
+                   dtype=np.float32)
     for k in range(n):
         r, q = divmod(k, cols)
         top, left = padding + r * (h + padding), padding + q * (w + padding)
         grid[:, top:top + h, left:left + w] = arr[k]
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def image_grid(images: Tensor | np.ndarray, nrow: int = 8, ax: Axes | None = None, padding: int = 1,
+               value_range: tuple[float, float] | None = None, pad_value: float = 1.0,
+               cmap: str = "gray", title: str | None = None) -> Axes:
+    """Draw a batch of images (N, C, H, W), C = 1 (grey) or 3 (colour), ``nrow`` per row.
+
+    The tiles are those of :func:`tile_images` (``value_range`` by default: [0, 1] when the
+    data lie in it, else their min and max).
+    """
+    grid = _tile(images, nrow, padding, pad_value, value_range, "image_grid")
+    cols = min(int(nrow), len(images))  # checked by _tile
+    rows = math.ceil(len(images) / cols)
     ax = _axes(ax, figsize=(max(2.0, 0.6 * cols), max(2.0, 0.6 * rows)))
-    if c == 1:
-        ax.imshow(grid[0], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(grid.transpose(1, 2, 0), interpolation="nearest")
+    ax.imshow(grid, cmap=cmap if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
     if title is not None:
         ax.set_title(title)
@@ -299,8 +310,9 @@ def plot_training_curve(history: Any, ax: Axes | None = None, smooth: int | None
     """The training loss per step and, if recorded, the validation figures at their steps.
 
     ``history`` may be a result of :func:`flowlib.train.fit` (attributes ``losses``,
-    ``val_steps``, ``val``, ``metric``), a dict with those keys, a dict of name -> sequence
-    (one curve each, against its index) or a plain sequence of losses. ``smooth=k`` adds a
+    ``val_steps``, ``val``, and ``metric`` or ``unit`` for the y label), a dict with those
+    keys, a dict of name -> sequence (one curve each, against its index) or a plain sequence
+    of losses. ``smooth=k`` adds a
     moving average over k steps above the raw (faint) curve.
     """
     def get(key: str) -> Any:
@@ -334,7 +346,9 @@ def plot_training_curve(history: Any, ax: Axes | None = None, smooth: int | None
             ax.plot(x, _moving_average(y, smooth), lw=1.5, color=f"C{i}", label=f"{name} (mean of {smooth})")
         else:
             ax.plot(x, y, lw=1.0, color=f"C{i}", label=name)
-    metric = ylabel or (get("metric") if not isinstance(history, (list, tuple, np.ndarray, Tensor)) else None)
+    # The unit the run reports: FitResult.metric (or .unit, the model's loss_unit), e.g. "bits/dim".
+    plain = isinstance(history, (list, tuple, np.ndarray, Tensor))
+    metric = ylabel or (None if plain else get("metric") or get("unit"))
     ax.set(xlabel="step", ylabel=metric or "loss")
     if logy:
         ax.set_yscale("log")

@@ -8,22 +8,25 @@ the decoded images depend on the latent in a non-trivial way.
 from __future__ import annotations
 
 import copy
+import importlib
+import sys
 
 import ipywidgets as W
 import numpy as np
 import pytest
 import torch
 
+from flowlib._modules import evaluating
 from flowlib.core import FlowInputError
 from flowlib.data import load_digits
 from flowlib.image_models import glow_image
-from flowlib.image_widgets import (
-    PAPER_TEMPERATURES,
-    LatentInterpolation,
-    TemperatureGrid,
-    read_only,
-    tile_images,
-)
+from flowlib.viz import tile_images
+from flowlib.widgets import PAPER_TEMPERATURES, LatentInterpolation, TemperatureGrid
+
+
+def _glow(scales: int, depth: int, hidden: int, grey_levels: int):
+    """A small Glow for 1x8x8 digits."""
+    return glow_image((1, 8, 8), scales=scales, depth=depth, hidden=hidden, blocks=1, grey_levels=grey_levels)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def digits() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def glow(digits: torch.Tensor):
     torch.manual_seed(0)
-    model = glow_image((1, 8, 8), levels=2, steps=2, hidden=16, blocks=1, bins=17)
+    model = _glow(scales=2, depth=2, hidden=16, grey_levels=17)
     model.initialize(digits.float())
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -83,6 +86,7 @@ def test_fixed_noise_same_temperature_same_image(grid: TemperatureGrid) -> None:
 
 def test_temperature_only_scales_the_noise(grid: TemperatureGrid) -> None:
     assert torch.equal(grid.latent(0.5), 0.5 * grid.eps)
+    assert torch.equal(grid.latent(0.5), grid.model.base.latent(grid.eps, 0.5))  # the base's own rule
     with torch.no_grad():
         expected = grid.model.decode(0.8 * grid.eps).clamp(0, 1)
     assert torch.allclose(grid.samples(0.8), expected, atol=1e-5)
@@ -138,23 +142,65 @@ def test_slider_updates_on_release_for_slow_models(glow, monkeypatch) -> None:
     assert not TemperatureGrid(glow, n=4, precompute=True).controls["temperature"].continuous_update
 
 
-def test_widgets_leave_the_model_as_they_found_it(glow, digits) -> None:
-    state = {k: v.clone() for k, v in glow.state_dict().items()}
-    flags = [m.training for m in glow.modules()]
-    widget = TemperatureGrid(glow, n=9)
-    widget.set_temperature(1.0)
-    LatentInterpolation(glow, digits[0], digits[1]).controls["alpha"].value = 0.3
-    assert [m.training for m in glow.modules()] == flags
-    for k, v in glow.state_dict().items():
+def _snapshot(model: torch.nn.Module) -> tuple[dict, list, object, list]:
+    """Everything a widget could change in a model: weights and buffers (values and memory
+    layout), every module's training flag, the validate flag."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    layouts = [p.stride() for p in model.parameters()]
+    return state, [m.training for m in model.modules()], getattr(model, "validate", None), layouts
+
+
+def _assert_unchanged(model: torch.nn.Module, before: tuple[dict, list, object, list]) -> None:
+    state, flags, validate, layouts = before
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    for k, v in after.items():
         assert torch.equal(v, state[k]), k
+    assert [m.training for m in model.modules()] == flags
+    assert getattr(model, "validate", None) == validate
+    assert [p.stride() for p in model.parameters()] == layouts
 
 
-def test_read_only_leaves_actnorm_uninitialised() -> None:
-    model = glow_image((1, 8, 8), levels=1, steps=1, hidden=8, blocks=1, bins=17)
-    with read_only(model):
-        model.flow(torch.rand(4, 1, 8, 8))
+@pytest.mark.parametrize("validate", [True, False])
+def test_widgets_leave_the_model_as_they_found_it(glow, digits, validate: bool) -> None:
+    """Drive every control of both image widgets: the model's weights, buffers, memory layout,
+    training flags and validate flag are exactly as before."""
+    glow.validate = validate
+    try:
+        before = _snapshot(glow)
+        widget = TemperatureGrid(glow, n=9, precompute=True)
+        for t in (0.0, 0.33, 1.0):
+            widget.set_temperature(t)
+        for button in widget.buttons:
+            button.click()
+        widget.new_noise.click()
+        walk = LatentInterpolation(glow, digits[0], digits[1], frames=3)
+        for path in LatentInterpolation.PATHS:
+            walk.controls["path"].value = path
+            for alpha in (0.0, 0.3, 1.0):
+                walk.controls["alpha"].value = alpha
+        walk.decode([0.5], "spherical")
+        _assert_unchanged(glow, before)
+    finally:
+        glow.validate = True
+
+
+def test_evaluating_leaves_actnorm_uninitialised() -> None:
+    model = _glow(scales=1, depth=1, hidden=8, grey_levels=17)
+    with evaluating(model):
+        model.encode(torch.rand(4, 1, 8, 8))
     assert model.training
     assert not any(getattr(m, "is_initialized", False) for m in model.modules())
+
+
+def test_old_module_path_still_works_with_a_warning(glow) -> None:
+    sys.modules.pop("flowlib.image_widgets", None)
+    with pytest.warns(DeprecationWarning, match="flowlib.widgets"):
+        old = importlib.import_module("flowlib.image_widgets")
+    assert old.TemperatureGrid is TemperatureGrid and old.tile_images is tile_images
+    with pytest.warns(DeprecationWarning, match="evaluating"), old.read_only(glow):
+        assert not glow.training and not torch.is_grad_enabled()
+    assert glow.training
 
 
 def test_grid_rejects_bad_arguments(glow) -> None:
@@ -171,7 +217,7 @@ def test_grid_rejects_bad_arguments(glow) -> None:
 # -- interpolation -----------------------------------------------------------------------------
 @pytest.fixture()
 def interp(glow, digits) -> LatentInterpolation:
-    return LatentInterpolation(glow, digits[0], digits[7], steps=7)
+    return LatentInterpolation(glow, digits[0], digits[7], frames=7)
 
 
 def test_interpolation_builds(interp: LatentInterpolation) -> None:
@@ -220,13 +266,13 @@ def test_spherical_path_keeps_the_norm_better(interp: LatentInterpolation) -> No
 
 def test_interpolation_accepts_levels_and_unit_floats(glow, digits) -> None:
     unit_a = (digits[0].float() + 0.5) / 17
-    a = LatentInterpolation(glow, digits[0], digits[1], steps=3)
-    b = LatentInterpolation(glow, unit_a.unsqueeze(0), digits[1].float(), steps=3)
+    a = LatentInterpolation(glow, digits[0], digits[1], frames=3)
+    b = LatentInterpolation(glow, unit_a.unsqueeze(0), digits[1].float(), frames=3)
     assert torch.allclose(a.z_a, b.z_a, atol=1e-5)
     with pytest.raises(FlowInputError, match="shape"):
         LatentInterpolation(glow, digits[:2], digits[1])
-    with pytest.raises(FlowInputError, match="steps"):
-        LatentInterpolation(glow, digits[0], digits[1], steps=1)
+    with pytest.raises(FlowInputError, match="frames"):
+        LatentInterpolation(glow, digits[0], digits[1], frames=1)
     with pytest.raises(FlowInputError, match="grey levels|floats"):
         LatentInterpolation(glow, -unit_a, digits[1])
 
@@ -240,14 +286,25 @@ def test_tile_images_layout() -> None:
         tile_images(torch.zeros(2, 2, 3, 3), nrow=2)
 
 
-def test_channels_last_changes_the_layout_not_the_images(glow) -> None:
+def test_interpolation_old_steps_keyword_warns_and_works(glow, digits) -> None:
+    with pytest.warns(DeprecationWarning, match="frames="):
+        walk = LatentInterpolation(glow, digits[0], digits[1], steps=5)
+    assert walk.frames == 5 and walk.strip.shape == (5, 1, 8, 8)
 
-    model = copy.deepcopy(glow)
+
+def test_noise_follows_a_channels_last_model_and_changes_no_image(glow) -> None:
+    """A model the user converted to channels_last gets channels_last noise; the widget itself
+    never converts the model (the old channels_last=True did, in place: now deprecated)."""
+    model = copy.deepcopy(glow).to(memory_format=torch.channels_last)
     plain = TemperatureGrid(glow, n=16, temperature=0.8)
-    fast = TemperatureGrid(model, n=16, temperature=0.8, channels_last=True)
+    fast = TemperatureGrid(model, n=16, temperature=0.8)
     assert fast.eps.is_contiguous(memory_format=torch.channels_last)
-    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert torch.allclose(fast.images, plain.images, atol=1e-4)
+    before = _snapshot(glow)
+    with pytest.warns(DeprecationWarning, match="never changes the model"):
+        old = TemperatureGrid(glow, n=16, temperature=0.8, channels_last=True)
+    _assert_unchanged(glow, before)  # the model's convolutions stay as they were
+    assert old.eps.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(old.images, plain.images, atol=1e-4)
     with pytest.raises(FlowInputError, match="channels_last must be True or False"):
         TemperatureGrid(glow, n=4, channels_last="yes")

@@ -235,3 +235,24 @@ def test_2d_radial_beta_below_minus_alpha_is_clamped_and_said(flow2d: PlanarFlow
     _reset(flow2d, kind="radial", alpha=1.0, beta=-3.0)
     assert flow2d.invertible
     assert "beta clamped" in flow2d.status
+
+
+# -- layout and the one canvas ----------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda: ChangeOfVariables1D(grid_points=2001, n_samples=100),
+                                  lambda: PlanarFlow2D(resolution=40, n_samples=50, max_layers=2)])
+def test_widgets_fit_the_notebook_column(make) -> None:
+    """The figure is at most MAX_WIDTH_PX wide (a 1280 px JupyterLab window with the file browser
+    open leaves about 850 px), and the controls sit below it in rows that wrap."""
+    from flowlib.widgets.canvas import MAX_WIDTH_PX, Canvas
+
+    widget = make()
+    assert isinstance(widget, Canvas)
+    width, _ = widget.figure.canvas.get_width_height()
+    assert width <= MAX_WIDTH_PX
+    box = widget.widget
+    assert box.children[0] is widget._image and widget._image.layout.max_width == "100%"
+    rows = box.children[1:-1]
+    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
+    shown = {id(c) for r in rows for c in r.children}
+    assert all(id(c) in shown for c in widget.controls.values())  # every control is in a row
+

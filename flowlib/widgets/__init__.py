@@ -1,0 +1,37 @@
+"""The course's interactive widgets: one canvas, one file per widget.
+
+Every widget draws one matplotlib figure once and, on each move of a control, redraws only its
+data and shows the picture as a PNG (or JPEG) in an ``ipywidgets.Image``: no interactive
+backend needed (:mod:`flowlib.widgets.canvas`). Widgets only read the models they show,
+through their public API (``encode``, ``decode``, ``base.latent``), and never change them.
+
+* :class:`ChangeOfVariables1D` (lecture 1): p_X(x) = p_Z(f(x)) |f'(x)| for a monotone f of
+  :mod:`flowlib.elementwise`, its samples and its integral read live.
+* :class:`PlanarFlow2D` (lecture 2): planar and radial flows (Rezende & Mohamed, 2015) stacked
+  1..K times, their density on a grid, and what happens when a planar layer is not invertible.
+* :class:`TemperatureGrid` (lecture 5): samples x = f^{-1}(z) at temperature T from fixed noise.
+* :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
+"""
+
+from flowlib.viz import tile_images
+from flowlib.widgets.bases_1d import BASES_1D, MAPS_1D, Base1D, Map1D
+from flowlib.widgets.canvas import Canvas, ControlledUpdates
+from flowlib.widgets.change_of_variables import ChangeOfVariables1D
+from flowlib.widgets.interpolation import LatentInterpolation
+from flowlib.widgets.planar import PlanarFlow2D
+from flowlib.widgets.temperature import PAPER_TEMPERATURES, TemperatureGrid
+
+__all__ = [
+    "ChangeOfVariables1D",
+    "PlanarFlow2D",
+    "TemperatureGrid",
+    "LatentInterpolation",
+    "PAPER_TEMPERATURES",
+    "BASES_1D",
+    "MAPS_1D",
+    "Base1D",
+    "Map1D",
+    "Canvas",
+    "ControlledUpdates",
+    "tile_images",
+]
