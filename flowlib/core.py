@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from flowlib._checks import FlowInputError
+from flowlib._checks import FlowInputError, checking_inputs
 from flowlib._modules import placement
 
 __all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "check_data"]
@@ -265,9 +265,15 @@ class FlowModel(nn.Module, Distribution):
         """z, log|det df/dx| for data x (no validation; use log_prob at the door)."""
         return self.flow(x)
 
+    @property
+    def checks_inputs(self) -> bool:
+        """Whether data is checked at the door: ``validate``, except inside
+        :func:`flowlib._checks.inputs_checked` (code that checked its data once, such as ``fit``)."""
+        return self.validate and checking_inputs()
+
     def log_prob(self, x: Tensor) -> Tensor:
         """log p_X(x) = log p_Z(f(x)) + log|det df/dx|, one value per sample."""
-        if self.validate:
+        if self.checks_inputs:
             check_data(x, tuple(self.event_shape), self.device, f"{type(self).__name__}.log_prob")
         z, logdet = self.flow(x)
         return self.base.log_prob(z) + logdet

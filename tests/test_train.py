@@ -1,4 +1,4 @@
-"""flowlib.train.fit and flowlib.checkpoint on a tiny elementwise flow and Gaussian data.
+"""flowlib.train (fit, its state, config and checkpoints) on a tiny elementwise flow and Gaussian data.
 
 Each test trains for well under a second on a CPU; the DistributedDataParallel test
 launches two processes with torchrun and is marked slow.
@@ -6,6 +6,7 @@ launches two processes with torchrun and is marked slow.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -20,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import flowlib
-from flowlib.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from flowlib.core import FlowInputError
 from flowlib.elementwise import Affine, SinhArcsinh
 from flowlib.train import FitResult, TrainingError, fit
+from flowlib.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 MEAN = torch.tensor([2.0, -1.0])
 STD = torch.tensor([0.5, 2.0])
@@ -63,12 +64,12 @@ def test_loss_goes_down_and_result_is_filled():
     x, x_val, x_test = gaussian(2000, 0), gaussian(500, 1), gaussian(500, 2)
     r = fit(model, x, val_data=x_val, test_data=x_test, steps=150, batch_size=128, lr=2e-2, seed=0, **QUIET)
     assert isinstance(r, FitResult)
-    assert r.metric == "bits/dim" and r.steps == 150 and r.stop_reason == "steps"
+    assert r.metric == r.unit == "nats" and r.steps == 150 and r.stop_reason == "steps"
     assert len(r.losses) == len(r.lrs) == 150
     assert np.mean(r.losses[-10:]) < np.mean(r.losses[:10]) - 0.5
-    # The true entropy of the data in bits/dim is a lower bound the model approaches.
-    entropy = (0.5 * math.log(2 * math.pi * math.e) + torch.log(STD).mean().item()) / math.log(2)
-    assert r.test is not None and entropy - 0.05 < r.test < entropy + 0.2
+    # The true entropy of the data in nats per sample is a lower bound the model approaches.
+    entropy = math.log(2 * math.pi * math.e) + torch.log(STD).sum().item()
+    assert r.test is not None and entropy - 0.07 < r.test < entropy + 0.28
     assert r.val_steps[-1] == 150 and r.best_val == min(r.val)
     assert r.device == "cpu" and r.amp is None and r.world_size == 1
     assert "steps=150" in repr(r)
@@ -105,10 +106,10 @@ def test_dataloader_of_pairs_is_accepted():
     assert np.mean(r.losses[-5:]) < np.mean(r.losses[:5])
 
 
-def test_progress_bar_shows_bits_per_dim(capsys):
+def test_progress_bar_shows_the_models_unit(capsys):
     fit(tiny_model(), gaussian(500), val_data=gaussian(100, 1), steps=20, batch_size=50, progress=True)
     err = capsys.readouterr().err
-    assert "bpd=" in err and "val=" in err
+    assert "nats=" in err and "val=" in err
 
 
 def test_custom_loss_fn_is_minimised_and_reported():
@@ -151,7 +152,7 @@ def test_bad_validation_data_and_arguments_raise():
         fit(tiny_model(), x, steps=5, lr=-1.0, **QUIET)
     with pytest.raises(FlowInputError, match="schedule"):
         fit(tiny_model(), x, steps=5, schedule="linear", **QUIET)
-    with pytest.raises(FlowInputError, match="log_prob"):
+    with pytest.raises(FlowInputError, match="loss_unit"):
         fit(torch.nn.Linear(2, 2), x, steps=5, **QUIET)
 
 
@@ -169,7 +170,7 @@ def test_best_validation_weights_are_restored():
     assert r.best_step < 200 and r.val[-1] > r.best_val + 0.05
     assert r.val[r.val_steps.index(r.best_step)] == r.best_val
     with torch.no_grad():
-        now = (-model.log_prob(x_val).mean() / (2 * math.log(2))).item()
+        now = (-model.log_prob(x_val).mean()).item()
     assert now == pytest.approx(r.best_val, abs=1e-5)
 
 
@@ -191,7 +192,8 @@ def test_checkpoint_is_written_and_loads_with_weights_only(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]  # no temporary file left
     state = torch.load(path, weights_only=True)
     assert state["step"] == 30
-    assert {"model", "optimizer", "rng", "history", "best", "epoch", "pos", "data_seed"} <= state.keys()
+    assert {"model", "optimizer", "rng", "history", "best", "epoch", "epoch_samples", "data_seed",
+            "config"} <= state.keys()
     assert state["history"]["losses"].shape == (30,)
     assert set(state["rng"][0]) >= {"torch", "numpy", "python"}
 
@@ -303,8 +305,13 @@ def test_result_plot(tmp_path):
 
     matplotlib.use("Agg")
     r = fit(tiny_model(), gaussian(500), val_data=gaussian(100, 1), steps=20, batch_size=50, **QUIET)
-    ax = r.plot()
-    assert ax.get_ylabel() == "bits/dim" and len(ax.lines) == 2
+    from flowlib.viz import plot_training_curve
+
+    ax = plot_training_curve(r)
+    assert ax.get_ylabel() == "nats" and len(ax.lines) == 2
+    with pytest.warns(DeprecationWarning, match="plot_training_curve"):
+        ax = r.plot()  # the old spelling: a one-line call of plot_training_curve
+    assert ax.get_ylabel() == "nats" and len(ax.lines) == 2
 
 
 def test_finished_run_resumes_to_a_larger_budget_and_resume_false_starts_over(tmp_path):
@@ -396,7 +403,7 @@ def test_fused_adamw_is_the_default_and_matches_the_loop():
     for k, v in runs["auto"][0].items():
         assert torch.allclose(v, runs[False][0][k], atol=1e-4), k
     assert runs["auto"][1][-1] < runs["auto"][1][0]
-    with pytest.raises(FlowInputError, match="fused must be 'auto', True or False"):
+    with pytest.raises(FlowInputError, match="fused must be one of 'auto', True, False"):
         fit(tiny_model(), data, steps=1, fused="yes", progress=False)
 
 
@@ -405,7 +412,7 @@ def test_channels_last_trains_an_image_model_and_refuses_vectors():
 
     torch.manual_seed(0)
     x = torch.randint(0, 17, (96, 1, 8, 8)).float()
-    model = glow_image((1, 8, 8), levels=2, steps=2, hidden=8, blocks=1, bins=17)
+    model = glow_image((1, 8, 8), scales=2, depth=2, hidden=8, blocks=1, grey_levels=17)
     result = fit(model, x, steps=6, batch_size=32, lr=1e-3, seed=0, progress=False, channels_last=True)
     assert result.steps == 6 and math.isfinite(result.losses[-1])
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -419,3 +426,120 @@ def test_channels_last_trains_an_image_model_and_refuses_vectors():
     assert torch.allclose(a, b, atol=1e-3)
     with pytest.raises(FlowInputError, match=r"channels_last=True is for image models"):
         fit(tiny_model(), gaussian(64), steps=1, channels_last=True, progress=False)
+
+
+# -- the run's state, its configuration, the model's objective and flags -------------------------
+def test_run_state_round_trips_whole_through_a_checkpoint(tmp_path):
+    from flowlib.train import FitConfig, RunState
+    from flowlib.train.checkpoint import load_run
+
+    path = tmp_path / "ckpt.pt"
+    fit(tiny_model(), gaussian(1000), val_data=gaussian(200, 1), steps=30, batch_size=64, eval_every=10,
+        checkpoint=path, seed=1, restore_best=False, **QUIET)
+    state, config = load_run(path, "test")
+    # Everything is there: counters, curves, best weights, optimizer, RNG states, the config.
+    assert state.step == 30 and state.epoch == 1 and state.epoch_samples == (30 - 15) * 64
+    assert len(state.history.losses) == len(state.history.grad_norms) == 30
+    assert state.history.val_steps == [10, 20, 30] and state.best_weights is not None
+    assert state.optimizer["state"] and state.model and len(state.rng) == 1
+    assert FitConfig.from_dict(config) == FitConfig.build(steps=30, batch_size=64, eval_every=10,
+                                                          checkpoint=str(path), seed=1, restore_best=False,
+                                                          progress=False)
+    again = RunState.from_dict(state.to_dict())
+    assert again == state
+    # ... and through a weights_only file again: the state is one value, saved and read whole.
+    save_checkpoint(state.to_dict(), tmp_path / "again.pt")
+    assert RunState.from_dict(load_checkpoint(tmp_path / "again.pt")) == state
+    # Equality is not vacuous: one changed number or tensor element is seen.
+    again.history.losses[3] += 1e-12
+    assert again != state
+    other = RunState.from_dict(copy.deepcopy(state.to_dict()))  # from_dict keeps the tensors, no copy
+    next(iter(other.best_weights.values())).view(-1)[0] += 1.0
+    assert other != state
+
+
+def test_fit_config_is_checked_once_and_round_trips():
+    from flowlib.train import FitConfig
+
+    c = FitConfig.build(steps=10, amp=None, device=torch.device("cpu"), checkpoint=Path("runs/a.pt"))
+    assert c.amp == "off" and c.device == "cpu" and c.checkpoint == str(Path("runs/a.pt"))
+    assert FitConfig.from_dict(c.to_dict()) == c
+    assert all(v is None or isinstance(v, (str, int, float, bool)) for v in c.to_dict().values())
+    with pytest.raises(FlowInputError, match="did you mean 'steps'"):
+        fit(tiny_model(), gaussian(100), step=5, **QUIET)
+    with pytest.raises(FlowInputError, match="batch_size must be an integer >= 1"):
+        FitConfig.build(steps=5, batch_size=0)
+
+
+def test_fit_reports_in_the_models_unit():
+    torch.manual_seed(0)
+    model = flowlib.realnvp(2)
+    x, x_test = gaussian(512), gaussian(256, 2)
+    r = fit(model, x, test_data=x_test, steps=10, batch_size=64, seed=0, **QUIET)
+    assert r.unit == model.loss_unit == "nats"
+    with torch.no_grad():
+        assert r.test == pytest.approx(model.loss(x_test).double().mean().item(), rel=1e-6)
+
+    from flowlib.image_models import nice_image
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 17, (64, 1, 8, 8)).float()
+    model = nice_image((1, 8, 8), couplings=2, hidden=8, blocks=1, grey_levels=17)
+    r = fit(model, images, val_data=images, steps=4, batch_size=32, seed=0, **QUIET)
+    assert r.unit == model.loss_unit == "bits/dim"
+    with torch.no_grad():
+        bpd = model.loss(images).mean().item()
+    assert r.val[-1] == pytest.approx(bpd, abs=0.05)  # another dequantization draw
+    assert 1.0 < r.val[-1] < 20.0  # bits/dim (about log2 17 = 4.1 untrained), not nats per image (> 150)
+
+
+class CountsValidate(flowlib.FlowModel):
+    """Records the model's validate flag at every loss call: fit must never flip it."""
+
+    def loss(self, x):
+        self.seen = [*getattr(self, "seen", []), self.validate]
+        return super().loss(x)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_fit_leaves_the_models_flags_as_they_were(validate, monkeypatch):
+    import flowlib.core
+
+    model = CountsValidate(flowlib.Compose(Affine(2), SinhArcsinh(2), Affine(2)), flowlib.StandardNormal(2),
+                           validate=validate)
+    model.flow[1].eval()  # partly in evaluation mode: every module's own flag must come back
+    flags = [m.training for m in model.modules()]
+    checks = []
+    real = flowlib.core.check_data
+    monkeypatch.setattr(flowlib.core, "check_data", lambda *a, **k: checks.append(1) or real(*a, **k))
+    fit(model, gaussian(500), val_data=gaussian(100, 1), test_data=gaussian(100, 2), steps=12, batch_size=50,
+        eval_every=4, **QUIET)
+    assert model.validate is validate and set(model.seen) == {validate} and len(model.seen) > 12
+    assert [m.training for m in model.modules()] == flags
+    # The data was checked once at fit's door; the model's own checks were skipped in the loop,
+    # and they are back afterwards.
+    assert checks == []
+    model.log_prob(gaussian(10))
+    assert checks == ([1] if validate else [])
+
+
+def test_a_module_without_a_loss_needs_loss_fn():
+    net = torch.nn.Linear(2, 1)
+    with pytest.raises(FlowInputError, match=r"Linear does not say what training minimises.*loss_fn"):
+        fit(net, gaussian(100), steps=2, **QUIET)
+    x = gaussian(256)
+
+    def squared_error(model, batch):  # a plain regression through fit, with its own objective
+        return ((model(batch) - batch @ torch.tensor([[1.0], [-2.0]])) ** 2).mean()
+
+    r = fit(net, x, steps=60, batch_size=64, lr=5e-2, loss_fn=squared_error, **QUIET)
+    assert r.unit == "loss" and r.losses[-1] < 0.1 * r.losses[0]
+
+
+def test_checkpoint_of_the_old_format_is_refused_clearly(tmp_path):
+    path = tmp_path / "old.pt"
+    save_checkpoint({"format": "flowlib.fit/1", "step": 3}, path)
+    with pytest.raises(FlowInputError, match=r"flowlib.fit/1.*resume=False"):
+        fit(tiny_model(), gaussian(100), steps=5, checkpoint=path, **QUIET)
+    r = fit(tiny_model(), gaussian(100), steps=5, checkpoint=path, resume=False, **QUIET)
+    assert r.resumed_from is None and load_checkpoint(path)["step"] == 5
