@@ -46,12 +46,11 @@ import torch
 
 from flowlib import image_models
 from flowlib._io import atomic_write
-from flowlib.checkpoint import save_checkpoint
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
 from flowlib.image_models import count_parameters, mean_bits_per_dim
 from flowlib.pretrained import BUILDERS as PRETRAINED_BUILDERS
 from flowlib.pretrained import FORMAT, load_pretrained  # noqa: F401  (re-exported for users of the script)
-from flowlib.train import fit
+from flowlib.train import fit, save_checkpoint
 
 BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_image"}
 #: The builders a shipped file may name: nothing else is ever looked up by name.
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = DATASETS[args.data]
     data = load_splits(args.data, args.pad)
     shape = tuple(int(s) for s in data["train"].shape[1:])
-    kwargs = builder_kwargs(args, shape, info.levels)
+    kwargs = builder_kwargs(args, shape, info.grey_levels)
     builder = BUILDERS[args.model]
 
     torch.manual_seed(args.seed)
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     blob = {
         "format": FORMAT, "builder": builder, "kwargs": kwargs,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "data": args.data, "grey_levels": info.levels, "pad": args.pad, "metrics": metrics,
+        "data": args.data, "grey_levels": info.grey_levels, "pad": args.pad, "metrics": metrics,
         "command": command, "hardware": hardware(), "torch_version": str(torch.__version__),
     }
     save_checkpoint(blob, args.out)
