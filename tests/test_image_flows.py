@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from layer_cases import example
 from torch.autograd.functional import jacobian
 
 from flowlib import FlowInputError
@@ -83,7 +84,7 @@ def test_linear_logdet_matches_float64_slogdet_for_64_channels(cls):
 @pytest.mark.parametrize("cls", [InvertibleLinear, InvertibleLinearLU])
 def test_linear_serves_vectors_and_images(cls):
     g = torch.Generator().manual_seed(1)
-    f, _ = cls.example(g)
+    f, _ = example(cls, g)
     v = torch.randn(5, 4, generator=g)
     z, ld = f(v)
     torch.testing.assert_close(ld, torch.linalg.slogdet(f._compute_weight().double())[1].float().expand(5))
@@ -94,14 +95,14 @@ def test_linear_serves_vectors_and_images(cls):
 
 
 def test_lu_logdet_is_the_sum_of_log_s():
-    f, x = InvertibleLinearLU.example(torch.Generator().manual_seed(2))
+    f, x = example(InvertibleLinearLU, torch.Generator().manual_seed(2))
     _, ld = f(x)
     pixels = x.shape[2] * x.shape[3]
     torch.testing.assert_close(ld, (pixels * f.log_s.sum()).expand(x.shape[0]))
 
 
 def test_linear_eval_cache_is_invalidated_by_parameter_updates():
-    f, x = InvertibleLinear.example(torch.Generator().manual_seed(4))
+    f, x = example(InvertibleLinear, torch.Generator().manual_seed(4))
     f.eval()
     with torch.no_grad():
         z, _ = f(x)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from flowlib import FlowInputError
+from flowlib.data import files as data_files
 from flowlib.data import images as im
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,7 +45,7 @@ def isolated_cache(tmp_path, monkeypatch):
     def no_network(url, timeout):
         raise AssertionError(f"a test tried to reach the network: {url}")
 
-    monkeypatch.setattr(im, "_urlopen", no_network)
+    monkeypatch.setattr(data_files, "_urlopen", no_network)
     return tmp_path / "cache"
 
 
@@ -62,9 +63,9 @@ def test_digits_shapes_levels_and_labels():
     x, y = im.load_digits("train")
     assert x.dtype == torch.uint8 and x.shape[1:] == (1, 8, 8)
     assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
-    assert int(x.min()) == 0 and int(x.max()) == im.DIGITS_LEVELS - 1 == 16
+    assert int(x.min()) == 0 and int(x.max()) == im.DIGITS_GREY_LEVELS - 1 == 16
     assert set(y.tolist()) == set(range(10))
-    assert im.DATASETS["digits"].levels == 17
+    assert im.DATASETS["digits"].grey_levels == 17
 
 
 def test_digits_split_is_fixed_disjoint_and_stratified():
@@ -133,7 +134,7 @@ def test_mnist_train_split():
     x, y = im.load_images("mnist", "train", download=False)
     assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8 and y.shape == (60000,)
     assert np.bincount(y.numpy()).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert im.DATASETS["mnist"].levels == im.MNIST_LEVELS == 256
+    assert im.DATASETS["mnist"].grey_levels == im.MNIST_GREY_LEVELS == 256
 
 
 @needs_local
@@ -145,7 +146,7 @@ def test_cache_used_when_flowlib_data_unset(tmp_path, monkeypatch):
 
 
 def test_bad_names():
-    with pytest.raises(FlowInputError, match="load_mnist.*'train' or 'test'"):
+    with pytest.raises(FlowInputError, match="load_mnist: split must be one of 'train', 'test'"):
         im.load_mnist("val")
     with pytest.raises(FlowInputError, match="fashion-mnist"):
         im.load_images("cifar10")
@@ -241,7 +242,7 @@ def test_download_verifies_and_caches(fail_first, tmp_path, monkeypatch):
     monkeypatch.delenv("FLOWLIB_DATA")
     files = {name: (LOCAL_DATA / "mnist" / name).read_bytes() for name in (TEST_IMAGES, TEST_LABELS)}
     calls: list[str] = []
-    monkeypatch.setattr(im, "_urlopen", _serve(files, calls, fail_first))
+    monkeypatch.setattr(data_files, "_urlopen", _serve(files, calls, fail_first))
     x, y = im.load_mnist("test", root=tmp_path / "root")
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     folder = tmp_path / "root" / "mnist"
@@ -258,7 +259,7 @@ def test_download_with_bad_bytes_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOWLIB_DATA")
     calls: list[str] = []
     bad = _gz_idx(2051, (10000, 28, 28), bytes(10000 * 784))  # valid IDX, wrong checksum
-    monkeypatch.setattr(im, "_urlopen", _serve({TEST_IMAGES: bad}, calls))
+    monkeypatch.setattr(data_files, "_urlopen", _serve({TEST_IMAGES: bad}, calls))
     with pytest.raises(im.DatasetNotFoundError) as info:
         im.load_fashion_mnist("test", root=tmp_path / "root")
     message = str(info.value)
@@ -274,7 +275,7 @@ def test_offline_download_says_how_to_get_the_files(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(im, "_urlopen", offline)
+    monkeypatch.setattr(data_files, "_urlopen", offline)
     with pytest.raises(im.DatasetNotFoundError) as info:
         im.load_mnist("test", root=tmp_path / "root")
     message = str(info.value)
@@ -289,7 +290,7 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise TimeoutError("read timed out")
 
-    monkeypatch.setattr(im, "_urlopen", lambda url, timeout: Broken(b""))
+    monkeypatch.setattr(data_files, "_urlopen", lambda url, timeout: Broken(b""))
     with pytest.raises(im.DatasetNotFoundError, match="read timed out"):
         im.load_mnist("test", root=tmp_path / "root")
     assert list((tmp_path / "root" / "mnist").iterdir()) == []
@@ -315,3 +316,17 @@ def test_pad_to_centres_and_keeps_dtype():
     assert odd[0, 0, 0].sum() == 0 and odd[0, 0, 9:].sum() == 0 and odd[0, 0, :, 8].sum() == 0
     with pytest.raises(FlowInputError, match="pad_to.*28x28"):
         im.pad_to(x, 16)
+
+
+def test_old_names_of_the_grey_levels_warn():
+    import flowlib.data
+
+    with pytest.warns(DeprecationWarning, match="DIGITS_GREY_LEVELS"):
+        assert flowlib.data.DIGITS_LEVELS == 17
+    with pytest.warns(DeprecationWarning, match="MNIST_GREY_LEVELS"):
+        from flowlib.data import MNIST_LEVELS
+    assert MNIST_LEVELS == 256
+    with pytest.warns(DeprecationWarning, match="grey_levels"):
+        assert im.DATASETS["digits"].levels == 17
+    with pytest.raises(AttributeError):
+        im.NO_SUCH_NAME  # noqa: B018

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from layer_cases import example
 from torch.autograd.functional import jacobian
 
 import flowlib
@@ -212,7 +213,7 @@ def test_actnorm_no_init_in_eval_or_inverse():
 
 
 def test_actnorm_checks_channels_and_rank():
-    f, _ = ActNorm.example(torch.Generator().manual_seed(0))
+    f, _ = example(ActNorm, torch.Generator().manual_seed(0))
     for bad in (torch.randn(4, 2), torch.randn(4, 3, 5), torch.randn(3), torch.randn(2, 4, 2, 2)):
         with pytest.raises(FlowInputError, match="ActNorm"):
             f(bad)

@@ -1,13 +1,13 @@
 """Image data sets: scikit-learn's 8x8 digits (always offline), MNIST and Fashion-MNIST.
 
 Every loader returns ``(images, labels)``: ``images`` a ``torch.uint8`` tensor of shape
-``(N, 1, H, W)`` holding the integer grey levels ``0 .. levels - 1``, ``labels`` an int64
+``(N, 1, H, W)`` holding the integer grey levels ``0 .. K - 1``, ``labels`` an int64
 tensor of shape ``(N,)``. The images stay discrete on purpose: a density model needs them
-dequantized first, x = (k + u) / levels with u ~ U[0, 1) (Uria et al., 2013; Theis et al., 2016),
-and the number of levels enters the bits-per-dimension figure.
+dequantized first, x = (k + u) / K with u ~ U[0, 1) (Uria et al., 2013; Theis et al., 2016),
+and the number of grey levels K enters the bits-per-dimension figure.
 
 ============== ========= ======= ====================================================
-name           shape     levels  splits
+name           shape     K       splits
 ============== ========= ======= ====================================================
 digits         (1, 8, 8) 17      train / val / test = 1259 / 179 / 359 (fixed, seeded)
 mnist          (1,28,28) 256     train / test = 60000 / 10000 (the original split)
@@ -30,36 +30,38 @@ IDX header (magic number, count, 28x28) and the length, so a corrupt or partial 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from flowlib.core import FlowInputError
+from flowlib._checks import FlowInputError, choice
+from flowlib.data.files import (
+    DatasetCorruptError,
+    DatasetError,
+    DatasetNotFoundError,
+    RemoteFile,
+    cache_dir,
+    fetch,
+)
 
 __all__ = [
     "DATASETS",
-    "DIGITS_LEVELS",
+    "DIGITS_GREY_LEVELS",
     "DIGITS_SPLIT_FRACTIONS",
     "DIGITS_SPLIT_SEED",
     "DatasetCorruptError",
     "DatasetError",
     "DatasetNotFoundError",
     "ImageDataset",
-    "MNIST_LEVELS",
+    "MNIST_GREY_LEVELS",
     "cache_dir",
     "digits_split_indices",
     "load_digits",
@@ -70,25 +72,9 @@ __all__ = [
 ]
 
 
-# -- errors ----------------------------------------------------------------------------
-class DatasetError(RuntimeError):
-    """A data set could not be provided; the message says which file and what to do."""
-
-
-class DatasetNotFoundError(DatasetError):
-    """No local copy of a data set and no download possible (offline, or ``download=False``).
-
-    Notebooks catch this (or :class:`DatasetError`) and fall back to the embedded digits.
-    """
-
-
-class DatasetCorruptError(DatasetError):
-    """A data file exists but is damaged: wrong checksum, truncated gzip, wrong IDX header."""
-
-
 # -- the 8x8 digits ----------------------------------------------------------------------
-#: Grey levels of scikit-learn's digits: each pixel counts the set bits of a 4x4 block, 0..16.
-DIGITS_LEVELS = 17
+#: Grey levels K of scikit-learn's digits: each pixel counts the set bits of a 4x4 block, 0..16.
+DIGITS_GREY_LEVELS = 17
 #: Seed of the fixed train / validation / test split of the digits.
 DIGITS_SPLIT_SEED = 0
 #: Share of every class that goes to each split (rounded per class, the rest to train).
@@ -138,7 +124,7 @@ def load_digits(split: str = "train", seed: int = DIGITS_SPLIT_SEED) -> tuple[Te
     """scikit-learn's 8x8 handwritten digits (Alpaydin & Kaynak, 1998), embedded in its wheel.
 
     Returns ``(images, labels)``: uint8 ``(N, 1, 8, 8)`` with values ``0..16``
-    (:data:`DIGITS_LEVELS` = 17 levels) and int64 ``(N,)``. ``split`` is ``"train"``,
+    (:data:`DIGITS_GREY_LEVELS` = 17 grey levels) and int64 ``(N,)``. ``split`` is ``"train"``,
     ``"val"``, ``"test"`` (see :func:`digits_split_indices`) or ``"all"`` (all 1797).
     """
     images, labels = _digits_arrays()
@@ -146,18 +132,14 @@ def load_digits(split: str = "train", seed: int = DIGITS_SPLIT_SEED) -> tuple[Te
         index = np.arange(labels.size)
     else:
         splits = digits_split_indices(seed)
-        if split not in splits:
-            raise FlowInputError(
-                f"load_digits: expected split 'train', 'val', 'test' or 'all', got {split!r}"
-            )
-        index = splits[split]
+        index = splits[choice(split, "split", (*splits, "all"), "load_digits")]
     # Fancy indexing copies, so callers may modify the tensors without touching the cache.
     return torch.from_numpy(images[index]), torch.from_numpy(labels[index])
 
 
 # -- MNIST and Fashion-MNIST: where the files are ---------------------------------------
-#: Grey levels of MNIST and Fashion-MNIST (8-bit pixels).
-MNIST_LEVELS = 256
+#: Grey levels K of MNIST and Fashion-MNIST (8-bit pixels).
+MNIST_GREY_LEVELS = 256
 
 _IMAGE_MAGIC = 2051  # IDX: unsigned byte data, 3 dimensions
 _LABEL_MAGIC = 2049  # IDX: unsigned byte data, 1 dimension
@@ -165,15 +147,27 @@ _SIDE = 28
 
 
 @dataclass(frozen=True)
-class _IdxFile:
+class _IdxFile(RemoteFile):
     """One original gzip-compressed IDX file and what it must contain."""
 
-    folder: str  # the data set's folder, e.g. "mnist"
-    name: str  # e.g. "t10k-images-idx3-ubyte.gz"
-    md5: str  # of the compressed file, as distributed
-    magic: int  # _IMAGE_MAGIC or _LABEL_MAGIC
-    count: int  # number of images or labels
+    magic: int = _IMAGE_MAGIC  # _IMAGE_MAGIC or _LABEL_MAGIC
+    count: int = 0  # number of images or labels
 
+
+# Base URLs tried in turn; each serves the four files under their original names. The
+# original MNIST host often refuses scripted downloads, so it comes last.
+_MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+}
 
 def _idx_files(folder: str, md5s: dict[str, str]) -> dict[str, tuple[_IdxFile, _IdxFile]]:
     counts = {"train": 60000, "test": 10000}
@@ -181,9 +175,9 @@ def _idx_files(folder: str, md5s: dict[str, str]) -> dict[str, tuple[_IdxFile, _
     return {
         split: (
             _IdxFile(folder, f"{prefix[split]}-images-idx3-ubyte.gz", md5s[f"{split}-images"],
-                     _IMAGE_MAGIC, counts[split]),
+                     _MIRRORS[folder], _IMAGE_MAGIC, counts[split]),
             _IdxFile(folder, f"{prefix[split]}-labels-idx1-ubyte.gz", md5s[f"{split}-labels"],
-                     _LABEL_MAGIC, counts[split]),
+                     _MIRRORS[folder], _LABEL_MAGIC, counts[split]),
         )
         for split in ("train", "test")
     }
@@ -205,35 +199,6 @@ _FILES = {
     }),
 }
 
-# Base URLs tried in turn; each serves the four files under their original names. The
-# original MNIST host often refuses scripted downloads, so it comes last.
-_MIRRORS = {
-    "mnist": (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ),
-    "fashion-mnist": (
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
-        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-    ),
-}
-
-_DOWNLOAD_TIMEOUT_S = 60.0
-_CHUNK = 1 << 20
-
-
-def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The download cache: ``root`` if given, else ``$FLOWLIB_CACHE``, else ``~/.cache/flowlib``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("FLOWLIB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "flowlib"
-
-
 def _how_to_get(folder: str) -> str:
     names = ", ".join(f.name for pair in _FILES[folder].values() for f in pair)
     return (
@@ -241,96 +206,6 @@ def _how_to_get(folder: str) -> str:
         f"'<dir>/{folder}/' and set the environment variable FLOWLIB_DATA=<dir>; or connect to "
         f"the internet and call again with download=True (mirrors: {', '.join(_MIRRORS[folder])})."
     )
-
-
-def _read_verified(path: Path, spec: _IdxFile, advice: str) -> bytes:
-    """The bytes of ``path`` if their MD5 is the expected one, else DatasetCorruptError."""
-    raw = path.read_bytes()
-    got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
-    if got != spec.md5:
-        raise DatasetCorruptError(
-            f"{path} is corrupt or incomplete: its MD5 is {got} ({len(raw)} bytes) but the original "
-            f"{spec.folder}/{spec.name} has MD5 {spec.md5}. {advice}"
-        )
-    return raw
-
-
-def _urlopen(url: str, timeout: float) -> IO[bytes]:
-    """Open ``url`` for reading (a seam: the tests replace it to serve bytes without a network)."""
-    # Some hosts refuse Python's default User-Agent.
-    request = urllib.request.Request(url, headers={"User-Agent": "flowlib (python urllib)"})
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
-def _download(spec: _IdxFile, target: Path) -> None:
-    """Fetch ``spec`` into ``target``: stream to a temporary file, check MD5, rename atomically.
-
-    The rename happens only after the checksum matched, so neither an interrupted download nor a
-    bad mirror ever leaves a file under the final name; two processes downloading at once
-    each write their own temporary file.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for base in _MIRRORS[spec.folder]:
-        url = base + spec.name
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            print(f"flowlib: downloading {url}", file=sys.stderr)
-            digest = hashlib.md5(usedforsecurity=False)
-            with os.fdopen(fd, "wb") as out, _urlopen(url, _DOWNLOAD_TIMEOUT_S) as response:
-                while chunk := response.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != spec.md5:
-                failures.append(f"{url}: MD5 {digest.hexdigest()}, expected {spec.md5}")
-                continue
-            os.replace(tmp, target)
-            return
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            # URLError, HTTPError, timeouts and refused connections are all OSErrors.
-            failures.append(f"{url}: {error}")
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DatasetNotFoundError(
-        f"could not download {spec.folder}/{spec.name} into {target.parent}; every mirror failed:\n  "
-        + "\n  ".join(failures)
-        + "\n"
-        + _how_to_get(spec.folder)
-    )
-
-
-def _fetch(spec: _IdxFile, root: str | os.PathLike[str] | None, download: bool) -> tuple[bytes, Path]:
-    """The verified compressed bytes of ``spec`` and where they came from (see module docstring)."""
-    searched = []
-    data_env = os.environ.get("FLOWLIB_DATA")
-    if data_env:
-        local = Path(data_env).expanduser() / spec.folder / spec.name
-        searched.append(f"{local} (from FLOWLIB_DATA)")
-        if local.is_file():
-            # A shared local copy is not ours to delete: say to replace it instead.
-            advice = (
-                f"Replace it with an intact copy of the original file, or unset FLOWLIB_DATA "
-                f"to use the cache {cache_dir(root)} (downloaded when download=True)."
-            )
-            return _read_verified(local, spec, advice), local
-    cached = cache_dir(root) / spec.folder / spec.name
-    searched.append(f"{cached} (the cache)")
-    if cached.is_file():
-        advice = (
-            "Delete it and call again with download=True to fetch it again, or set FLOWLIB_DATA "
-            f"to a folder holding an intact copy in '{spec.folder}/'."
-        )
-        return _read_verified(cached, spec, advice), cached
-    if not download:
-        raise DatasetNotFoundError(
-            f"{spec.folder}/{spec.name} not found (download=False); looked in: "
-            + "; ".join(searched)
-            + ". "
-            + _how_to_get(spec.folder)
-        )
-    _download(spec, cached)
-    return cached.read_bytes(), cached
 
 
 # -- MNIST and Fashion-MNIST: decoding ---------------------------------------------------
@@ -373,12 +248,10 @@ def _decode(raw: bytes, spec: _IdxFile, path: Path | str) -> np.ndarray:
 
 def _load_idx(folder: str, split: str, root: str | os.PathLike[str] | None, download: bool,
               caller: str) -> tuple[Tensor, Tensor]:
-    if split not in _FILES[folder]:
-        raise FlowInputError(f"{caller}: expected split 'train' or 'test', got {split!r}")
-    image_spec, label_spec = _FILES[folder][split]
+    image_spec, label_spec = _FILES[folder][choice(split, "split", tuple(_FILES[folder]), caller)]
     # Fetch and verify both files before parsing either: nothing is returned half-checked.
-    image_raw, image_path = _fetch(image_spec, root, download)
-    label_raw, label_path = _fetch(label_spec, root, download)
+    image_raw, image_path = fetch(image_spec, root, download, _how_to_get(folder))
+    label_raw, label_path = fetch(label_spec, root, download, _how_to_get(folder))
     images = _decode(image_raw, image_spec, image_path)
     labels = _decode(label_raw, label_spec, label_path)
     # np.frombuffer views read-only bytes; the copies give torch writable memory it owns.
@@ -390,7 +263,7 @@ def load_mnist(split: str = "train", root: str | os.PathLike[str] | None = None,
                download: bool = True) -> tuple[Tensor, Tensor]:
     """MNIST handwritten digits (LeCun et al., 1998) from the original IDX files.
 
-    Returns ``(images, labels)``: uint8 ``(N, 1, 28, 28)`` in ``0..255`` (:data:`MNIST_LEVELS`)
+    Returns ``(images, labels)``: uint8 ``(N, 1, 28, 28)`` in ``0..255`` (:data:`MNIST_GREY_LEVELS`)
     and int64 ``(N,)`` in ``0..9``; N = 60000 for ``"train"``, 10000 for ``"test"``. ``root``
     overrides the cache folder; see the module docstring for where the files are looked for.
     Raises :class:`DatasetNotFoundError` when no copy can be found or downloaded, and
@@ -403,7 +276,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
                        download: bool = True) -> tuple[Tensor, Tensor]:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017): Zalando's article images, MNIST's format.
 
-    Same shapes, levels, splits and errors as :func:`load_mnist`; labels 0..9 are T-shirt/top,
+    Same shapes, grey levels, splits and errors as :func:`load_mnist`; labels 0..9 are T-shirt/top,
     trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.
     """
     return _load_idx("fashion-mnist", split, root, download, "load_fashion_mnist")
@@ -416,25 +289,30 @@ class ImageDataset:
 
     name: str
     shape: tuple[int, int, int]  # (channels, height, width) of one image
-    levels: int  # pixel values are 0 .. levels - 1
+    grey_levels: int  # K: pixel values are 0 .. K - 1
     splits: tuple[str, ...]
     load: Callable[..., tuple[Tensor, Tensor]]
 
+    @property
+    def levels(self) -> int:
+        """Deprecated spelling of :attr:`grey_levels`."""
+        warnings.warn("ImageDataset.levels is deprecated, use ImageDataset.grey_levels", DeprecationWarning,
+                      stacklevel=2)
+        return self.grey_levels
+
 
 DATASETS: dict[str, ImageDataset] = {
-    "digits": ImageDataset("digits", (1, 8, 8), DIGITS_LEVELS, ("train", "val", "test"), load_digits),
-    "mnist": ImageDataset("mnist", (1, 28, 28), MNIST_LEVELS, ("train", "test"), load_mnist),
+    "digits": ImageDataset("digits", (1, 8, 8), DIGITS_GREY_LEVELS, ("train", "val", "test"), load_digits),
+    "mnist": ImageDataset("mnist", (1, 28, 28), MNIST_GREY_LEVELS, ("train", "test"), load_mnist),
     "fashion-mnist": ImageDataset(
-        "fashion-mnist", (1, 28, 28), MNIST_LEVELS, ("train", "test"), load_fashion_mnist
+        "fashion-mnist", (1, 28, 28), MNIST_GREY_LEVELS, ("train", "test"), load_fashion_mnist
     ),
 }
 
 
 def load_images(name: str, split: str = "train", **kwargs: object) -> tuple[Tensor, Tensor]:
     """Load ``split`` of the data set ``name`` (a key of :data:`DATASETS`); ``kwargs`` go to its loader."""
-    if name not in DATASETS:
-        raise FlowInputError(f"load_images: expected a data set name in {sorted(DATASETS)}, got {name!r}")
-    return DATASETS[name].load(split, **kwargs)
+    return DATASETS[choice(name, "name", sorted(DATASETS), "load_images")].load(split, **kwargs)
 
 
 def pad_to(images: Tensor, size: int | tuple[int, int], value: float = 0) -> Tensor:
@@ -455,3 +333,16 @@ def pad_to(images: Tensor, size: int | tuple[int, int], value: float = 0) -> Ten
     out = images.new_full((*images.shape[:-2], new_h, new_w), value)
     out[..., top : top + height, left : left + width] = images
     return out
+
+
+#: Old spellings of renamed constants (in flowlib "levels" was ambiguous: grey levels or scales).
+_RENAMED = {"DIGITS_LEVELS": "DIGITS_GREY_LEVELS", "MNIST_LEVELS": "MNIST_GREY_LEVELS"}
+
+
+def __getattr__(name: str) -> object:
+    """``DIGITS_LEVELS`` and ``MNIST_LEVELS`` still work, with a DeprecationWarning."""
+    if name in _RENAMED:
+        warnings.warn(f"flowlib.data.{name} is deprecated, use {_RENAMED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
