@@ -185,7 +185,7 @@ def _loop(s: _Setup, state: RunState) -> str:
 
     try:
         module = _wrap(s, state)
-        with interrupt, inputs_checked():  # the data was checked at the door
+        with interrupt:
             while reason is None:
                 drawn = 0
                 for x in s.batches.epoch(state.epoch, state.epoch_samples):
@@ -269,7 +269,9 @@ def _step(s: _Setup, module: nn.Module, x: Tensor, lr: float, guard: _Guard,
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    with s.rt.autocast():
+    # The batch was checked already (a tensor whole at the door, a loader's CPU batches as they
+    # came): the model's own per-call checks would read the values, a GPU sync every step.
+    with s.rt.autocast(), inputs_checked():
         loss = module(x).float()
     if scaler is not None:
         scaler.scale(loss).backward()
