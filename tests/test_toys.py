@@ -61,7 +61,7 @@ def test_sample_shape_dtype_and_determinism(name):
 def test_bad_arguments_raise(name):
     toy = get_toy(name)
     for n in (0, -3, 2.5, True):
-        with pytest.raises(FlowInputError, match="positive integer"):
+        with pytest.raises(FlowInputError, match="n must be an integer >= 1"):
             toy.sample(n)
     for bad in (torch.zeros(5), torch.zeros(5, 3), torch.zeros(2, 5, 2)):
         with pytest.raises(FlowInputError, match=r"\(n, 2\)"):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flowlib.core import FlowInputError
+from flowlib._checks import FlowInputError, choice, integer
 
 __all__ = [
     "TOYS",
@@ -45,6 +45,17 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _points(x: Tensor, who: str) -> Tensor:
+    """``x`` if it is a floating-point tensor of points in the plane, shape (n, 2)."""
+    if not isinstance(x, Tensor):
+        raise FlowInputError(f"{who}: expected a torch.Tensor of shape (n, 2), got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != 2:
+        raise FlowInputError(f"{who}: expected points of shape (n, 2), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise FlowInputError(f"{who}: expected a floating-point tensor, got dtype {x.dtype}")
+    return x
 
 
 def _gaussian_mixture_log_prob(x: Tensor, centres: Tensor, std: float) -> Tensor:
@@ -76,21 +87,13 @@ class Toy2D:
 
         Samples are created on the generator's device (the CPU when no generator is given).
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise FlowInputError(f"{type(self).__name__}.sample: n must be a positive integer, got {n!r}")
+        n = integer(n, "n", f"{type(self).__name__}.sample")
         device = generator.device if generator is not None else torch.device("cpu")
         return self._sample(n, generator, device).to(torch.float32)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) in nats, one value per row of ``x`` (shape (n, 2)); dtype and device of x."""
-        who = f"{type(self).__name__}.log_prob"
-        if not isinstance(x, Tensor):
-            raise FlowInputError(f"{who}: expected a torch.Tensor of shape (n, 2), got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != 2:
-            raise FlowInputError(f"{who}: expected points of shape (n, 2), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise FlowInputError(f"{who}: expected a floating-point tensor, got dtype {x.dtype}")
-        return self._log_prob(x)
+        return self._log_prob(_points(x, f"{type(self).__name__}.log_prob"))
 
     def prob(self, x: Tensor) -> Tensor:
         """p(x) = exp(log p(x))."""
@@ -312,17 +315,12 @@ class EnergyToy(Toy2D):
     bounds = (-_ENERGY_HALF_WIDTH, _ENERGY_HALF_WIDTH)
 
     def __init__(self, name: str) -> None:
-        if name not in _ENERGIES:
-            raise FlowInputError(f"EnergyToy: expected one of {sorted(_ENERGIES)}, got {name!r}")
-        self.name = name
+        self.name = choice(name, "name", sorted(_ENERGIES), "EnergyToy")
         self._energy = _ENERGIES[name]
 
     def energy(self, z: Tensor) -> Tensor:
         """The unnormalised energy U(z), shape (n,): the target is p(z) = exp(-U(z)) / Z on the box."""
-        if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != 2:
-            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-            raise FlowInputError(f"EnergyToy.energy: expected points of shape (n, 2), got {shape}")
-        return self._energy(z)
+        return self._energy(_points(z, "EnergyToy.energy"))
 
     @property
     def log_normalizer(self) -> float:
@@ -359,6 +357,4 @@ TOYS: list[str] = list(_TOY_CLASSES)
 def get_toy(name: str) -> Toy2D:
     """The toy called ``name`` (one of :data:`TOYS`; ``"u1"`` is accepted for ``"U1"``)."""
     key = name if name in _TOY_CLASSES else (name.upper() if isinstance(name, str) else name)
-    if key not in _TOY_CLASSES:
-        raise FlowInputError(f"get_toy: unknown toy {name!r}; expected one of {', '.join(TOYS)}")
-    return _TOY_CLASSES[key]()
+    return _TOY_CLASSES[choice(key, "name", TOYS, "get_toy")]()
