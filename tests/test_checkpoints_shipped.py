@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from flowlib import image_models
+from flowlib._checks import FlowInputError
 from flowlib.data.images import DatasetError, load_digits, load_images, pad_to
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 
@@ -160,3 +161,38 @@ def test_recorded_in_readme(path: Path) -> None:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     assert f"{blob['metrics']['test_bpd']:.3f}" in rows[0]
     assert "scripts/train_image_flow.py" in rows[0] and blob["command"] in rows[0]
+
+
+def test_a_file_of_the_old_layout_still_loads_and_a_broken_one_says_why(tmp_path: Path) -> None:
+    """Old keywords warn and old sliced couplings (no mask stored) still load; tensors that do
+    not fit fail with the script that converts a file."""
+    blob = torch.load(FOLDER / "glow_mnist.pt", map_location="cpu", weights_only=True)
+    back = {new: old for old, new in CONVERT.RENAMED.items()}
+    blob["kwargs"] = {back.get(k, k): v for k, v in blob["kwargs"].items()}
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.endswith(".mask")}
+    torch.save(blob, tmp_path / "old.pt")
+    with pytest.warns(DeprecationWarning) as record:
+        old = load_pretrained(tmp_path / "old.pt")
+    said = " ".join(str(w.message) for w in record)
+    assert all(f"use {new}=" in said for new in ("scales", "depth", "grey_levels")), said
+    for (k, a), (_, b) in zip(old.state_dict().items(), load_pretrained("glow_mnist").state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    blob["state_dict"].pop(next(k for k in blob["state_dict"] if "conditioner" in k))
+    torch.save(blob, tmp_path / "broken.pt")
+    with pytest.warns(DeprecationWarning), pytest.raises(FlowInputError, match="convert_checkpoints"):
+        load_pretrained(tmp_path / "broken.pt")
+
+
+def test_conversion_copies_by_key_and_fails_loudly() -> None:
+    fresh = {"a.weight": torch.zeros(2), "c.mask": torch.ones(3)}
+    state, computed = CONVERT.transfer({"a.weight": torch.full((2,), 5.0)}, fresh)
+    assert torch.equal(state["a.weight"], torch.full((2,), 5.0)) and computed == ["c.mask"]
+    with pytest.raises(SystemExit, match="old shape"):
+        CONVERT.transfer({"a.weight": torch.zeros(3)}, fresh)
+    with pytest.raises(SystemExit, match="the old file has 'b.bias'"):
+        CONVERT.transfer({"a.weight": torch.zeros(2), "b.bias": torch.zeros(1)}, fresh)
+    with pytest.raises(SystemExit, match="the new model has 'a.weight'"):
+        CONVERT.transfer({}, {"a.weight": torch.zeros(2)})
+    assert CONVERT.new_kwargs({"levels": 2, "steps": 4, "bins": 256, "coupling": "split", "hidden": 8}) == {
+        "scales": 2, "depth": 4, "grey_levels": 256, "hidden": 8}
