@@ -7,11 +7,16 @@ what a student sees: for every lecture that shows a widget from ``flowlib.widget
 1. opens the lecture in JupyterLab (a server of its own on 127.0.0.1, a free port, a token)
    and runs all its cells, with ``CI=true`` in the kernel's environment so training is short;
 2. requires that every cell ran without error;
-3. for each widget on the page: waits for its image, moves its first visible slider with the
-   keyboard (the focused slider handle takes arrow and page keys), and requires the rendered
-   image to change (a hash of its pixels) and the slider's value to move;
+3. for each widget on the page: waits for its image, requires that it fits the notebook column
+   (no part of it wider than its output area, none past the right edge of the notebook panel,
+   nothing to scroll sideways), moves its first visible slider with the keyboard (the focused
+   slider handle takes arrow and page keys), and requires the rendered image to change (a hash
+   of its pixels) and the slider's value to move;
 4. saves a screenshot of each widget to ``screenshots/`` (git-ignored), to look at;
 5. requires that the browser console showed no error and the page threw no exception.
+
+The window is the one a student on a laptop has: 1280x800, with JupyterLab's file browser open
+on the left (the notebook column is then about 950 px wide, its output area about 850 px).
 
 Needs Chromium (``apt-get install chromium``, at ``/usr/bin/chromium`` or on PATH) and the
 ``playwright`` Python package; it never downloads a browser (no ``playwright install``).
@@ -72,8 +77,8 @@ WIDGET_LECTURES = [p for p in sorted((REPO / "lectures").glob("[0-9][0-9]_*.ipyn
 SERVER_START_S = 90
 RUN_ALL_S = 300  # one lecture, all cells, under CI=true, on a busy 2-core machine
 WIDGET_UPDATE_S = 60
-#: Wide enough for the widest widget (controls beside a ~1000 px figure) with the sidebar closed.
-VIEWPORT = {"width": 1600, "height": 1100}
+#: A laptop's window; the file browser stays open beside the notebook (see lab_page).
+VIEWPORT = {"width": 1280, "height": 800}
 
 
 def _browser_tools() -> str | None:
@@ -250,7 +255,9 @@ def lab_page(lab: Lab, browser: Browser) -> Iterator[tuple[Page, Console]]:
     page.goto(f"{lab.url}/lab?token={lab.token}")
     page.wait_for_function("window.jupyterapp !== undefined", timeout=SERVER_START_S * 1000)
     page.evaluate("() => window.jupyterapp.restored")
-    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the file browser: room for widgets
+    # The file browser open, as a student has it: the widgets must fit the narrower column.
+    page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+    page.wait_for_function(LEFT_PANEL_OPEN, timeout=10_000)
     # The listeners must see an error when there is one: a silent console proves nothing otherwise.
     page.evaluate("() => console.error('browser-test self-check')")
     page.evaluate("() => setTimeout(() => { throw new Error('browser-test self-check'); })")
@@ -276,6 +283,30 @@ OPEN_NOTEBOOK = """async (path) => {
 }"""
 
 KERNEL_IDLE = "() => window.__panel.sessionContext.session?.kernel?.status === 'idle'"
+
+LEFT_PANEL_OPEN = """() => !window.jupyterapp.shell.leftCollapsed
+    && document.querySelector('#filebrowser')?.getBoundingClientRect().width > 100"""
+
+#: Where a widget sits: its output area, the notebook panel, the widget's own box, and the
+#: rightmost edge of anything visible inside it (a slider, a row of buttons, the picture).
+WIDGET_LAYOUT = """(output) => {
+    const box = e => {
+        const b = e.getBoundingClientRect();
+        return {left: b.left, right: b.right, width: b.width};
+    };
+    const panel = output.closest('.jp-NotebookPanel');
+    const widget = output.querySelector('.jupyter-widgets');
+    let widest = {right: -Infinity, what: ''};
+    for (const e of [widget, ...widget.querySelectorAll('*')]) {
+        const b = e.getBoundingClientRect();
+        if (b.width > 0 && b.height > 0 && b.right > widest.right) {
+            widest = {right: b.right, what: `${e.tagName.toLowerCase()}.${[...e.classList].join('.')}`};
+        }
+    }
+    return {output: box(output), panel: box(panel), widget: box(widget), widest,
+            overflow: output.scrollWidth - output.clientWidth,
+            browserOpen: !window.jupyterapp.shell.leftCollapsed};
+}"""
 
 RUN_ALL = """() => {
     const app = window.jupyterapp;
@@ -314,6 +345,22 @@ def _fit_viewport(page: Page, view: Locator) -> None:
         page.set_viewport_size({"width": VIEWPORT["width"], "height": needed})
         page.wait_for_timeout(300)  # JupyterLab lays the page out again
     view.scroll_into_view_if_needed()
+
+
+def _check_fits(view: Locator, where: str) -> None:
+    """The widget is no wider than its output area and ends left of the notebook panel's edge."""
+    layout = view.evaluate(WIDGET_LAYOUT)
+    output, panel, widget, widest = layout["output"], layout["panel"], layout["widget"], layout["widest"]
+    assert layout["browserOpen"], f"{where}: the file browser was closed; the test measures with it open"
+    assert widget["width"] <= output["width"] + 1, (
+        f"{where}: the widget is {widget['width']:.0f} px wide, its output area {output['width']:.0f} px")
+    assert widest["right"] <= output["right"] + 1, (
+        f"{where}: {widest['what']} ends at x = {widest['right']:.0f}, right of the output area's edge "
+        f"({output['right']:.0f})")
+    assert widest["right"] <= panel["right"], (
+        f"{where}: {widest['what']} ends at x = {widest['right']:.0f}, past the notebook panel "
+        f"({panel['right']:.0f})")
+    assert layout["overflow"] <= 1, f"{where}: the output area scrolls sideways by {layout['overflow']} px"
 
 
 def _pixels_hash(png: bytes) -> str:
@@ -387,6 +434,7 @@ def _check_widgets(page: Page, console: Console, lecture: Path) -> None:
         _fit_viewport(page, view)
         image = view.locator("img.widget-image").first
         _wait_for_image(page, image, WIDGET_UPDATE_S)
+        _check_fits(view, f"{path}, widget {k}")
         before_pixels = _pixels_hash(image.screenshot())
         before_src = image.get_attribute("src")
 

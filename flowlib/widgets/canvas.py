@@ -109,8 +109,11 @@ class Canvas(ControlledUpdates):
         self.status = ""
         #: How many renders had to redraw (part of) the background (a panel's limits or legend changed).
         self.relayouts = 0
-        # max-width: the browser shrinks the picture rather than let it overflow a narrow column.
-        self._image = W.Image(format=image_format, layout=W.Layout(max_width="100%", height="auto"))
+        # Shown at its own size in pixels (not stretched to the column: align_self), and shrunk by
+        # the browser rather than let it overflow a column narrower still (max_width).
+        width_px = round(figsize[0] * dpi)
+        self._image = W.Image(format=image_format, layout=W.Layout(width=f"{width_px}px", max_width="100%",
+                                                                   height="auto", align_self="flex-start"))
         self._status_html = W.HTML(layout=W.Layout(max_width=f"{MAX_WIDTH_PX}px"))
         self._box: W.Widget | None = None
         self._dynamic: list[Artist] = []

@@ -70,8 +70,9 @@ class ChangeOfVariables1D(Canvas):
     # -- figure ---------------------------------------------------------------------------
     def _build_figure(self) -> None:
         fig = self.figure
-        self._ax_z, self._ax_f, self._ax_x = fig.subplots(1, 3)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.88, wspace=0.25)
+        # p_X gets the widest panel: it holds the curves, the histogram, the integral and a legend.
+        self._ax_z, self._ax_f, self._ax_x = fig.subplots(1, 3, width_ratios=(1.0, 1.0, 1.45))
+        fig.subplots_adjust(left=0.045, right=0.99, bottom=0.16, top=0.88, wspace=0.22)
         self._line_pz, = self._ax_z.plot([], [], color="C0")
         self._ax_z.set(title="base density $p_Z(z)$", xlabel="z")
         self._line_f, = self._ax_f.plot([], [], color="C2")
@@ -83,7 +84,7 @@ class ChangeOfVariables1D(Canvas):
         self._line_nojac, = self._ax_x.plot([], [], color="0.3", ls="--", label="p_Z(f(x)) alone")
         self._ax_x.set(title="data density $p_X(x)$", xlabel="x")
         self._text_integral = self._ax_x.text(0.02, 0.96, "", transform=self._ax_x.transAxes,
-                                              va="top", fontsize=9)
+                                              va="top", fontsize=8.5)
         self._animate(self._line_pz, self._line_f, self._hist, self._line_px, self._line_nojac,
                       self._text_integral)
         self._legend_drop: bool | None = None
@@ -95,7 +96,7 @@ class ChangeOfVariables1D(Canvas):
         if self._legend_drop is not None:
             self._overlays.remove(self._ax_x.get_legend())
         handles = [self._hist, self._line_px] + ([self._line_nojac] if drop else [])
-        self._overlay(self._ax_x.legend(handles=handles, loc="upper right", fontsize=8, framealpha=1.0))
+        self._overlay(self._ax_x.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=1.0))
         self._legend_drop = drop
 
     def _panel_key(self, index: int) -> object:
