@@ -49,10 +49,11 @@ def soft_clamp(s: Tensor, clamp: float | None = 2.0) -> Tensor:
     training: the loss overflows to inf/NaN. Squashing s into (-c, c) bounds every layer's
     scale factor by exp(c) (2/pi = 0.636..., the constant used by FrEIA, Ardizzone et al.).
     atan rather than tanh: its gradient decays like 1/s^2, not exponentially, so a
-    saturated unit can still be pulled back. Near 0 it is the identity: soft_clamp(s) = s + O(s^3).
+    saturated unit can still be pulled back. Its slope at 0 is 2/pi, not 1: a raw log-scale
+    s_raw means the scale exp(0.64 s_raw) near 0 (trained weights carry this convention).
 
-    >>> soft_clamp(torch.tensor([0.0, 1e6]), 2.0)
-    tensor([0., 2.])
+    >>> [round(v, 4) for v in soft_clamp(torch.tensor([-1e6, 0.0, 1e6]), 2.0).tolist()]
+    [-2.0, 0.0, 2.0]
     """
     if clamp is None:
         return s
@@ -77,6 +78,8 @@ class Transformer(nn.Module):
             got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise FlowInputError(f"{type(self).__name__}: expected parameters h of shape {want} "
                                  f"({self.params} per coordinate of x {tuple(x.shape)}), got {got}")
+        # In x's precision: under autocast h comes out in bfloat16, and exp(s) exp(-s) != 1 there.
+        h = h.to(x.dtype)
         return h.chunk(self.params, dim=1) if self.params > 1 else (h,)
 
     def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract

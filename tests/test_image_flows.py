@@ -52,7 +52,7 @@ def _levels(n: int, levels: int, seed: int = 0) -> torch.Tensor:
 def glow() -> ImageFlowModel:
     """A full Glow: 2 levels, 4 steps each, ActNorm initialised on data, couplings perturbed."""
     torch.manual_seed(0)
-    model = glow_image(SHAPE, levels=2, steps=4, bins=17, **SMALL)
+    model = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL)
     model.initialize(_levels(32, 17))
     _perturb(model)
     return model.eval()
@@ -146,17 +146,17 @@ def test_glow_round_trip_and_logdet_is_sum_of_parts(glow):
 
     # Walk the same path by hand, layer by layer, and add up the pieces.
     logit, ms = glow.flow[0], glow.flow[1]
-    assert isinstance(ms, MultiScale) and ms.levels == 2 and len(ms.steps[0]) == 12
+    assert isinstance(ms, MultiScale) and ms.scales == 2 and len(ms.steps[0]) == 12
     with torch.no_grad():
         h, total = logit(y)
         parts = 1
-        for level in range(ms.levels):
+        for scale in range(ms.scales):
             h = squeeze(h)
-            for layer in ms.steps[level]:
+            for layer in ms.steps[scale]:
                 h, ld = layer(h)
                 total, parts = total + ld, parts + 1
-            if level < ms.levels - 1:
-                h, ld = ms.priors[level](h)
+            if scale < ms.scales - 1:
+                h, ld = ms.priors[scale](h)
                 total, parts = total + ld, parts + 1
                 h = h.chunk(2, dim=1)[0]
     assert parts == 1 + 24 + 1
@@ -214,7 +214,7 @@ def test_temperature_scales_every_latent_including_split_priors(glow):
 
 
 def test_state_dict_round_trip_keeps_log_prob_and_actnorm(glow):
-    fresh = glow_image(SHAPE, levels=2, steps=4, bins=17, **SMALL)
+    fresh = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL)
     assert not any(m.is_initialized for m in fresh.modules() if isinstance(m, ActNorm))
     fresh.load_state_dict(glow.state_dict())
     assert all(m.is_initialized for m in fresh.modules() if isinstance(m, ActNorm))
@@ -232,14 +232,14 @@ def test_state_dict_round_trip_keeps_log_prob_and_actnorm(glow):
 
 def test_builders_reject_shapes_the_squeezes_cannot_divide():
     with pytest.raises(FlowInputError, match="glow_image.*divisible by 4"):
-        glow_image((1, 6, 6), levels=2, **SMALL)
+        glow_image((1, 6, 6), scales=2, **SMALL)
     with pytest.raises(FlowInputError, match="realnvp_image.*divisible by 8"):
-        realnvp_image((1, 12, 12), levels=3, **SMALL)
+        realnvp_image((1, 12, 12), scales=3, **SMALL)
     with pytest.raises(FlowInputError, match="image shape"):
         glow_image((64,), **SMALL)
-    with pytest.raises(FlowInputError, match="steps"):
-        glow_image(SHAPE, steps=0, **SMALL)
-    model = glow_image((3, 4, 12), levels=2, **SMALL)  # any size divisible by 2^levels works
+    with pytest.raises(FlowInputError, match="depth"):
+        glow_image(SHAPE, depth=0, **SMALL)
+    model = glow_image((3, 4, 12), scales=2, **SMALL)  # any size divisible by 2^scales works
     assert model.sample(2).shape == (2, 3, 4, 12)
 
 
@@ -257,7 +257,7 @@ def test_models_reject_wrong_data(glow):
 @pytest.mark.parametrize("builder", [nice_image, realnvp_image, glow_image])
 def test_every_builder_gives_a_trainable_image_model(builder):
     torch.manual_seed(0)
-    model = builder(SHAPE, bins=17, **SMALL)
+    model = builder(SHAPE, grey_levels=17, **SMALL)
     x = _levels(8, 17, seed=9)
     model.initialize(x)
     bpd = model.bits_per_dim(x)
@@ -289,7 +289,7 @@ def test_uniform_model_scores_log2_levels_bits_per_dim(levels):
     expected = math.log2(levels)  # 8 for 256 levels, 4.0875 for 17
     d = math.prod(SHAPE)
     assert dequantized_bits_per_dim(torch.zeros(3), d, levels).tolist() == pytest.approx([expected] * 3)
-    model = ImageFlowModel(_Probit(), StandardNormal(SHAPE), levels=levels)
+    model = ImageFlowModel(_Probit(), StandardNormal(SHAPE), grey_levels=levels)
     x = _levels(5, levels, seed=10)
     want = torch.full((5,), expected)
     torch.testing.assert_close(model.bits_per_dim(x), want, atol=1e-4, rtol=0)
@@ -313,7 +313,7 @@ def test_uniform_dequantization_stays_in_the_cell():
 
 def test_variational_dequantization_log_q_matches_autograd():
     torch.manual_seed(0)
-    deq = VariationalDequantization(17, (1, 2, 2), steps=2, hidden=8, blocks=1)
+    deq = VariationalDequantization(17, (1, 2, 2), couplings=2, hidden=8, blocks=1)
     _perturb(deq, scale=0.3)
     deq = deq.double()
     x = as_levels(_levels(1, 17, seed=12)[:, :, :2, :2], 17).double()
@@ -335,7 +335,7 @@ def test_variational_dequantization_log_q_matches_autograd():
 
 def test_variational_dequantization_trains_with_the_model():
     torch.manual_seed(0)
-    model = glow_image(SHAPE, levels=1, steps=1, bins=17, dequantization="variational", **SMALL)
+    model = glow_image(SHAPE, scales=1, depth=1, grey_levels=17, dequantization="variational", **SMALL)
     x = _levels(4, 17, seed=13)
     model.initialize(x)
     _perturb(model)

@@ -19,6 +19,7 @@ from flowlib.actnorm import ActNorm
 from flowlib.coupling import (
     AdditiveCoupling,
     AffineCoupling,
+    Coupling,
     Scaling,
     channel_mask,
     checkerboard_mask,
@@ -29,6 +30,8 @@ from flowlib.elementwise import MixtureLogisticCDF, solve_monotone
 from flowlib.models import nice, planar_flow, radial_flow, realnvp
 from flowlib.nets import MLP, ConvNet
 from flowlib.planar import Planar, Radial
+from flowlib.transformers import Additive
+from flowlib.transformers import Affine as AffineTransformer
 
 FlowInputError = flowlib.FlowInputError
 
@@ -236,7 +239,8 @@ def test_masks():
 
 def test_couplings_start_as_identity():
     x = torch.randn(7, 4)
-    for layer in (AdditiveCoupling(half_mask(4, 0), MLP(4, 4)), AffineCoupling(half_mask(4, 1), MLP(4, 8))):
+    # Vector masks are sliced: the conditioners read the 2 kept coordinates.
+    for layer in (AdditiveCoupling(half_mask(4, 0), MLP(2, 2)), AffineCoupling(half_mask(4, 1), MLP(2, 4))):
         z, ld = layer(x)
         torch.testing.assert_close(z, x)
         assert torch.all(ld == 0)
@@ -248,9 +252,12 @@ def test_couplings_on_images(mask_fn, channels, kind):
     g = torch.Generator().manual_seed(1)
     mask = mask_fn(channels, 4, 4, 1)
     if kind == "additive":
-        layer = AdditiveCoupling(mask, _perturb(ConvNet(channels, channels, hidden=8), g))
+        sizes = Coupling.conditioner_sizes(mask, Additive)
+        layer = AdditiveCoupling(mask, _perturb(ConvNet(*sizes, hidden=8), g))
     else:
-        layer = AffineCoupling(mask, _perturb(ConvNet(channels, 2 * channels, hidden=8), g))
+        sizes = Coupling.conditioner_sizes(mask, AffineTransformer)
+        layer = AffineCoupling(mask, _perturb(ConvNet(*sizes, hidden=8), g))
+    assert layer.sliced == (mask_fn is channel_mask)
     layer = layer.double()
     x = torch.randn(2, channels, 4, 4, generator=g, dtype=torch.float64)
     z, ld = layer(x)
@@ -276,16 +283,16 @@ def test_soft_clamp_bounds():
 
 def test_affine_coupling_scale_is_bounded_by_clamp():
     g = torch.Generator().manual_seed(0)
-    layer = AffineCoupling(half_mask(2, 0), _perturb(MLP(2, 4, hidden=8), g, scale=50.0), clamp=1.5)
+    layer = AffineCoupling(half_mask(2, 0), _perturb(MLP(1, 2, hidden=8), g, scale=50.0), clamp=1.5)
     _, ld = layer(100 * torch.randn(64, 2, generator=g))
     assert ld.abs().max() < 1.5
 
 
 def test_conditioner_with_wrong_output_shape_is_reported():
     with pytest.raises(FlowInputError, match="AffineCoupling"):
-        AffineCoupling(half_mask(4, 0), MLP(4, 4))(torch.randn(3, 4))
+        AffineCoupling(half_mask(4, 0), MLP(2, 2))(torch.randn(3, 4))  # needs 2 x 2 outputs
     with pytest.raises(FlowInputError, match="AdditiveCoupling"):
-        AdditiveCoupling(half_mask(4, 0), MLP(4, 8))(torch.randn(3, 4))
+        AdditiveCoupling(half_mask(4, 0), MLP(2, 4))(torch.randn(3, 4))  # needs 2
 
 
 # -- builders ------------------------------------------------------------------------------
@@ -298,9 +305,11 @@ def test_nice_builder():
     # 4 MLPs 1 -> 32 -> 32 -> 1 (the kept coordinate in, the shift of the other out) and a
     # 2-vector of scales.
     assert _n_params(model) == 4 * ((1 * 32 + 32) + (32 * 32 + 32) + (32 * 1 + 1)) + 2
-    # The masked form reads and writes both coordinates: 2 -> 32 -> 32 -> 2.
-    masked = nice(2, couplings=4, hidden=32, layers=2, coupling="mask")
-    assert _n_params(masked) == 4 * ((2 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2)) + 2
+    # coupling="mask" chose the masked form (2 -> 32 -> 32 -> 2) before the layer chose by
+    # itself: now it warns and is ignored.
+    with pytest.warns(DeprecationWarning, match="coupling= is deprecated and ignored"):
+        old = nice(2, couplings=4, hidden=32, layers=2, coupling="mask")
+    assert _n_params(old) == _n_params(model)
     x = torch.randn(9, 2)
     assert model.log_prob(x).shape == (9,)
     assert model.sample(5).shape == (5, 2)
@@ -328,8 +337,9 @@ def test_realnvp_builder_in_higher_dimension_round_trips():
     even = (3 * 16 + 16) + (16 * 16 + 16) + (16 * 4 + 4)
     odd = (2 * 16 + 16) + (16 * 16 + 16) + (16 * 6 + 6)
     assert _n_params(model) == 5 * 10 + 2 * even + 2 * odd
-    masked = realnvp(5, couplings=4, hidden=16, coupling="mask")  # every MLP 5 -> 16 -> 16 -> 10
-    assert _n_params(masked) == 5 * 10 + 4 * ((5 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10))
+    with pytest.warns(DeprecationWarning, match="coupling="):  # once the masked form, now ignored
+        old = realnvp(5, couplings=4, hidden=16, coupling="mask")
+    assert _n_params(old) == _n_params(model)
 
 
 @pytest.mark.parametrize("mixing", ["none", "permutation", "linear"])
@@ -372,7 +382,7 @@ def test_planar_radial_builders_refuse_image_shapes(builder):
 def test_one_builder_name_for_vectors_and_images(name):
     from flowlib import image_models, models
 
-    image = getattr(models, name)((1, 8, 8), levels=1, steps=2, hidden=8) if name != "nice" else \
+    image = getattr(models, name)((1, 8, 8), scales=1, depth=2, hidden=8) if name != "nice" else \
         models.nice((1, 8, 8), couplings=2, hidden=8)
     assert isinstance(image, image_models.ImageFlowModel) and tuple(image.event_shape) == (1, 8, 8)
     vector = getattr(models, name)(4)
