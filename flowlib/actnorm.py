@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import integer, number
-from flowlib.core import Flow, FlowInputError
+from flowlib.core import Flow, FlowInputError, positions
 
 __all__ = ["ActNorm"]
 
@@ -76,9 +76,6 @@ class ActNorm(Flow):
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.view(1, -1, 1, 1) if x.dim() == 4 else p.view(1, -1)
 
-    def _pixels(self, x: Tensor) -> int:
-        return x.shape[2] * x.shape[3] if x.dim() == 4 else 1
-
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Set bias and log_scale so that this batch comes out with mean 0 and std 1 per channel."""
@@ -100,13 +97,13 @@ class ActNorm(Flow):
         if self.training and not self._initialized:
             self.initialize(x)
         z = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
-        logdet = self._pixels(x) * self.log_scale.sum()
+        logdet = positions(x) * self.log_scale.sum()
         return z, logdet.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
         x = z * torch.exp(-self._view(self.log_scale, z)) - self._view(self.bias, z)
-        logdet = -self._pixels(z) * self.log_scale.sum()
+        logdet = -positions(z) * self.log_scale.sum()
         return x, logdet.expand(z.shape[0])
 
     def extra_repr(self) -> str:

@@ -27,7 +27,8 @@ from torch.distributions import Distribution, constraints
 from flowlib._checks import FlowInputError, checking_inputs
 from flowlib._modules import placement
 
-__all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "check_data"]
+__all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "positions",
+           "check_data"]
 
 
 class Flow(nn.Module):
@@ -103,6 +104,19 @@ class Flow(nn.Module):
 
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={self.event_shape}"
+
+
+def positions(x: Tensor) -> int:
+    """How many times a per-channel map acts on one sample: H * W for images, 1 for vectors.
+
+    A map applied to the channel vector at every pixel (ActNorm, a 1x1 convolution) has a
+    block-diagonal Jacobian with this many equal blocks, so its log-determinant is this many
+    times the one of a single block.
+
+    >>> positions(torch.zeros(2, 3, 4, 5)), positions(torch.zeros(2, 3))
+    (20, 1)
+    """
+    return math.prod(x.shape[2:])
 
 
 def sum_except_batch(t: Tensor) -> Tensor:

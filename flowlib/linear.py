@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowlib._checks import integer
-from flowlib.core import Flow, FlowInputError
+from flowlib.core import Flow, FlowInputError, positions
 
 __all__ = ["InvertibleLinear", "InvertibleLinearLU", "random_rotation"]
 
@@ -118,22 +118,18 @@ class _ChannelLinear(Flow):
         # A 1x1 convolution is the matrix applied to the channel vector at every pixel.
         return F.conv2d(x, matrix.reshape(*matrix.shape, 1, 1))
 
-    @staticmethod
-    def _pixels(x: Tensor) -> int:
-        return 1 if x.dim() == 2 else x.shape[2] * x.shape[3]
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
         weight = self._get("weight")
         z = self._mix(weight.to(x.dtype), x)
-        logdet = (self._pixels(x) * self._get("logdet")).to(x.dtype)
+        logdet = (positions(x) * self._get("logdet")).to(x.dtype)
         return z, logdet.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
         inv = self._get("inverse")
         x = self._mix(inv.to(z.dtype), z)
-        logdet = (-self._pixels(z) * self._get("logdet")).to(z.dtype)
+        logdet = (-positions(z) * self._get("logdet")).to(z.dtype)
         return x, logdet.expand(z.shape[0])
 
     def extra_repr(self) -> str:
