@@ -16,15 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowlib.core import FlowInputError
+from flowlib._checks import FlowInputError, choice, integer
 
 __all__ = ["ZeroConv2d", "ResNetConditioner", "GlowConditioner"]
-
-
-def _positive_int(value: int, name: str, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FlowInputError(f"{who}: {name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 class ZeroConv2d(nn.Module):
@@ -38,10 +32,9 @@ class ZeroConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  scale_factor: float = 3.0) -> None:
         super().__init__()
-        _positive_int(in_channels, "in_channels", "ZeroConv2d")
-        _positive_int(out_channels, "out_channels", "ZeroConv2d")
-        if kernel_size not in (1, 3, 5):
-            raise FlowInputError(f"ZeroConv2d: kernel_size must be 1, 3 or 5, got {kernel_size!r}")
+        integer(in_channels, "in_channels", "ZeroConv2d")
+        integer(out_channels, "out_channels", "ZeroConv2d")
+        choice(kernel_size, "kernel_size", (1, 3, 5), "ZeroConv2d")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
@@ -76,17 +69,17 @@ class ResNetConditioner(nn.Module):
     """3x3 conv in, ``blocks`` residual blocks of width ``hidden``, zero-initialised 3x3 conv out.
 
     Maps (batch, in_channels, H, W) to (batch, out_channels, H, W). Used as the conditioner of
-    image couplings: out_channels = C for an additive coupling (the shift), 2C for an affine
-    one (log-scale and shift).
+    image couplings, with the sizes :meth:`flowlib.coupling.Coupling.conditioner_sizes` gives:
+    C/2 -> 2 x C/2 for an affine coupling with a channel mask (log-scales and shifts of the
+    moved half), C -> 2C with a checkerboard; the additive coupling needs half the outputs.
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> None:
         super().__init__()
-        _positive_int(in_channels, "in_channels", "ResNetConditioner")
-        _positive_int(out_channels, "out_channels", "ResNetConditioner")
-        _positive_int(hidden, "hidden", "ResNetConditioner")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise FlowInputError(f"ResNetConditioner: blocks must be an integer >= 0, got {blocks!r}")
+        integer(in_channels, "in_channels", "ResNetConditioner")
+        integer(out_channels, "out_channels", "ResNetConditioner")
+        integer(hidden, "hidden", "ResNetConditioner")
+        integer(blocks, "blocks", "ResNetConditioner", minimum=0)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.net = nn.Sequential(
@@ -119,9 +112,9 @@ class GlowConditioner(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64) -> None:
         super().__init__()
-        _positive_int(in_channels, "in_channels", "GlowConditioner")
-        _positive_int(out_channels, "out_channels", "GlowConditioner")
-        _positive_int(hidden, "hidden", "GlowConditioner")
+        integer(in_channels, "in_channels", "GlowConditioner")
+        integer(out_channels, "out_channels", "GlowConditioner")
+        integer(hidden, "hidden", "GlowConditioner")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.net = nn.Sequential(

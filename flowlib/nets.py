@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from flowlib.core import FlowInputError
+from flowlib._checks import integer
 
 __all__ = ["MLP", "ConvNet", "zero_init"]
 
@@ -28,12 +28,6 @@ def zero_init(layer: nn.Module) -> nn.Module:
         if getattr(layer, "bias", None) is not None:
             layer.bias.zero_()
     return layer
-
-
-def _positive(value: int, what: str, who: str, minimum: int = 1) -> int:
-    if int(value) < minimum:
-        raise FlowInputError(f"{who}: {what} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class MLP(nn.Module):
@@ -50,10 +44,10 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,
                  activation: Callable[[], nn.Module] = nn.ReLU) -> None:
         super().__init__()
-        in_features = _positive(in_features, "in_features", "MLP")
-        out_features = _positive(out_features, "out_features", "MLP")
-        hidden = _positive(hidden, "hidden", "MLP")
-        layers = _positive(layers, "layers", "MLP", minimum=0)
+        in_features = integer(in_features, "in_features", "MLP")
+        out_features = integer(out_features, "out_features", "MLP")
+        hidden = integer(hidden, "hidden", "MLP")
+        layers = integer(layers, "layers", "MLP", minimum=0)
         mods: list[nn.Module] = []
         width = in_features
         for _ in range(layers):
@@ -82,10 +76,10 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, layers: int = 2,
                  activation: Callable[[], nn.Module] = nn.SiLU) -> None:
         super().__init__()
-        in_channels = _positive(in_channels, "in_channels", "ConvNet")
-        out_channels = _positive(out_channels, "out_channels", "ConvNet")
-        hidden = _positive(hidden, "hidden", "ConvNet")
-        layers = _positive(layers, "layers", "ConvNet")
+        in_channels = integer(in_channels, "in_channels", "ConvNet")
+        out_channels = integer(out_channels, "out_channels", "ConvNet")
+        hidden = integer(hidden, "hidden", "ConvNet")
+        layers = integer(layers, "layers", "ConvNet")
         mods: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), activation()]
         for _ in range(layers - 1):
             mods += [nn.Conv2d(hidden, hidden, 1), activation()]
