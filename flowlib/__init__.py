@@ -22,7 +22,7 @@ from flowlib import (
     permutations,
     planar,
     reversible,
-    split_coupling,
+    transformers,
 )
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel, Inverse
 from flowlib.distributions import DiagonalGaussian, StandardNormal
@@ -61,5 +61,5 @@ __all__ = [
     "permutations",
     "planar",
     "reversible",
-    "split_coupling",
+    "transformers",
 ]
