@@ -66,7 +66,8 @@ def flowlib_layer_classes() -> set[type[Flow]]:
 def test_cases_cover_every_layer():
     listed = {c.cls for c in CASES}
     missing = flowlib_layer_classes() - listed - BASES
-    assert not missing, f"layers without a case in tests/layer_cases.py: {sorted(c.__name__ for c in missing)}"
+    names = sorted(c.__name__ for c in missing)
+    assert not missing, f"layers without a case in tests/layer_cases.py: {names}"
     assert {"Compose", "Inverse", "Affine", "SinhArcsinh", "Planar", "MultiScale"} <= {c.name for c in CASES}
 
 
