@@ -56,10 +56,10 @@ from flowlib.train import FitResult, fit
 
 BUILDERS = {"glow": glow_image, "realnvp": realnvp_image, "nice": nice_image}
 
-#: Builder keyword arguments per model (``bins`` is added: 17 levels). Chosen for a 2-core CPU.
+#: Builder keyword arguments per model (``grey_levels`` is added: 17). Chosen for a 2-core CPU.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "glow": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
-    "realnvp": {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1},
+    "glow": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
+    "realnvp": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
     "nice": {"couplings": 4, "hidden": 32, "blocks": 1},
 }
 
@@ -111,7 +111,7 @@ def model_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def train_one(name: str, kwargs: dict[str, Any], data: dict[str, torch.Tensor],
               args: argparse.Namespace) -> tuple[dict[str, Any], FitResult]:
     torch.manual_seed(args.seed)
-    model = BUILDERS[name]((1, 8, 8), bins=DIGITS_LEVELS, **kwargs)
+    model = BUILDERS[name]((1, 8, 8), grey_levels=DIGITS_LEVELS, **kwargs)
     # ActNorm's data-dependent start on the whole training set, not on the first small batch.
     model.initialize(data["train"])
     result = fit(model, data["train"], val_data=data["val"], test_data=data["test"], seconds=args.seconds,

@@ -7,11 +7,12 @@
 All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps, at the same
 parameter count: that of the digits configuration of ``benchmarks/digits_bpd.py`` as flowlib built
 it before its split couplings, ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1,
-bins=17, coupling="mask")`` (190,752 parameters). Every other system's hidden width is searched
+bins=17, coupling="mask")`` at the base commit c34e29c (190,752 parameters; today ``coupling=`` is
+ignored). Every other system's hidden width is searched
 so that its count is the nearest to that (benchmarks/peers.py, ``match_width``):
 
 - ``flowlib Glow (ResNet conditioner)``: ``glow_image`` with its defaults, split couplings
-  (``AffineSplitCoupling``: the conditioner reads the C/2 kept channels) and ResNet conditioners
+  (``AffineCoupling`` slices: the conditioner reads the C/2 kept channels) and ResNet conditioners
   (``blocks=1``), learned split priors;
 - ``flowlib Glow (Glow conditioner)``: the same with ``conditioner="glow"``, Glow's own
   conv3x3-ReLU-conv1x1-ReLU-zero conv3x3 network (``flowlib.convnets.GlowConditioner``);
@@ -97,8 +98,8 @@ ANCHOR = "flowlib Glow, masked coupling (before)"
 def maker(name: str) -> Callable[[int], nn.Module]:
     """hidden width -> the model ``name`` of :data:`SYSTEMS`."""
     def flowlib_glow(**options: str) -> Callable[[int], nn.Module]:
-        return lambda h: glow_image(SHAPE, levels=LEVELS, steps=STEPS, hidden=h, blocks=BLOCKS,
-                                    bins=DIGITS_LEVELS, **options)
+        return lambda h: glow_image(SHAPE, scales=LEVELS, depth=STEPS, hidden=h, blocks=BLOCKS,
+                                    grey_levels=DIGITS_LEVELS, **options)
 
     makers = {
         "flowlib Glow (ResNet conditioner)": flowlib_glow(),

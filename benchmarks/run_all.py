@@ -71,7 +71,7 @@ NOTES = {
     ),
     "throughput": (
         "Ratios are measured in the same process, the systems alternating step by step. Every flowlib row "
-        "is `glow_image((1, 32, 32), levels=3, steps=8, hidden=64, blocks=1)` with the options its name "
+        "is `glow_image((1, 32, 32), scales=3, depth=8, hidden=64, blocks=1)` with the options its name "
         "gives; `(before)` marks what flowlib did before a change, and the `vs before` columns compare each "
         "changed row with the row it changes (masked -> split coupling; torch's default AdamW -> fused "
         "AdamW, as `fit` now makes it; contiguous -> channels_last, as `fit(channels_last=True)`). See "

@@ -35,9 +35,10 @@ from flowlib.widgets import TemperatureGrid  # noqa: E402
 TARGET_MS = 1000.0
 
 MODELS = {
-    "digits 1x8x8 (L=2, K=4, 32 ch)": dict(shape=(1, 8, 8), levels=2, steps=4, hidden=32, blocks=1, bins=17),
-    "MNIST 1x32x32 (L=3, K=8, 64 ch)": dict(shape=(1, 32, 32), levels=3, steps=8, hidden=64, blocks=1,
-                                            bins=256),
+    "digits 1x8x8 (L=2, K=4, 32 ch)": dict(shape=(1, 8, 8), scales=2, depth=4, hidden=32, blocks=1,
+                                           grey_levels=17),
+    "MNIST 1x32x32 (L=3, K=8, 64 ch)": dict(shape=(1, 32, 32), scales=3, depth=8, hidden=64, blocks=1,
+                                            grey_levels=256),
 }
 
 

@@ -8,12 +8,12 @@
 
 The model: MNIST digits (1x28x28, 256 levels) padded to 1x32x32, a multi-scale Glow (Kingma &
 Dhariwal, 2018) with 3 levels of 8 steps and 64 hidden channels in every conditioner. Every
-flowlib row is ``flowlib.image_models.glow_image((1, 32, 32), levels=3, steps=8, hidden=64,
+flowlib row is ``flowlib.image_models.glow_image((1, 32, 32), scales=3, depth=8, hidden=64,
 blocks=1, ...)`` with one of its options, so that each change shows as a before / after pair:
 
 - masked -> split coupling: ``coupling="mask"`` (the masked ``AffineCoupling`` flowlib used
   before: the conditioner reads all C masked channels and writes 2C, half of them thrown away)
-  against ``coupling="split"`` (``AffineSplitCoupling``, now the default: C/2 -> 2 x C/2), for
+  against the sliced ``AffineCoupling`` (C/2 -> 2 x C/2, the only form today), for
   each of the two conditioners: ``conditioner="resnet"`` (the default: 3x3 conv in, one residual
   block of two 3x3 convs, zero 3x3 conv out) and ``conditioner="glow"`` (Glow's conv3x3 -> ReLU
   -> conv1x1 -> ReLU -> zero conv3x3, ``flowlib.convnets.GlowConditioner``, the network
@@ -74,7 +74,7 @@ NO_LU_CACHE = f"{GLOW_SPLIT}, LU weights rebuilt at every call (before)"
 
 
 def flowlib_glow(conditioner: str, coupling: str) -> Callable[[], nn.Module]:
-    return lambda: glow_image(SHAPE, levels=LEVELS, steps=STEPS, hidden=HIDDEN, blocks=1, bins=256,
+    return lambda: glow_image(SHAPE, scales=LEVELS, depth=STEPS, hidden=HIDDEN, blocks=1, grey_levels=256,
                               conditioner=conditioner, coupling=coupling)
 
 
