@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from flowlib.data.images import DIGITS_LEVELS, load_digits
+from flowlib.data.images import DIGITS_GREY_LEVELS, load_digits
 from flowlib.image_models import (
     count_parameters,
     glow_image,
@@ -111,7 +111,7 @@ def model_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def train_one(name: str, kwargs: dict[str, Any], data: dict[str, torch.Tensor],
               args: argparse.Namespace) -> tuple[dict[str, Any], FitResult]:
     torch.manual_seed(args.seed)
-    model = BUILDERS[name]((1, 8, 8), grey_levels=DIGITS_LEVELS, **kwargs)
+    model = BUILDERS[name]((1, 8, 8), grey_levels=DIGITS_GREY_LEVELS, **kwargs)
     # ActNorm's data-dependent start on the whole training set, not on the first small batch.
     model.initialize(data["train"])
     result = fit(model, data["train"], val_data=data["val"], test_data=data["test"], seconds=args.seconds,
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = model_configs(args)
     # fit takes float grey levels 0..16 (the image models dequantize them themselves).
     data = {split: load_digits(split)[0].float() for split in ("train", "val", "test")}
-    print(f"digits 8x8, {DIGITS_LEVELS} levels, train/val/test = "
+    print(f"digits 8x8, {DIGITS_GREY_LEVELS} levels, train/val/test = "
           f"{'/'.join(str(data[s].shape[0]) for s in ('train', 'val', 'test'))}; {args.seconds:.0f} s per "
           f"model; AdamW lr {args.lr:g} (warm-up {args.warmup} + cosine over the time budget), weight decay "
           f"{args.weight_decay:g}, batch {args.batch}, early stopping after {args.patience} validations; "
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['test_1']:>13.3f} {r['wall']:>7.1f}")
     print(f"test bpd: importance-weighted over {args.iw_samples} uniform-dequantization draws per image, "
           f"of the model with the best validation figure; best val and test (1 draw): one draw per image. "
-          f"Uniform noise on the 17 levels gives log2(17) = {math.log2(DIGITS_LEVELS):.3f}.")
+          f"Uniform noise on the 17 levels gives log2(17) = {math.log2(DIGITS_GREY_LEVELS):.3f}.")
     print()
     print("overfitting (bits/dim, one draw per image):")
     print(f"{'model':<8} {'best step':>9} {'val at best':>11} {'val at end':>10} {'train at end':>12} "

@@ -6,20 +6,18 @@
 
 All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps, at the same
 parameter count: that of the digits configuration of ``benchmarks/digits_bpd.py`` as flowlib built
-it before its split couplings, ``glow_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1,
-bins=17, coupling="mask")`` at the base commit c34e29c (190,752 parameters; today ``coupling=`` is
-ignored). Every other system's hidden width is searched
-so that its count is the nearest to that (benchmarks/peers.py, ``match_width``):
+it with masked couplings before it sliced them (190,752 parameters at commit 49f0667, the count
+the table of RESULTS.md was matched to; the masked form is no longer an option). Every system's
+hidden width is searched so that its count is the nearest to that (benchmarks/peers.py,
+``match_width``):
 
-- ``flowlib Glow (ResNet conditioner)``: ``glow_image`` with its defaults, split couplings
-  (``AffineCoupling`` slices: the conditioner reads the C/2 kept channels) and ResNet conditioners
+- ``flowlib Glow (ResNet conditioner)``: ``glow_image`` with its defaults, affine couplings
+  that slice the channels (the conditioner reads the C/2 kept channels) and ResNet conditioners
   (``blocks=1``), learned split priors;
 - ``flowlib Glow (Glow conditioner)``: the same with ``conditioner="glow"``, Glow's own
   conv3x3-ReLU-conv1x1-ReLU-zero conv3x3 network (``flowlib.convnets.GlowConditioner``);
 - ``normflows Glow``: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and
-  GlowBase priors, as in normflows' Glow example;
-- ``flowlib Glow, masked coupling (before)``: ``glow_image(..., coupling="mask")`` with ResNet
-  conditioners, the model flowlib built before the split couplings (the anchor of the count).
+  GlowBase priors, as in normflows' Glow example.
 
 Same data convention for all: the 17 grey levels of scikit-learn's digits (flowlib's fixed
 1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
@@ -59,13 +57,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
-from flowlib.data.images import DIGITS_LEVELS, load_digits  # noqa: E402
+from flowlib.data.images import DIGITS_GREY_LEVELS, load_digits  # noqa: E402
 from flowlib.image_models import glow_image, mean_bits_per_dim  # noqa: E402
 
 SHAPE = (1, 8, 8)
-LEVELS, STEPS, BLOCKS = 2, 4, 1
-#: The anchor of the parameter count: the digits Glow of digits_bpd.py as flowlib built it before.
-ANCHOR_HIDDEN = 32
+SCALES, DEPTH, BLOCKS = 2, 4, 1
+#: The parameter count every system is matched to: the digits Glow of digits_bpd.py as flowlib
+#: built it with masked couplings (hidden 32), before it sliced them.
+TARGET_PARAMETERS = 190_752
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,25 +88,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: The systems, in the table's order. Names may contain commas: ``--systems`` is split back into them.
-SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow",
-           "flowlib Glow, masked coupling (before)")
+SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow")
 DEFAULT = ",".join(SYSTEMS)
-ANCHOR = "flowlib Glow, masked coupling (before)"
 
 
 def maker(name: str) -> Callable[[int], nn.Module]:
     """hidden width -> the model ``name`` of :data:`SYSTEMS`."""
     def flowlib_glow(**options: str) -> Callable[[int], nn.Module]:
-        return lambda h: glow_image(SHAPE, scales=LEVELS, depth=STEPS, hidden=h, blocks=BLOCKS,
-                                    grey_levels=DIGITS_LEVELS, **options)
+        return lambda h: glow_image(SHAPE, scales=SCALES, depth=DEPTH, hidden=h, blocks=BLOCKS,
+                                    grey_levels=DIGITS_GREY_LEVELS, **options)
 
     makers = {
         "flowlib Glow (ResNet conditioner)": flowlib_glow(),
         "flowlib Glow (Glow conditioner)": flowlib_glow(conditioner="glow"),
         "normflows Glow":
-            lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, LEVELS, STEPS, h), SHAPE,
-                                                DIGITS_LEVELS),
-        ANCHOR: flowlib_glow(coupling="mask"),
+            lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, SCALES, DEPTH, h), SHAPE,
+                                                DIGITS_GREY_LEVELS),
     }
     if name not in makers:
         raise SystemExit(f"unknown system {name!r}; choose from {SYSTEMS}")
@@ -115,11 +111,8 @@ def maker(name: str) -> Callable[[int], nn.Module]:
 
 
 def width(name: str) -> int:
-    """The hidden width of ``name`` whose parameter count is the nearest to the anchor's."""
-    if name == ANCHOR:
-        return ANCHOR_HIDDEN
-    target = peers.count_parameters(maker(ANCHOR)(ANCHOR_HIDDEN))
-    return peers.match_width(maker(name), target, high=512)
+    """The hidden width of ``name`` whose parameter count is the nearest to :data:`TARGET_PARAMETERS`."""
+    return peers.match_width(maker(name), TARGET_PARAMETERS, high=512)
 
 
 def build(name: str, hidden: int, seed: int) -> nn.Module:

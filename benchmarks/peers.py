@@ -160,12 +160,10 @@ def _normflows(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn
 
 
 def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
-    """flowlib's own builders: ``realnvp_vector`` (split coupling, its default, or ``coupling="mask"``,
-    the masked coupling flowlib used before) and ``glow_vector`` (ActNorm, LU linear map, split coupling)."""
+    """flowlib's own builders: ``realnvp_vector`` (affine couplings that slice the vector) and
+    ``glow_vector`` (ActNorm, LU linear map, affine coupling)."""
     if kind == "realnvp":
         return realnvp_vector(dim, couplings=depth, hidden=hidden, layers=2)
-    if kind == "realnvp-mask":
-        return realnvp_vector(dim, couplings=depth, hidden=hidden, layers=2, coupling="mask")
     return glow_vector(dim, couplings=depth, hidden=hidden, layers=2)
 
 
@@ -173,7 +171,6 @@ def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.M
 VECTOR_SYSTEMS: dict[str, tuple[str, Callable[..., nn.Module], str, str]] = {
     "flowlib RealNVP": ("flowlib", _flowlib, "realnvp", "affine"),
     "flowlib Glow": ("flowlib", _flowlib, "glow", "affine"),
-    "flowlib RealNVP, masked coupling (before)": ("flowlib", _flowlib, "realnvp-mask", "affine"),
     "zuko MAF": ("zuko", _zuko, "maf", "affine"),
     "zuko NSF": ("zuko", _zuko, "nsf", "spline"),
     "nflows RealNVP": ("nflows", _nflows, "realnvp", "affine"),

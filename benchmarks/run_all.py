@@ -56,9 +56,8 @@ NOTES = {
         "Every system is trained by the same loop (Adam, warm-up + cosine over the budget, batch 512 "
         "doubled after 60 %, clipping at 5), side by side with the others (one step at a time, the system "
         "that has used the least of its budget next). Parameter counts are matched to flowlib's default "
-        "RealNVP (`realnvp_vector(2)`: 12 split couplings x 64 units) by choosing each system's hidden "
-        "width; spline flows have 6 layers, affine ones 12. `flowlib RealNVP, masked coupling (before)` is "
-        "`realnvp_vector(2, coupling=\"mask\")`, the coupling flowlib used before its split couplings. "
+        "RealNVP (`realnvp_vector(2)`: 12 affine couplings x 64 units) by choosing each system's hidden "
+        "width; spline flows have 6 layers, affine ones 12. "
         "The peers see the data standardised by a fixed affine map (mean/std of 8192 samples), flowlib's "
         "models standardise with their first ActNorm."
     ),
@@ -66,14 +65,14 @@ NOTES = {
         "Same dequantisation and bits/dim convention for all (17 levels, uniform noise, logit with "
         "alpha = 0.05; a uniform model scores 4.087), same optimiser and schedule (digits_bpd.py's recipe), "
         "best-validation weights restored, trained side by side. The parameter counts are matched to "
-        "`flowlib Glow, masked coupling (before)` (`glow_image(..., hidden=32, coupling=\"mask\")`, "
-        "flowlib's digits Glow before its split couplings) by choosing the others' hidden widths."
+        "190,752, the count of flowlib's digits Glow (hidden 32) when its couplings were masked, by "
+        "choosing each system's hidden width."
     ),
     "throughput": (
         "Ratios are measured in the same process, the systems alternating step by step. Every flowlib row "
         "is `glow_image((1, 32, 32), scales=3, depth=8, hidden=64, blocks=1)` with the options its name "
         "gives; `(before)` marks what flowlib did before a change, and the `vs before` columns compare each "
-        "changed row with the row it changes (masked -> split coupling; torch's default AdamW -> fused "
+        "changed row with the row it changes (torch's default AdamW -> fused "
         "AdamW, as `fit` now makes it; contiguous -> channels_last, as `fit(channels_last=True)`). See "
         "benchmarks/README.md, 'Speed work'."
     ),

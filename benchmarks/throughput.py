@@ -4,27 +4,27 @@
     python benchmarks/throughput.py --device cuda --train-batch 256 --sample-batch 1024
     python benchmarks/throughput.py --profile            # + the top operators of one training step
     python benchmarks/throughput.py --compile            # + torch.compile rows (minutes of compiling)
-    python benchmarks/throughput.py --vector             # + the toys' RealNVP: masked vs split, fused AdamW
+    python benchmarks/throughput.py --vector             # + the toys' RealNVP: AdamW vs fused AdamW
 
 The model: MNIST digits (1x28x28, 256 levels) padded to 1x32x32, a multi-scale Glow (Kingma &
 Dhariwal, 2018) with 3 levels of 8 steps and 64 hidden channels in every conditioner. Every
 flowlib row is ``flowlib.image_models.glow_image((1, 32, 32), scales=3, depth=8, hidden=64,
 blocks=1, ...)`` with one of its options, so that each change shows as a before / after pair:
 
-- masked -> split coupling: ``coupling="mask"`` (the masked ``AffineCoupling`` flowlib used
-  before: the conditioner reads all C masked channels and writes 2C, half of them thrown away)
-  against the sliced ``AffineCoupling`` (C/2 -> 2 x C/2, the only form today), for
-  each of the two conditioners: ``conditioner="resnet"`` (the default: 3x3 conv in, one residual
-  block of two 3x3 convs, zero 3x3 conv out) and ``conditioner="glow"`` (Glow's conv3x3 -> ReLU
-  -> conv1x1 -> ReLU -> zero conv3x3, ``flowlib.convnets.GlowConditioner``, the network
-  normflows uses: with the split coupling the model has normflows' architecture);
+- the two conditioners of flowlib's one ``Coupling`` (it slices the channels: the conditioner
+  reads the C/2 kept channels and writes 2 x C/2): ``conditioner="resnet"`` (the default: 3x3
+  conv in, one residual block of two 3x3 convs, zero 3x3 conv out) and ``conditioner="glow"``
+  (Glow's conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``flowlib.convnets.GlowConditioner``,
+  the network normflows uses: with it the model has normflows' architecture). The masked form
+  that flowlib used before (the conditioner read all C masked channels and wrote 2C) no longer
+  exists as an option; its before/after figures, measured at commit 49f0667, stay in RESULTS.md;
 - ``normflows Glow``: normflows' GlowBlocks and GlowBase priors as its Glow example builds them,
   the reference of the ratio columns;
-- AdamW -> fused AdamW: the split Glow-conditioner model trained with ``AdamW(fused=True)``
+- AdamW -> fused AdamW: the Glow-conditioner model trained with ``AdamW(fused=True)``
   (one kernel for all parameters), what ``flowlib.train.fit`` now makes, against torch's
   default AdamW (a loop over the parameters on a CPU), what it made before; every other row
   uses the default AdamW (weight decay 0, as ``fit``'s default);
-- contiguous -> channels_last (``--channels-last``): the split Glow-conditioner model and
+- contiguous -> channels_last (``--channels-last``): the Glow-conditioner model and
   normflows with ``torch.channels_last`` model and batches, as ``fit(channels_last=True)``;
 - with ``--compile``: the same two with the loss (and the sampler) under ``torch.compile``.
 
@@ -63,29 +63,25 @@ from flowlib.linear import InvertibleLinearLU  # noqa: E402
 from flowlib.models import realnvp_vector  # noqa: E402
 
 SHAPE = (1, 32, 32)
-LEVELS, STEPS, HIDDEN = 3, 8, 64
+SCALES, DEPTH, HIDDEN = 3, 8, 64
 
-RESNET_MASK = "flowlib glow_image ResNet, masked (before)"
-RESNET_SPLIT = "flowlib glow_image ResNet, split"
-GLOW_MASK = "flowlib glow_image Glow conditioner, masked (before)"
-GLOW_SPLIT = "flowlib glow_image Glow conditioner, split"
+RESNET_SPLIT = "flowlib glow_image ResNet"
+GLOW_SPLIT = "flowlib glow_image Glow conditioner"
 NORMFLOWS = "normflows Glow"
 NO_LU_CACHE = f"{GLOW_SPLIT}, LU weights rebuilt at every call (before)"
 
 
-def flowlib_glow(conditioner: str, coupling: str) -> Callable[[], nn.Module]:
-    return lambda: glow_image(SHAPE, scales=LEVELS, depth=STEPS, hidden=HIDDEN, blocks=1, grey_levels=256,
-                              conditioner=conditioner, coupling=coupling)
+def flowlib_glow(conditioner: str) -> Callable[[], nn.Module]:
+    return lambda: glow_image(SHAPE, scales=SCALES, depth=DEPTH, hidden=HIDDEN, blocks=1, grey_levels=256,
+                              conditioner=conditioner)
 
 
 def systems(channels_last: bool, compiled: bool) -> dict[str, tuple[Callable[[], nn.Module], str | None]]:
     """Row name -> (model builder, the row it is the "after" of, or None); a row's name says its options."""
     out: dict[str, tuple[Callable[[], nn.Module], str | None]] = {
-        RESNET_MASK: (flowlib_glow("resnet", "mask"), None),
-        RESNET_SPLIT: (flowlib_glow("resnet", "split"), RESNET_MASK),
-        GLOW_MASK: (flowlib_glow("glow", "mask"), None),
-        GLOW_SPLIT: (flowlib_glow("glow", "split"), GLOW_MASK),
-        NORMFLOWS: (lambda: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, LEVELS, STEPS, HIDDEN),
+        RESNET_SPLIT: (flowlib_glow("resnet"), None),
+        GLOW_SPLIT: (flowlib_glow("glow"), None),
+        NORMFLOWS: (lambda: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, SCALES, DEPTH, HIDDEN),
                                                       SHAPE, 256), None),
     }
     out[f"{GLOW_SPLIT} + fused AdamW"] = (out[GLOW_SPLIT][0], GLOW_SPLIT)
@@ -179,15 +175,14 @@ def profile_step(system: System, n: int, rows: int = 12) -> str:
 
 def vector_table(args: argparse.Namespace, clock: Callable[[], float], rounds: int = 40) -> None:
     """Training steps/s of the toys' RealNVP (d = 2, 12 couplings x 64 units, batch 512, clipping):
-    ``realnvp_vector(2, coupling="mask")`` (before) against ``coupling="split"`` (the default), each with
-    torch's default AdamW (before) and ``AdamW(fused=True)`` (what ``fit`` now makes)."""
+    ``realnvp_vector(2)`` with torch's default AdamW (before) and ``AdamW(fused=True)`` (what ``fit``
+    now makes)."""
     x = torch.randn(512, 2, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
     rows = {}
-    for model_name, coupling in (("realnvp_vector, masked coupling (before)", "mask"),
-                                 ("realnvp_vector, split coupling", "split")):
+    for model_name in ("realnvp_vector",):
         for fused in (False, True):
             torch.manual_seed(args.seed)
-            model = realnvp_vector(2, coupling=coupling).to(args.device)
+            model = realnvp_vector(2).to(args.device)
             model.train()
             with torch.no_grad():
                 model.log_prob(x)
@@ -211,8 +206,8 @@ def vector_table(args: argparse.Namespace, clock: Callable[[], float], rounds: i
             times.append(timed(lambda m=model, o=opt: step(m, o), clock, cuda))
     base = statistics.median(next(iter(rows.values()))[2])
     print(f"\nA training step of the toys' RealNVP (d = 2, 12 couplings x 64 units, batch 512, clipping), "
-          f"median of {rounds} alternated rounds; the speed-up is against the first row (masked coupling, "
-          f"torch's default AdamW: flowlib before both changes):\n")
+          f"median of {rounds} alternated rounds; the speed-up is against the first row (torch's "
+          f"default AdamW: flowlib before fused AdamW):\n")
     print("| variant | params | ms/step | speed-up |")
     print("|---|---:|---:|---:|")
     for name, (model, _, times) in rows.items():
@@ -231,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
     p.add_argument("--profile", action="store_true", help="print the top operators of a training step")
     p.add_argument("--vector", action="store_true",
-                   help="also time the toys' RealNVP: masked vs split coupling, AdamW vs fused AdamW")
+                   help="also time the toys' RealNVP: AdamW vs fused AdamW")
     p.add_argument("--device", default="cpu")
     p.add_argument("--clock", default=None, choices=["cpu", "wall"],
                    help="default: cpu on a CPU, wall on CUDA")
@@ -281,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             return "-"
         return f"{rate(getattr(s, times), n) / rate(getattr(before, times), n):.2f}"
 
-    print(f"Glow on 1x32x32 (MNIST padded; data: {source}), {LEVELS} levels x {STEPS} steps, {HIDDEN} "
+    print(f"Glow on 1x32x32 (MNIST padded; data: {source}), {SCALES} scales x {DEPTH} steps, {HIDDEN} "
           f"hidden channels; {args.device}, {torch.get_num_threads()} torch thread(s), {clock_name} clock; "
           f"training batch {args.train_batch}, sampling batch {args.sample_batch}; median of {args.rounds} "
           f"alternated rounds after {args.warmup} warm-up steps.\n")

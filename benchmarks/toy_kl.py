@@ -29,8 +29,8 @@ What made the difference within a small CPU budget (each choice is a flag; compa
 
 Measured on the 2-core development machine (shared with other jobs, so timings vary),
 defaults, 200k samples for the KL (standard error <= 0.001), with the masked couplings flowlib
-used then (``--coupling mask`` builds them again; the default is now the split coupling, 53,068
-parameters, compared side by side with the masked one in toys_vs_peers.py)::
+used then (55,396 parameters; today's one ``Coupling`` slices the vector, 53,068 parameters, and
+its figures are in RESULTS.md)::
 
     toy              params   120 s CPU time (--clock cpu)   120 s wall clock (load ~4)
     eight_gaussians  55,396   5913 steps, KL 0.033           4279 steps, KL 0.043
@@ -90,8 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads (0: PyTorch's choice); one is fastest for these tiny matrices, "
                         "more threads only add synchronisation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--coupling", choices=("split", "mask"), default="split",
-                   help="flowlib's split (sliced) couplings or the masked ones")
     return p.parse_args(argv)
 
 
@@ -101,7 +99,7 @@ def train_one(name: str, args: argparse.Namespace) -> dict[str, float]:
     g = torch.Generator().manual_seed(args.seed)
     model = realnvp(2, couplings=args.couplings, hidden=args.hidden, layers=args.layers,
                     actnorm=not args.no_actnorm, clamp=args.clamp, mixing=args.mixing,
-                    activation=ACTIVATIONS[args.activation], seed=args.seed, coupling=args.coupling)
+                    activation=ACTIVATIONS[args.activation], seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
         raise SystemExit(f"{name}: {n_params} parameters exceed the limit of {MAX_PARAMS}")

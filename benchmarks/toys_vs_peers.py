@@ -5,10 +5,9 @@
     python benchmarks/toys_vs_peers.py --systems "flowlib RealNVP,zuko NSF" --toys two_moons
     python benchmarks/toys_vs_peers.py --jobs 2                  # two (toy, budget) runs at a time
 
-Systems (benchmarks/peers.py): flowlib's ``realnvp_vector`` (its default, split couplings: the
-conditioner reads the kept coordinates only), ``glow_vector`` (ActNorm, LU linear map, split
-coupling) and ``realnvp_vector(coupling="mask")``, the masked coupling flowlib used before
-(row "flowlib RealNVP, masked coupling (before)"); zuko's MAF and NSF, nflows' RealNVP, MAF and
+Systems (benchmarks/peers.py): flowlib's ``realnvp_vector`` (affine couplings that slice the vector: the
+conditioner reads the kept coordinates only), ``glow_vector`` (ActNorm, LU linear map, affine
+coupling); zuko's MAF and NSF, nflows' RealNVP, MAF and
 NSF, normflows' RealNVP and NSF. All have (close to) the same number of parameters: each family
 has a fixed depth (``--depth`` affine layers, ``--spline-depth`` spline layers) and its hidden
 width is searched so that its count is nearest to that of flowlib's default RealNVP
