@@ -131,3 +131,19 @@ def test_public_api_has_examples():
     total = sum(len(t.examples) for name in ("flowlib._checks", "flowlib._modules", "flowlib.core")
                 for t in finder.find(importlib.import_module(name)))
     assert total >= 10
+
+
+def _readme_module_map() -> set[str]:
+    """The entries of the module map in README.md: the first column of the block under ``flowlib/``."""
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split("```\nflowlib/\n", 1)[1].split("```", 1)[0]
+    # Entries start two spaces in; continuation lines of a description are indented further.
+    return {line.split()[0] for line in block.splitlines() if line.startswith("  ") and line[2] != " "}
+
+
+def test_readme_module_map_matches_the_tree() -> None:
+    on_disk = {p.name for p in ROOT.glob("*.py") if p.name != "__init__.py"}
+    on_disk |= {p.name + "/" for p in ROOT.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    listed = _readme_module_map()
+    assert listed == on_disk, (f"README.md's module map lists {sorted(listed - on_disk)} that do not "
+                               f"exist and misses {sorted(on_disk - listed)}")
