@@ -16,20 +16,22 @@ or a plain callable ``x -> log p(x)`` can be measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from flowlib._checks import choice, integer, renamed
+from flowlib._modules import evaluating, placement
 from flowlib.core import FlowInputError
 
 __all__ = [
     "Bounds",
     "LogProbLike",
     "bits_per_dim",
+    "box_bounds",
     "KLEstimate",
     "kl_divergence",
     "kl_divergence_estimate",
@@ -86,16 +88,12 @@ def bits_per_dim(log_prob_nats: Tensor | float, num_dims: int, grey_levels: int 
     >>> bits_per_dim(torch.tensor([0.0]), 784, grey_levels=256)
     tensor([8.])
     """
-    from flowlib._checks import integer, renamed
-
     grey_levels = renamed(deprecated, {"levels": "grey_levels"}, "bits_per_dim").get("grey_levels",
                                                                                       grey_levels)
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims <= 0:
-        raise FlowInputError(f"bits_per_dim: num_dims must be a positive integer, got {num_dims!r}")
+    num_dims = integer(num_dims, "num_dims", "bits_per_dim")
     if grey_levels is not None:
         grey_levels = integer(grey_levels, "grey_levels (K, or None)", "bits_per_dim", minimum=2)
-    if reduction not in ("none", "mean"):
-        raise FlowInputError(f"bits_per_dim: reduction must be 'none' or 'mean', got {reduction!r}")
+    choice(reduction, "reduction", ("none", "mean"), "bits_per_dim")
     lp = log_prob_nats if isinstance(log_prob_nats, Tensor) else torch.tensor(float(log_prob_nats))
     bpd = -lp / (num_dims * _LN2)
     if grey_levels is not None:
@@ -114,43 +112,6 @@ class KLEstimate:
 
     def __float__(self) -> float:
         return self.value
-
-
-def _owner(model: object) -> object:
-    """The module behind a bound method such as ``model.log_prob`` (else the object itself)."""
-    owner = getattr(model, "__self__", None)
-    return owner if isinstance(owner, torch.nn.Module) else model
-
-
-def _device_and_dtype(model: object) -> tuple[torch.device, torch.dtype]:
-    """Where the model's log_prob expects its input: the device/dtype of its first tensor."""
-    model = _owner(model)
-    if isinstance(model, torch.nn.Module):
-        for t in (*model.parameters(), *model.buffers()):
-            if t.is_floating_point():
-                return t.device, t.dtype
-        for t in (*model.parameters(), *model.buffers()):
-            return t.device, torch.get_default_dtype()
-    return torch.device("cpu"), torch.get_default_dtype()
-
-
-@contextmanager
-def _evaluating(model: object) -> Iterator[None]:
-    """Score in eval mode and under no_grad, then restore the modules' modes.
-
-    A metric must not change the model: in training mode the first call would initialise
-    an uninitialised ActNorm on the metric's batch, and dropout would add noise.
-    """
-    model = _owner(model)
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _log_prob_fn(model_or_fn: object, who: str) -> Callable[[Tensor], Tensor]:
@@ -175,17 +136,15 @@ def kl_divergence_estimate(toy: _Sampler, model: LogProbLike, n: int = 100_000, 
     the sums are kept in float64. The standard error is std(log-ratio) / sqrt(n).
     """
     who = "kl_divergence"
-    for name, value in (("n", n), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise FlowInputError(f"{who}: {name} must be a positive integer, got {value!r}")
+    n, batch = integer(n, "n", who), integer(batch, "batch", who)
     if not isinstance(toy, _Sampler):
         raise FlowInputError(f"{who}: the data must have sample(n, generator) and log_prob, "
                              f"got {type(toy).__name__}")
     log_q = _log_prob_fn(model, who)
-    device, dtype = _device_and_dtype(model)
+    device, dtype = placement(model)
     total = total_sq = 0.0
     done = 0
-    with _evaluating(model):
+    with evaluating(model):
         while done < n:
             m = min(batch, n - done)
             x = toy.sample(m, generator=generator)
@@ -216,8 +175,12 @@ def kl_divergence(toy: _Sampler, model: LogProbLike, n: int = 100_000, batch: in
 Bounds = float | tuple[float, float] | tuple[tuple[float, float], tuple[float, float]]
 
 
-def _box(bounds: Bounds, who: str) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(x_lo, x_hi), (y_lo, y_hi) from L, (lo, hi) or ((x_lo, x_hi), (y_lo, y_hi))."""
+def box_bounds(bounds: Bounds, who: str = "box_bounds") -> tuple[tuple[float, float], tuple[float, float]]:
+    """((x_lo, x_hi), (y_lo, y_hi)) from L (the square [-L, L]^2), (lo, hi) or the pair of intervals.
+
+    >>> box_bounds(2)
+    ((-2.0, 2.0), (-2.0, 2.0))
+    """
     try:
         if isinstance(bounds, (int, float)):
             box = ((-float(bounds), float(bounds)),) * 2
@@ -247,17 +210,16 @@ def density_on_grid(log_prob_fn: LogProbLike, bounds: Bounds, resolution: int = 
     batches, in eval mode under ``torch.no_grad``, on the model's device and dtype.
     """
     who = "density_on_grid"
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise FlowInputError(f"{who}: resolution must be an integer >= 2, got {resolution!r}")
-    (x_lo, x_hi), (y_lo, y_hi) = _box(bounds, who)
+    resolution = integer(resolution, "resolution", who, minimum=2)
+    (x_lo, x_hi), (y_lo, y_hi) = box_bounds(bounds, who)
     fn = _log_prob_fn(log_prob_fn, who)
-    device, dtype = _device_and_dtype(log_prob_fn)
+    device, dtype = placement(log_prob_fn)
     cells = torch.arange(resolution, dtype=torch.float64) + 0.5
     xs = x_lo + (x_hi - x_lo) / resolution * cells
     ys = y_lo + (y_hi - y_lo) / resolution * cells
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     points = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1)
-    with _evaluating(log_prob_fn):
+    with evaluating(log_prob_fn):
         values = [fn(chunk.to(device=device, dtype=dtype)).to(device="cpu", dtype=torch.float64)
                   for chunk in points.split(batch)]
     log_p = torch.cat(values).reshape(resolution, resolution)
@@ -278,7 +240,7 @@ def integrate_density_2d(model_or_log_prob_fn: LogProbLike, bounds: Bounds | Non
         bounds = getattr(model_or_log_prob_fn, "bounds", None)
         if bounds is None:
             raise FlowInputError(f"{who}: pass bounds=L or (lo, hi) for a box that holds the density's mass")
-    (x_lo, x_hi), (y_lo, y_hi) = _box(bounds, who)
+    (x_lo, x_hi), (y_lo, y_hi) = box_bounds(bounds, who)
     _, _, density = density_on_grid(model_or_log_prob_fn, bounds, resolution=resolution, batch=batch)
     cell_area = (x_hi - x_lo) * (y_hi - y_lo) / resolution**2
     return float(density.sum() * cell_area)

@@ -33,7 +33,7 @@ from torch import Tensor
 from flowlib._checks import FlowInputError, choice, integer
 from flowlib._modules import evaluating, placement
 from flowlib.core import Compose, Flow
-from flowlib.metrics import Bounds, LogProbLike, density_on_grid
+from flowlib.metrics import Bounds, LogProbLike, box_bounds, density_on_grid
 
 __all__ = [
     "plot_density_2d",
@@ -51,16 +51,6 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (4.0, 4.0)) -> Axes:
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
-
-
-def _box(bounds: Bounds) -> tuple[tuple[float, float], tuple[float, float]]:
-    """((x_lo, x_hi), (y_lo, y_hi)) from L, (lo, hi) or the pair of intervals."""
-    if isinstance(bounds, (int, float)):
-        return (-float(bounds), float(bounds)), (-float(bounds), float(bounds))
-    if isinstance(bounds[0], (int, float)):
-        return (float(bounds[0]), float(bounds[1])), (float(bounds[0]), float(bounds[1]))
-    (a, b), (c, d) = bounds
-    return (float(a), float(b)), (float(c), float(d))
 
 
 def _numpy(x: Tensor | np.ndarray | Sequence) -> np.ndarray:
@@ -86,7 +76,7 @@ def plot_density_2d(model: LogProbLike, bounds: Bounds | None = None, resolution
     (lo, hi) or ((x_lo, x_hi), (y_lo, y_hi)), by default the model's own ``bounds`` or 4.
     """
     bounds = _default_bounds(model, bounds)
-    (x_lo, x_hi), (y_lo, y_hi) = _box(bounds)
+    (x_lo, x_hi), (y_lo, y_hi) = box_bounds(bounds, "plot_density_2d")
     _, _, values = density_on_grid(model, bounds, resolution=resolution, log=log)
     values = values.numpy()
     if log:
@@ -114,7 +104,7 @@ def plot_samples_2d(samples: Tensor | np.ndarray, ax: Axes | None = None, bounds
     ax = _axes(ax)
     ax.scatter(points[:, 0], points[:, 1], s=s, alpha=alpha, color=color, c=c, linewidths=0, **scatter_kwargs)
     if bounds is not None:
-        (x_lo, x_hi), (y_lo, y_hi) = _box(bounds)
+        (x_lo, x_hi), (y_lo, y_hi) = box_bounds(bounds, "plot_samples_2d")
         ax.set(xlim=(x_lo, x_hi), ylim=(y_lo, y_hi))
     ax.set_aspect("equal", adjustable="box")
     if title is not None:
