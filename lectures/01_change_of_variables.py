@@ -68,6 +68,7 @@ from torch import Tensor
 from flowlib import Compose, FlowModel, StandardNormal
 from flowlib.elementwise import Affine, MixtureLogisticCDF, SinhArcsinh
 from flowlib.train import fit
+from flowlib.viz import plot_training_curve
 from flowlib.widgets import ChangeOfVariables1D
 
 torch.manual_seed(0)
@@ -641,8 +642,9 @@ print("training data:", tuple(x_train.shape))
 # `SinhArcsinh` layer to fix skew and tails, and a final `Affine`. `FlowModel` adds the base
 # density and gives `log_prob(x)` and `sample(n)`; `flowlib.train.fit` minimises the mean
 # negative log-likelihood with Adam, a warm-up and a cosine learning-rate schedule, and shows
-# a progress bar. It reports the loss in *bits per dimension*, the NLL divided by $\ln 2$
-# (here there is one dimension), the unit of the image lectures.
+# a progress bar. It reports the loss in *nats*: the mean negative log-likelihood
+# $\mathcal L(\theta)$ itself, with the natural logarithm (the image lectures will report bits
+# per dimension instead).
 
 # %%
 model = FlowModel(
@@ -676,7 +678,7 @@ ax_fit.plot(x, data_dist.log_prob(x).exp(), color="0.3", ls="--", label="true de
 ax_fit.plot(x, p_model, color="C3", lw=2, label="flow $p_X(x)$")
 ax_fit.set(xlabel="x", title="the fitted density")
 ax_fit.legend(frameon=False, fontsize=8)
-result.plot(ax=ax_loss)
+plot_training_curve(result, ax=ax_loss)
 ax_loss.set_title("training loss")
 plt.show()
 
