@@ -602,7 +602,13 @@ for ax, (alpha, beta, vmax) in zip(axes, [(0.5, 1.5, None), (0.5, -0.3, 0.3)], s
     ax.legend(loc="lower left", fontsize=8)
 plt.show()
 
-radial_3d, z_r = Radial.example(torch.Generator().manual_seed(4))
+gen = torch.Generator().manual_seed(4)
+radial_3d = Radial(3)
+with torch.no_grad():
+    radial_3d.z0.copy_(0.5 * torch.randn(3, generator=gen))
+    radial_3d.alpha_raw.copy_(0.3 * torch.randn((), generator=gen))
+    radial_3d.beta_raw.copy_(0.5 + 0.3 * torch.randn((), generator=gen))
+z_r = torch.randn(5, 3, generator=gen)
 radial_3d, z_r = radial_3d.double(), z_r.double()
 with torch.no_grad():
     x_r, logdet_radial = radial_3d.inverse(z_r)
