@@ -7,7 +7,12 @@
 - :mod:`~flowlib.train.objective`: what is minimised, read from the model (``loss``,
   ``loss_unit``), never guessed;
 - :mod:`~flowlib.train.result`: :class:`FitResult` and :class:`TrainingError`;
-- :mod:`~flowlib.train.checkpoint`: atomic, weights-only checkpoints and random-generator states;
+- :mod:`~flowlib.train.checkpoint`: atomic, weights-only checkpoints with a checksum of their
+  tensors, and random-generator states;
+- :mod:`~flowlib.train.lock`: one run per checkpoint path (:class:`CheckpointInUse` for a second);
+- :mod:`~flowlib.train.resume`: a resume continues the same experiment (options compared,
+  ``resume_changes``, epochs counted in samples);
+- :mod:`~flowlib.train.evaluation`: validation (a non-finite figure stops the run), the result;
 - :mod:`~flowlib.train.schedule`, :mod:`~flowlib.train.batches`, :mod:`~flowlib.train.runtime`,
   :mod:`~flowlib.train.ddp`: the learning-rate curve, the resumable data order, the device and
   precision, DistributedDataParallel.
@@ -22,9 +27,10 @@ from __future__ import annotations
 
 from flowlib.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from flowlib.train.config import FitConfig
+from flowlib.train.lock import CheckpointInUse
 from flowlib.train.loop import fit
 from flowlib.train.result import FitResult, TrainingError
 from flowlib.train.state import History, RunState
 
-__all__ = ["fit", "FitResult", "TrainingError", "FitConfig", "RunState", "History", "save_checkpoint",
-           "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["fit", "FitResult", "TrainingError", "CheckpointInUse", "FitConfig", "RunState", "History",
+           "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]

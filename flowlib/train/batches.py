@@ -121,6 +121,10 @@ def first(batch: Any) -> Tensor:
 
 def check(x: Tensor, event_shape: tuple[int, ...] | None, where: str) -> None:
     """Shape, dtype and finiteness (:func:`flowlib.core.check_data`), for models with or without a shape."""
+    if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+        # A model would fail deep inside (a reshape of 0 elements), far from the cause.
+        raise FlowInputError(f"{where} is empty (0 samples, shape {tuple(x.shape)}); every batch needs at "
+                             "least one sample: check the loader's dataset, sampler or filter")
     if event_shape is not None:
         check_data(x, event_shape, x.device, where)
         return
@@ -140,6 +144,11 @@ def check_source(data: Any, event_shape: tuple[int, ...] | None, where: str) -> 
         if data.dim() >= 1 and data.shape[0] == 0:
             raise FlowInputError(f"{where}: the data is empty")
         check(data, event_shape, where)
+    elif _plain_values(data):
+        # Iterating a list of numbers (or an array) would give numbers, not batches.
+        raise FlowInputError(f"{where} is a {type(data).__name__} of values; expected a torch.Tensor of "
+                             "shape (batch, ...) or a DataLoader: convert it with "
+                             "torch.as_tensor(data, dtype=torch.float32)")
     elif isinstance(data, Iterable):
         try:
             batch = next(iter(data))
@@ -150,15 +159,30 @@ def check_source(data: Any, event_shape: tuple[int, ...] | None, where: str) -> 
         raise FlowInputError(f"{where}: expected a tensor or a DataLoader, got {type(data).__name__}")
 
 
-def eval_batches(data: Any, batch_size: int, rank: int, world: int) -> Iterator[Tensor]:
+def _plain_values(data: Any) -> bool:
+    """A list, tuple or NumPy array of numbers (not an iterable of batch tensors)."""
+    if isinstance(data, np.ndarray):
+        return True
+    if isinstance(data, (list, tuple)) and data:
+        item = data[0]
+        return not isinstance(item[0] if isinstance(item, (list, tuple)) and item else item, Tensor)
+    return False
+
+
+def eval_batches(data: Any, batch_size: int, rank: int, world: int, name: str = "the evaluation data"
+                 ) -> Iterator[Tensor]:
     """Validation or test batches: this process's share of a tensor in order, or the whole loader."""
     if isinstance(data, Tensor):
         mine = data[rank::world]
         for i in range(0, mine.shape[0], batch_size):
             yield mine[i:i + batch_size]
     else:
-        for batch in data:
-            yield first(batch)
+        for i, batch in enumerate(data):
+            x = first(batch)
+            if x.dim() >= 1 and x.shape[0] == 0:
+                raise FlowInputError(f"fit: batch {i} of {name} is empty (0 samples); "
+                                     "every batch needs at least one sample: check the loader's dataset")
+            yield x
 
 
 def place(data: Any, device: torch.device) -> Any:

@@ -12,14 +12,21 @@ NumPy are converted to tensors by :func:`rng_state`.
 
 :func:`save_run` and :func:`load_run` write and read a whole training run (its
 :class:`~flowlib.train.state.RunState` and its configuration as plain values); they are the
-one place where a resume meets the file, so a lock on the path, a comparison of the stored
-configuration with the new one and checksums of the tensors belong here.
+one place where a resume meets the file. (The lock on the path is :mod:`~flowlib.train.lock`,
+the comparison of the stored configuration with the new one :mod:`~flowlib.train.resume`.)
+
+Integrity: ``torch.load`` notices a truncated file but not a flipped byte inside a tensor
+record. Every dict written by :func:`save_checkpoint` therefore records
+:func:`flowlib._integrity.state_checksum` of its tensors (under ``"tensor_sha256"``), and
+:func:`load_checkpoint` verifies it, naming the file and what to do. A file written before
+checksums were recorded loads as before (:func:`load_run` warns that it is not verified).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 
 from flowlib._checks import FlowInputError
+from flowlib._integrity import CHECKSUM_KEY, verify_checksum, with_checksum
 from flowlib._io import atomic_write
 from flowlib.train.state import FORMAT, RunState
 
@@ -36,29 +44,42 @@ __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically; on any error an existing file is left untouched.
 
+    A dict gets the checksum of its tensors (``"tensor_sha256"``), which :func:`load_checkpoint`
+    verifies; a stale one from an earlier load is replaced.
+
     >>> import tempfile, pathlib
     >>> p = save_checkpoint({"step": 3}, pathlib.Path(tempfile.mkdtemp()) / "run.pt")
     >>> load_checkpoint(p)["step"]
     3
     """
     path = Path(path)
+    blob = with_checksum(state) if isinstance(state, dict) else state
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        torch.save(blob, f)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    who: str = "load_checkpoint", remedy: str = "delete it, or restore it from a copy"
+                    ) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (tensors and plain containers only).
+
+    The checksum of its tensors, when it records one, is verified: a mismatch raises
+    :class:`flowlib._integrity.IntegrityError` (a FlowInputError) naming the file, ``who`` reads
+    it and what to do (``remedy``).
+    """
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
         raise RuntimeError(
-            f"load_checkpoint: could not read {path} ({type(err).__name__}: {err}). "
+            f"{who}: could not read {path} ({type(err).__name__}: {err}). "
             "If the file is corrupt or from an older version, delete it or start with resume=False."
         ) from err
+    verify_checksum(blob, path, who, remedy)
+    return blob
 
 
 def save_run(path: Path, state: RunState, config: dict[str, Any]) -> None:
@@ -72,11 +93,15 @@ def load_run(path: Path, where: str) -> tuple[RunState, dict[str, Any] | None]:
     A file of another kind (or of the format before the run's state was one value) is refused
     with a message that says how to start over.
     """
-    blob = load_checkpoint(path)
+    blob = load_checkpoint(path, who="fit", remedy="delete it or pass resume=False to start over")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise FlowInputError(f"{where} was not written by this version of flowlib.train.fit (format "
                              f"{found!r}, expected {FORMAT!r}); pass resume=False to overwrite it")
+    if CHECKSUM_KEY not in blob:
+        warnings.warn(f"{where} records no checksum of its tensors (written before flowlib recorded them), "
+                      "so a corrupted weight would go unnoticed; it is resumed as it is, and the next "
+                      "checkpoint records one", stacklevel=4)
     return RunState.from_dict(blob), blob.get("config")
 
 

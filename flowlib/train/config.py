@@ -132,10 +132,15 @@ class FitConfig:
     def from_dict(cls, d: dict[str, Any]) -> FitConfig:
         return cls.build(**d)
 
-    def plan(self, steps_per_epoch: int | None) -> Plan:
-        """The step budget and the periods, once the number of batches per epoch is known (None: unknown)."""
+    def plan(self, steps_per_epoch: int | None, epochs_end: int | None = None) -> Plan:
+        """The step budget and the periods, once the number of batches per epoch is known (None: unknown).
+
+        ``epochs_end``: the step where the epochs budget ends when it is not ``epochs *
+        steps_per_epoch`` (a resume with another batch size; epochs are counted in samples).
+        """
         spe = steps_per_epoch
-        by_epochs = self.epochs * spe if self.epochs and spe else None
+        by_epochs = epochs_end if epochs_end is not None else (self.epochs * spe if self.epochs and spe
+                                                               else None)
         totals = [t for t in (self.steps, by_epochs) if t is not None]
         total = min(totals) if totals else None
         warmup = self.warmup_steps

@@ -12,9 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, inputs_checked
-from flowlib._modules import evaluating, training
+from flowlib._modules import training
 from flowlib.train import ddp
-from flowlib.train.batches import LoaderBatches, TensorBatches, batches_of, check_source, eval_batches, place
-from flowlib.train.checkpoint import load_run, rng_state, save_run, set_rng_state
-from flowlib.train.config import FitConfig, Plan
+from flowlib.train.batches import batches_of, check_source, place
+from flowlib.train.checkpoint import rng_state, save_run
+from flowlib.train.config import FitConfig
+from flowlib.train.evaluation import Setup, evaluate, result_of, validate
+from flowlib.train.lock import CheckpointLock
 from flowlib.train.objective import LossFn, LossModule, Objective
 from flowlib.train.result import FitResult, TrainingError
-from flowlib.train.runtime import Clock, Runtime, StopOnInterrupt, prepare, seed_everything
+from flowlib.train.resume import changes, check_budget, epochs_end, resume
+from flowlib.train.runtime import Clock, StopOnInterrupt, check_device, prepare, seed_everything
 from flowlib.train.schedule import lr_factor, progress
 from flowlib.train.state import RunState
 
@@ -39,7 +40,8 @@ __all__ = ["fit"]
 
 def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | Iterable | None = None,
         test_data: Tensor | Iterable | None = None, loss_fn: LossFn | None = None,
-        config: FitConfig | None = None, **options: Any) -> FitResult:
+        config: FitConfig | None = None, resume_changes: Iterable[str] | str = (),
+        **options: Any) -> FitResult:
     """Train ``model`` by maximum likelihood on ``train_data`` and return a :class:`FitResult`.
 
     The model states what is minimised: the batch mean of ``model.loss(x)``, reported in
@@ -72,6 +74,13 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
       ``restore_best`` (True: the best validation weights are loaded at the end), ``checkpoint``
       (a path, written atomically every ``checkpoint_every`` steps, default ``eval_every``, and
       at the end; with ``resume=True`` an existing file is continued exactly, bit for bit on a CPU).
+      One run at a time holds a checkpoint path (a lock file beside it, ``run.pt.lock``, naming
+      the owner; one left by a killed run is taken over with a warning); its folder is checked
+      writable at the start. Each file records a checksum of its tensors, verified on resume.
+    - Resuming: the budget (``epochs``, ``steps``, ``seconds``) may grow, never fall below what
+      the checkpoint has done; any other option that differs from the checkpoint's is an error
+      naming it, unless ``resume_changes`` names it (e.g. ``resume_changes=("lr",
+      "weight_decay")``), and then this call's value is used. Epochs are counted in samples.
     - ``device`` ("auto": CUDA if present; the model is moved there in place), ``progress`` (a
       tqdm bar with the training and validation figures), ``distributed`` ("auto": DDP under
       ``torchrun``, gloo on CPUs, nccl on GPUs; rank 0 writes checkpoints, figures are averaged).
@@ -84,9 +93,12 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
 
     Raises:
         FlowInputError: bad options, a model that states no loss, or data of the wrong
-            shape/dtype or with NaN/inf.
-        TrainingError: the loss or the gradients became NaN/inf; the weights in memory are
-            those before the bad step and the last checkpoint on disk is left intact.
+            shape/dtype or with NaN/inf; a checkpoint path in use by another run
+            (:class:`~flowlib.train.lock.CheckpointInUse`), in a folder that cannot be written, or
+            whose file is corrupted or was trained with other options.
+        TrainingError: the loss or the gradients became NaN/inf (the weights in memory are
+            those before the bad step), or a validation or test figure did (never compared
+            with the best); the last checkpoint on disk is left intact.
 
     >>> import flowlib
     >>> _ = torch.manual_seed(0)
@@ -97,6 +109,12 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
     """
     t_call = time.perf_counter()
     config = FitConfig.build(config, **options)
+    allowed = changes(resume_changes)
+    check_device(config.device)
+    if config.early_stopping_patience is not None and val_data is None:
+        raise FlowInputError(f"fit: early_stopping_patience={config.early_stopping_patience} needs val_data "
+                             "(it counts validations without improvement); pass val_data=... or leave "
+                             "early_stopping_patience out")
     objective = Objective.of(model, loss_fn)
     shape = tuple(int(s) for s in getattr(model, "event_shape", None) or ()) or None
     if config.channels_last and (shape is None or len(shape) != 3):
@@ -108,65 +126,64 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
             check_source(data, shape, f"fit: {name}")
     d = ddp.setup(config.distributed, config.device)
     try:
-        result = _train(model, objective, config, d, shape, train_data, val_data, test_data)
+        result = _train(model, objective, config, allowed, d, shape, train_data, val_data, test_data)
     finally:
         ddp.teardown(d)
     result.wall_time = time.perf_counter() - t_call
     return result
 
 
-@dataclass(frozen=True)
-class _Setup:
-    """What a run works with, built once by :func:`_train` and never changed (the state is apart)."""
-
-    model: nn.Module
-    objective: Objective
-    config: FitConfig
-    plan: Plan
-    rt: Runtime
-    d: ddp.Dist
-    batches: TensorBatches | LoaderBatches
-    val_data: Any
-    test_data: Any
-    path: Path | None
-    resumed_from: int | None
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.config.eval_batch_size or 4 * self.config.batch_size
-
-
-def _train(model: nn.Module, objective: Objective, config: FitConfig, d: ddp.Dist,
+def _train(model: nn.Module, objective: Objective, config: FitConfig, allowed: frozenset[str], d: ddp.Dist,
            shape: tuple[int, ...] | None, train: Any, val: Any, test: Any) -> FitResult:
-    rt = prepare(model, config, d)
     path = Path(config.checkpoint) if config.checkpoint is not None else None
+    # Rank 0 writes the checkpoint, so rank 0 holds the path (and finds an unwritable folder now,
+    # not at the first save); every process learns whether it could.
+    lock = CheckpointLock(path) if path is not None and d.is_main else None
+    failure: FlowInputError | None = None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except FlowInputError as err:
+        failure = err
+    if ddp.broadcast_int(int(failure is None), d) == 0:
+        raise failure or FlowInputError(f"fit: rank 0 could not lock the checkpoint {path}; see its error")
+    try:
+        return _run(model, objective, config, allowed, d, shape, path, train, val, test)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(model: nn.Module, objective: Objective, config: FitConfig, allowed: frozenset[str], d: ddp.Dist,
+         shape: tuple[int, ...] | None, path: Path | None, train: Any, val: Any, test: Any) -> FitResult:
+    rt = prepare(model, config, d)
     if path is not None and config.resume and path.exists():
-        where = f"fit: checkpoint {path}"
-        saved, _saved_config = load_run(path, where)  # issue 12 compares _saved_config with config here
-        rng = saved.rng_of(d.rank)
-        state = saved.restore(model, rt.optimizer, rt.scaler, rt.device, where)
-        if config.seed is not None and state.data_seed != config.seed:
-            warnings.warn(f"{where} was trained with seed={state.data_seed}; continuing with it, "
-                          f"not {config.seed}", stacklevel=3)
-        if rng is not None:
-            set_rng_state(rng)  # last: nothing may draw a number between here and the first step
+        state = resume(path, config, allowed, model, rt, d.rank)  # the random generators restored last
         resumed_from: int | None = state.step
     else:
         state, resumed_from = RunState(data_seed=seed_everything(config.seed, d)), None
     batches = batches_of(place(train, rt.device), config.batch_size, state.data_seed, d.rank, d.world, shape)
-    s = _Setup(model, objective, config, config.plan(batches.steps_per_epoch), rt, d, batches,
-               place(val, rt.device), place(test, rt.device), path, resumed_from)
+    if resumed_from is not None:
+        check_budget(state, config, batches, path)
+    end = epochs_end(state, config, batches)
+    s = Setup(model, objective, config, config.plan(batches.steps_per_epoch, end), rt, d, batches,
+               place(val, rt.device), place(test, rt.device), path, resumed_from, end)
     with training(model, grad=True):  # every module's flag is given back afterwards
         reason = _loop(s, state)
     if config.restore_best and state.best_weights is not None:
         model.load_state_dict(state.best_weights)
-    result = _result(s, state, state.seconds, reason)
+    result = result_of(s, state, state.seconds, reason)
     if s.test_data is not None:
-        result.test = _evaluate(s, s.test_data)
+        result.test = evaluate(s, s.test_data, "test_data")
+        if not math.isfinite(result.test):
+            raise TrainingError(f"fit: the test figure after step {state.step} is {result.test}: the model "
+                                f"gives a non-finite {s.objective.unit} on some test samples (check "
+                                "test_data for samples unlike the training data); the run itself finished "
+                                "and its checkpoint is intact", step=state.step, result=result)
     return result
 
 
-def _loop(s: _Setup, state: RunState) -> str:
+def _loop(s: Setup, state: RunState) -> str:
     """Train until a budget, early stopping or Ctrl-C says stop; return why. ``state`` advances."""
     from tqdm.auto import tqdm
 
@@ -203,7 +220,7 @@ def _loop(s: _Setup, state: RunState) -> str:
                     state.history.add_step(loss_v, lr, gnorm_v)
                     ema = loss_v if ema is None else 0.95 * ema + 0.05 * loss_v
                     if s.val_data is not None and state.step % plan.eval_every == 0:
-                        _validate(s, state)
+                        validate(s, state, clock(), saved_at)
                         if c.early_stopping_patience is not None \
                                 and state.bad_evals >= c.early_stopping_patience:
                             reason = "early_stopping"
@@ -231,7 +248,7 @@ def _loop(s: _Setup, state: RunState) -> str:
         h = state.history
         if s.val_data is not None and reason != "interrupted" and (not h.val_steps
                                                                    or h.val_steps[-1] != state.step):
-            _validate(s, state)
+            validate(s, state, clock(), saved_at)
         _save(s, state, clock(), saved_at)
     finally:
         bar.close()
@@ -262,7 +279,7 @@ class _Guard:
             raise _Diverged("the fp16 gradients overflowed 50 steps in a row")
 
 
-def _step(s: _Setup, module: nn.Module, x: Tensor, lr: float, guard: _Guard,
+def _step(s: Setup, module: nn.Module, x: Tensor, lr: float, guard: _Guard,
           should_stop: Callable[[], bool]) -> tuple[float, float, bool]:
     """One optimizer step; returns (loss, gradient norm, stop requested on any process)."""
     opt, scaler = s.rt.optimizer, s.rt.scaler
@@ -297,7 +314,7 @@ def _step(s: _Setup, module: nn.Module, x: Tensor, lr: float, guard: _Guard,
     return loss_v, gnorm_v, stop_v > 0
 
 
-def _failure(s: _Setup, state: RunState, seconds: float, what: str, saved_at: int | None) -> TrainingError:
+def _failure(s: Setup, state: RunState, seconds: float, what: str, saved_at: int | None) -> TrainingError:
     c = s.config
     on_disk = ""
     if s.path is not None:
@@ -309,35 +326,10 @@ def _failure(s: _Setup, state: RunState, seconds: float, what: str, saved_at: in
         f"(lr={c.lr:g} now), a longer warm-up (warmup_steps={s.plan.warmup_steps} now), "
         f"gradient clipping (clip_grad_norm={c.clip_grad_norm} now, in {s.objective.unit}), clamping the "
         f"scales of coupling layers{', or amp=False' if s.rt.amp_dtype is not None else ''}.",
-        step=state.step + 1, result=_result(s, state, seconds, "error"))
+        step=state.step + 1, result=result_of(s, state, seconds, "error"))
 
 
-def _evaluate(s: _Setup, data: Any) -> float:
-    """The mean figure over ``data`` in full precision and evaluation mode, averaged over processes."""
-    total = torch.zeros((), dtype=torch.float64, device=s.rt.device)
-    count = 0
-    # A tensor was checked whole at the door; a loader's batches are checked by the model.
-    checked = inputs_checked() if isinstance(data, Tensor) else nullcontext()
-    with evaluating(s.model), checked:
-        for x in eval_batches(data, s.eval_batch_size, s.d.rank, s.d.world):
-            x = s.rt.to_device(x)
-            total += s.objective.total(s.model, x)
-            count += x.shape[0]
-    total_v, count_v = ddp.total(torch.stack([total, total.new_tensor(float(count))]), s.d).tolist()
-    return total_v / max(count_v, 1.0)
-
-
-def _validate(s: _Setup, state: RunState) -> None:
-    v = _evaluate(s, s.val_data)
-    state.history.add_validation(state.step, v)
-    if state.best_val is None or v < state.best_val:
-        state.best_val, state.best_step, state.bad_evals = v, state.step, 0
-        state.best_weights = {k: t.detach().clone() for k, t in s.model.state_dict().items()}
-    else:
-        state.bad_evals += 1
-
-
-def _save(s: _Setup, state: RunState, seconds: float, saved_at: int | None) -> int | None:
+def _save(s: Setup, state: RunState, seconds: float, saved_at: int | None) -> int | None:
     """Checkpoint the state (rank 0 writes; every process takes part); return the step on disk."""
     if s.path is None or saved_at == state.step:
         return saved_at
@@ -348,16 +340,15 @@ def _save(s: _Setup, state: RunState, seconds: float, saved_at: int | None) -> i
     return state.step
 
 
-def _budget_reason(s: _Setup, state: RunState) -> str | None:
+def _budget_reason(s: Setup, state: RunState) -> str | None:
     if s.config.steps is not None and state.step >= s.config.steps:
         return "steps"
-    spe = s.batches.steps_per_epoch
-    if s.config.epochs is not None and spe and state.step >= s.config.epochs * spe:
+    if s.epochs_end is not None and state.step >= s.epochs_end:
         return "epochs"
     return None
 
 
-def _wrap(s: _Setup, state: RunState) -> nn.Module:
+def _wrap(s: Setup, state: RunState) -> nn.Module:
     """The model and its objective as one module, in DistributedDataParallel under DDP."""
     module = LossModule(s.model, s.objective)
     if s.d.on and state.step == 0:
@@ -367,15 +358,6 @@ def _wrap(s: _Setup, state: RunState) -> nn.Module:
         with torch.no_grad(), inputs_checked():
             s.objective.loss(s.model, s.rt.to_device(next(iter(s.batches.epoch(0, 0)))))
     return ddp.wrap(module, s.rt.device, s.d)
-
-
-def _result(s: _Setup, state: RunState, seconds: float, reason: str) -> FitResult:
-    spe = s.batches.steps_per_epoch
-    return FitResult(
-        unit=s.objective.unit, history=state.history, best_val=state.best_val, best_step=state.best_step,
-        steps=state.step, epochs=state.step / spe if spe else float(state.epoch), seconds=seconds,
-        stop_reason=reason, resumed_from=s.resumed_from, device=str(s.rt.device), amp=s.rt.amp_name,
-        world_size=s.d.world, checkpoint=str(s.path) if s.path is not None else None)
 
 
 # help(fit) and a notebook's signature tooltip list every option, read from FitConfig (declared once).

@@ -26,7 +26,7 @@ from flowlib.train.batches import derive_seed
 from flowlib.train.config import FitConfig
 from flowlib.train.ddp import Dist, broadcast_int
 
-__all__ = ["Runtime", "prepare", "resolve_device", "resolve_amp", "Clock", "StopOnInterrupt",
+__all__ = ["Runtime", "prepare", "check_device", "resolve_device", "resolve_amp", "Clock", "StopOnInterrupt",
            "seed_everything"]
 
 
@@ -70,6 +70,24 @@ def prepare(model: nn.Module, config: FitConfig, d: Dist) -> Runtime:
     # fp16 overflows where bf16 does not: scale the loss, skip steps with inf gradients.
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return Runtime(device, placement(model)[1], amp_dtype, memory_format, optimizer, scaler)
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, checked at fit's door (torch's own error is an AssertionError)."""
+    if device == "auto":
+        return
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlowInputError(f"fit: device={device!r} but CUDA is not available here "
+                                 "(torch.cuda.is_available() is False); use device='auto' (CUDA when "
+                                 "present, else the CPU) or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FlowInputError(f"fit: device={device!r} but this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s); use device='cuda' or 'auto'")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise FlowInputError(f"fit: device={device!r} but MPS is not available here; use device='auto' or "
+                             "'cpu'")
 
 
 def resolve_device(device: str, d: Dist) -> torch.device:
