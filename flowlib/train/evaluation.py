@@ -79,7 +79,7 @@ def validate(s: Setup, state: RunState, seconds: float, saved_at: int | None) ->
                    and saved_at is not None else "")
         raise TrainingError(
             f"fit: the validation figure at step {state.step} is {v}: the model gives a non-finite "
-            f"{s.objective.unit} on some validation samples. It is never compared with the best "
+            f"figure (in {s.objective.unit}) on some validation samples. It is never compared with the best "
             f"({best}).{on_disk} "
             "Check val_data for samples far outside the training data, or try a lower learning rate "
             f"(lr={s.config.lr:g} now) or a longer warm-up.", step=state.step,

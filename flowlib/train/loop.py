@@ -177,9 +177,9 @@ def _run(model: nn.Module, objective: Objective, config: FitConfig, allowed: fro
         result.test = evaluate(s, s.test_data, "test_data")
         if not math.isfinite(result.test):
             raise TrainingError(f"fit: the test figure after step {state.step} is {result.test}: the model "
-                                f"gives a non-finite {s.objective.unit} on some test samples (check "
-                                "test_data for samples unlike the training data); the run itself finished "
-                                "and its checkpoint is intact", step=state.step, result=result)
+                                f"gives a non-finite figure (in {s.objective.unit}) on some test samples "
+                                "(check test_data for samples unlike the training data); the run itself "
+                                "finished and its checkpoint is intact", step=state.step, result=result)
     return result
 
 
