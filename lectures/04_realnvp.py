@@ -31,7 +31,7 @@
 # 2. see why the scales are softly clamped;
 # 3. draw the checkerboard and channel masks and the *squeeze* that turns space into channels;
 # 4. follow the shapes through the multi-scale architecture, which factors out half of the
-#    dimensions at every level;
+#    dimensions at every scale;
 # 5. learn why a continuous density on discrete pixels needs *dequantisation*, how uniform and
 #    variational dequantisation give a lower bound on the likelihood, and how that becomes
 #    *bits per dimension*;
@@ -80,8 +80,16 @@ from matplotlib.colors import SymLogNorm
 from torch import nn
 
 from flowlib.convnets import ResNetConditioner
-from flowlib.coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask, soft_clamp
-from flowlib.data import DIGITS_LEVELS, MNIST_LEVELS, DatasetError, get_toy, load_digits, load_mnist, pad_to
+from flowlib.coupling import AffineCoupling, Coupling, channel_mask, checkerboard_mask, half_mask
+from flowlib.data import (
+    DIGITS_GREY_LEVELS,
+    MNIST_GREY_LEVELS,
+    DatasetError,
+    get_toy,
+    load_digits,
+    load_mnist,
+    pad_to,
+)
 from flowlib.dequantize import dequantized_bits_per_dim
 from flowlib.image_models import count_parameters, nice_image, realnvp_image
 from flowlib.metrics import bits_per_dim, kl_divergence
@@ -90,6 +98,7 @@ from flowlib.multiscale import MultiScale, squeeze, unsqueeze
 from flowlib.nets import MLP
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 from flowlib.train import fit
+from flowlib.transformers import Affine, soft_clamp
 from flowlib.viz import image_grid, plot_density_2d
 
 torch.manual_seed(0)
@@ -141,20 +150,30 @@ def perturbed_mlp(d_in: int, d_out: int, hidden: int = 32, scale: float = 0.5) -
 # * **Not volume preserving.** With $s = 0$ this is NICE's additive coupling; a non-zero $s$
 #   lets every layer stretch and compress space where the data need it.
 #
-# flowlib writes the split with a binary **mask** $m$ (1 = kept) instead of a slice, so the
-# same layer works for vectors and for images: $z = m \odot x + (1 - m) \odot \big(x \odot
-# e^{s(m \odot x)} + t(m \odot x)\big)$. Let us build one on $D = 6$ with the first half
-# kept and a randomly initialised two-layer MLP as the network that returns $(s, t)$.
+# In flowlib this layer, like every flow layer of the course, is a **structure** times an
+# elementwise **transformer**, with a **conditioner** network between them (Papamakarios et
+# al., 2021, section 3.1). The structure says which coordinates condition which: here a
+# coupling, described by a binary mask $m$ of the input's shape (1 = kept, the part $A$, above
+# $x_{1:d}$; 0 = transformed, the part $B$, above $x_{d+1:D}$). The transformer is the
+# invertible one-dimensional map applied to each coordinate of $x_B$: NICE's additive one,
+# $x \mapsto x + t$; the affine one, $x \mapsto x\,e^{s} + t$; later a spline. The conditioner computes the transformer's
+# parameters $h = (s_\text{raw}, t)$ from $x_A$. One class, `Coupling(mask, conditioner,
+# transformer)`, puts the three together; `AffineCoupling(mask, net, clamp)` is short for
+# `Coupling(mask, net, Affine(clamp))`. Let us build one on $D = 6$ with the first half kept:
+# the conditioner, a randomly initialised two-layer MLP, reads the $|A| = 3$ kept coordinates
+# and writes $2|B| = 6$ numbers, the raw log-scales and then the shifts of the three others.
+# `Coupling.conditioner_sizes(mask, Affine)` gives these sizes for any mask.
 
 # %%
 D = 6
 mask6 = half_mask(D, parity=0)  # 1 on the first three coordinates: they are kept
-coupling = AffineCoupling(mask6, perturbed_mlp(D, 2 * D, scale=1.5), clamp=2.0)
+sizes6 = Coupling.conditioner_sizes(mask6, Affine)  # (|A|, 2|B|) = (3, 6)
+coupling = Coupling(mask6, perturbed_mlp(*sizes6, scale=1.5), Affine(clamp=2.0))
 x = torch.randn(5, D)
 
 z, logdet = coupling(x)
 x_back, logdet_inv = coupling.inverse(z)
-print("mask:", mask6.int().tolist())
+print("mask:", mask6.int().tolist(), "| conditioner sizes (in, out):", sizes6)
 print("z, logdet shapes:", tuple(z.shape), tuple(logdet.shape))
 print("kept coordinates unchanged:", torch.equal(z[:, :3], x[:, :3]))
 print("round trip |x - f^-1(f(x))| < 1e-5:", bool((x_back - x).abs().max() < 1e-5))
@@ -169,8 +188,9 @@ print("inverse's logdet = -forward's (< 1e-6):", bool((logdet + logdet_inv).abs(
 coupling64 = coupling.double()
 x0 = torch.randn(1, D, dtype=torch.float64)
 J = torch.autograd.functional.jacobian(lambda v: coupling64(v)[0], x0).reshape(D, D)
-s_raw = coupling64.conditioner(mask6.double() * x0)[:, :D]
-s = (1 - mask6.double()) * soft_clamp(s_raw, coupling64.clamp)  # the layer's log-scales
+x0_A, x0_B = coupling64.slice(x0)  # the kept and the transformed coordinates
+s_raw, t = coupling64.conditioner(x0_A).chunk(2, dim=1)  # log-scales first, then shifts
+s = soft_clamp(s_raw, coupling64.transformer.clamp)  # the layer's log-scales, one per x_B coordinate
 
 fig, ax = plt.subplots(figsize=(3.6, 3.2))
 top = float(J.abs().max())
@@ -183,7 +203,7 @@ plt.show()
 
 print("upper-right block is zero:", bool((J[:3, 3:] == 0).all()))
 print("upper-left block is the identity:", torch.equal(J[:3, :3], torch.eye(3, dtype=torch.float64)))
-print("lower-right block is diag(exp s):", torch.allclose(J[3:, 3:], torch.diag(s[0, 3:].exp())))
+print("lower-right block is diag(exp s):", torch.allclose(J[3:, 3:], torch.diag(s[0].exp())))
 logdet_autograd = torch.linalg.slogdet(J).logabsdet
 print("log-det agreement (autograd slogdet vs layer's sum of s):",
       bool(torch.allclose(logdet_autograd, coupling64(x0)[1][0], atol=1e-10)))
@@ -196,51 +216,88 @@ coupling = coupling.float()
 #
 # ### Exercise 1: the forward pass and its log-determinant
 #
-# Write the masked affine coupling yourself. The conditioner receives $m \odot x$ and returns
-# a tensor with twice the channels (dimension 1) of $x$: the first half is the raw log-scale,
-# the second half the shift $t$. Squash the raw log-scale with
-# `soft_clamp(s_raw, clamp)` (section 2 explains why), zero both on the kept coordinates by
-# multiplying with $1 - m$, apply the map, and return $z$ and $\log|\det \partial z/\partial x|$
-# per sample. Your function should work for vectors $(B, D)$ and images $(B, C, H, W)$ alike.
+# Write the affine coupling yourself, in the sliced form in which the equations above are
+# written. The split is along dimension 1 (the coordinates of a batch of vectors
+# $(\text{batch}, D)$, the channels of a batch of images $(\text{batch}, C, H, W)$) and is
+# given by two index tensors `A` (kept) and `B` (transformed), not necessarily contiguous,
+# which together list every index once. Take
+# $x_A$ = `x[:, A]` and $x_B$ = `x[:, B]`; the conditioner maps $x_A$ to a tensor with
+# $2|B|$ entries along dimension 1, first the raw log-scales and then the shifts $t$
+# (`.chunk(2, dim=1)`). Squash the raw log-scales with `soft_clamp(s_raw, clamp)` (section 2
+# explains why), apply $z_B = x_B \odot e^{s} + t$, put $z_A = x_A$ and $z_B$ back in their
+# places, and return $z$ and $\log|\det \partial z/\partial x|$ per sample. The same code
+# should work for vectors and for images.
 
 # %% nbgrader={"grade": false, "grade_id": "04-ex1-coupling-forward", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def affine_coupling_forward(x: torch.Tensor, mask: torch.Tensor, conditioner: nn.Module,
+def affine_coupling_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, conditioner: nn.Module,
                             clamp: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = m*x + (1-m)*(x*exp(s) + t) with (s_raw, t) = conditioner(m*x), s = (1-m)*soft_clamp(s_raw).
+    """z_A = x_A, z_B = x_B * exp(s) + t with (s_raw, t) = conditioner(x_A), s = soft_clamp(s_raw, clamp).
 
-    Returns (z, logdet) with logdet = log|det dz/dx| of shape (batch,).
+    x_A = x[:, A], x_B = x[:, B] (A, B: index tensors along dim 1). Returns (z, logdet) with z
+    shaped like x and logdet = log|det dz/dx| of shape (batch,).
     """
     ### BEGIN SOLUTION
-    s_raw, t = conditioner(mask * x).chunk(2, dim=1)
-    s = (1 - mask) * soft_clamp(s_raw, clamp)
-    t = (1 - mask) * t
-    z = mask * x + (1 - mask) * (x * torch.exp(s) + t)
+    x_A, x_B = x[:, A], x[:, B]
+    s_raw, t = conditioner(x_A).chunk(2, dim=1)
+    s = soft_clamp(s_raw, clamp)
+    z = x.clone()
+    z[:, B] = x_B * torch.exp(s) + t
     logdet = s.flatten(start_dim=1).sum(dim=1)
     return z, logdet
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "04-ex1-coupling-forward-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# By hand: D = 2, A = [0], B = [1], (s_raw, t) = (x_0, 2 x_0), no clamp: z_1 = x_1 e^{x_0} + 2 x_0.
+_net = nn.Linear(1, 2, bias=False)
+with torch.no_grad():
+    _net.weight.copy_(torch.tensor([[1.0], [2.0]]))
+_z, _ld = affine_coupling_forward(torch.tensor([[1.0, 3.0]]), torch.tensor([0]), torch.tensor([1]), _net, None)
+assert _z.shape == (1, 2) and _ld.shape == (1,), f"z should have shape (1, 2), logdet (1,); got {tuple(_z.shape)}, " \
+    f"{tuple(_ld.shape)}"
+assert torch.allclose(_z, torch.tensor([[1.0, 3.0 * math.e + 2.0]])), "z_A = x_A and z_B = x_B * exp(s) + t"
+assert torch.allclose(_ld, torch.tensor([1.0])), "logdet is the sum of the log-scales s"
+_z, _ld = affine_coupling_forward(torch.tensor([[10.0, 3.0]]), torch.tensor([0]), torch.tensor([1]), _net, 2.0)
+_s = 4.0 / math.pi * math.atan(10.0 / 2.0)  # the soft clamp of s_raw = 10 with c = 2
+assert torch.allclose(_ld, torch.tensor([_s])), "clamp the raw log-scale with soft_clamp(s_raw, clamp)"
+assert torch.allclose(_z, torch.tensor([[10.0, 3.0 * math.exp(_s) + 20.0]])), "the shift t is not clamped"
+# Random splits (indices in any order), checked against the formula and against autograd's Jacobian.
 _g = torch.Generator().manual_seed(41)
 for _trial in range(5):
     _d = int(torch.randint(2, 9, (1,), generator=_g))
-    _mask = half_mask(_d, parity=_trial % 2, kind="alternate" if _trial > 2 else "half")
-    _ref = AffineCoupling(_mask, perturbed_mlp(_d, 2 * _d), clamp=[2.0, 3.0, None][_trial % 3])
-    _x = 2 * torch.randn(7, _d, generator=_g)
-    _z_ref, _ld_ref = _ref(_x)
-    _z, _ld = affine_coupling_forward(_x, _ref.mask, _ref.conditioner, _ref.clamp)
-    assert _z.shape == _z_ref.shape, f"z should have shape {tuple(_z_ref.shape)}, got {tuple(_z.shape)}"
+    _perm = torch.randperm(_d, generator=_g)
+    _k = int(torch.randint(1, _d, (1,), generator=_g))
+    _A, _B = _perm[:_k], _perm[_k:]
+    _clamp = [2.0, 3.0, None][_trial % 3]
+    _net = perturbed_mlp(len(_A), 2 * len(_B)).double()
+    _x = 2 * torch.randn(7, _d, generator=_g, dtype=torch.float64)
+    _z, _ld = affine_coupling_forward(_x, _A, _B, _net, _clamp)
+    assert _z.shape == _x.shape, f"z should have x's shape {tuple(_x.shape)}, got {tuple(_z.shape)}"
     assert _ld.shape == (7,), f"logdet should have one value per sample, shape (7,), got {tuple(_ld.shape)}"
-    assert torch.allclose(_z, _z_ref, atol=1e-5), "z differs from flowlib's AffineCoupling: check the mask and exp(s)"
-    assert torch.allclose(_ld, _ld_ref, atol=1e-5), "logdet differs: it is the sum of the (clamped, masked) s"
+    assert torch.equal(_z[:, _A], _x[:, _A]), "the kept coordinates x[:, A] must pass unchanged"
+    with torch.no_grad():
+        _s_raw, _t = _net(_x[:, _A]).chunk(2, dim=1)
+    _s = soft_clamp(_s_raw, _clamp)
+    assert torch.allclose(_z[:, _B], _x[:, _B] * _s.exp() + _t), "z_B = x_B * exp(s) + t, in the order of B"
+    _J = torch.autograd.functional.jacobian(
+        lambda v, A=_A, B=_B, net=_net, c=_clamp: affine_coupling_forward(v, A, B, net, c)[0], _x[:1])
+    _logabsdet = torch.linalg.slogdet(_J.reshape(_d, _d)).logabsdet
+    assert torch.allclose(_ld[0], _logabsdet), "logdet differs from log|det dz/dx| computed by autograd"
 ### BEGIN HIDDEN TESTS
-_img = AffineCoupling(checkerboard_mask(2, 4, 4, 1), ResNetConditioner(2, 4, 8, 1), clamp=2.0)
+_conv = nn.Conv2d(2, 4, 3, padding=1).double()  # images: 4 channels, A = [3, 0], B = [1, 2]
 with torch.no_grad():
-    for _p in _img.parameters():
-        _p.add_(0.3 * torch.randn(_p.shape, generator=_g))
-_xi = torch.randn(3, 2, 4, 4, generator=_g)
-_zi, _ldi = affine_coupling_forward(_xi, _img.mask, _img.conditioner, _img.clamp)
-assert torch.allclose(_zi, _img(_xi)[0], atol=1e-5) and torch.allclose(_ldi, _img(_xi)[1], atol=1e-4), \
+    for _p in _conv.parameters():
+        _p.normal_(0.0, 0.3, generator=_g)
+_A, _B = torch.tensor([3, 0]), torch.tensor([1, 2])
+_xi = torch.randn(3, 4, 2, 2, generator=_g, dtype=torch.float64)
+_zi, _ldi = affine_coupling_forward(_xi, _A, _B, _conv, 2.0)
+assert _zi.shape == _xi.shape and _ldi.shape == (3,)
+assert torch.equal(_zi[:, _A], _xi[:, _A])
+with torch.no_grad():
+    _s_raw, _t = _conv(_xi[:, _A]).chunk(2, dim=1)
+assert torch.allclose(_zi[:, _B], _xi[:, _B] * soft_clamp(_s_raw, 2.0).exp() + _t)
+_Ji = torch.autograd.functional.jacobian(lambda v: affine_coupling_forward(v, _A, _B, _conv, 2.0)[0], _xi[1:2])
+assert torch.allclose(_ldi[1], torch.linalg.slogdet(_Ji.reshape(16, 16)).logabsdet), \
     "images (B, C, H, W): sum s over every dimension but the batch"
 ### END HIDDEN TESTS
 print("ex1 passed")
@@ -249,42 +306,68 @@ print("ex1 passed")
 # ### Exercise 2: the inverse
 #
 # Now the other direction: given $z$, recover $x$ and return
-# $\log|\det \partial x/\partial z|$. Remember that $m \odot z = m \odot x$, so the
-# conditioner sees exactly what it saw in the forward pass. No network is inverted.
+# $\log|\det \partial x/\partial z|$. Remember that $z_A = x_A$, so the conditioner sees
+# exactly what it saw in the forward pass. No network is inverted.
 
 # %% nbgrader={"grade": false, "grade_id": "04-ex2-coupling-inverse", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def affine_coupling_inverse(z: torch.Tensor, mask: torch.Tensor, conditioner: nn.Module,
+def affine_coupling_inverse(z: torch.Tensor, A: torch.Tensor, B: torch.Tensor, conditioner: nn.Module,
                             clamp: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x = m*z + (1-m)*((z - t)*exp(-s)), (s, t) from conditioner(m*z); returns (x, log|det dx/dz|)."""
+    """x_A = z_A, x_B = (z_B - t) * exp(-s), (s, t) from conditioner(z_A); returns (x, log|det dx/dz|)."""
     ### BEGIN SOLUTION
-    s_raw, t = conditioner(mask * z).chunk(2, dim=1)
-    s = (1 - mask) * soft_clamp(s_raw, clamp)
-    t = (1 - mask) * t
-    x = mask * z + (1 - mask) * ((z - t) * torch.exp(-s))
+    z_A, z_B = z[:, A], z[:, B]
+    s_raw, t = conditioner(z_A).chunk(2, dim=1)
+    s = soft_clamp(s_raw, clamp)
+    x = z.clone()
+    x[:, B] = (z_B - t) * torch.exp(-s)
     return x, -s.flatten(start_dim=1).sum(dim=1)
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "04-ex2-coupling-inverse-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+# By hand: A = [0], B = [1], (s_raw, t) = (z_0, 2 z_0), no clamp: x_1 = (z_1 - 2 z_0) e^{-z_0}.
+_net = nn.Linear(1, 2, bias=False)
+with torch.no_grad():
+    _net.weight.copy_(torch.tensor([[1.0], [2.0]]))
+_x, _ld = affine_coupling_inverse(torch.tensor([[1.0, 3.0]]), torch.tensor([0]), torch.tensor([1]), _net, None)
+assert torch.allclose(_x, torch.tensor([[1.0, 1.0 / math.e]])), "x_A = z_A and x_B = (z_B - t) * exp(-s)"
+assert torch.allclose(_ld, torch.tensor([-1.0])), "the inverse's logdet is minus the sum of s"
 _g = torch.Generator().manual_seed(42)
 for _trial in range(5):
     _d = int(torch.randint(2, 9, (1,), generator=_g))
-    _ref = AffineCoupling(half_mask(_d, parity=_trial % 2), perturbed_mlp(_d, 2 * _d), clamp=[2.0, None][_trial % 2])
-    _z = 2 * torch.randn(6, _d, generator=_g)
-    _x_ref, _ld_ref = _ref.inverse(_z)
-    _x, _ld = affine_coupling_inverse(_z, _ref.mask, _ref.conditioner, _ref.clamp)
-    assert torch.allclose(_x, _x_ref, atol=1e-5), "x differs from flowlib's AffineCoupling.inverse"
-    assert torch.allclose(_ld, _ld_ref, atol=1e-5), "the inverse's logdet is minus the sum of s"
-    assert torch.allclose(_ref(_x)[0], _z, atol=1e-4), "forward(inverse(z)) should give z back"
+    _perm = torch.randperm(_d, generator=_g)
+    _k = int(torch.randint(1, _d, (1,), generator=_g))
+    _A, _B = _perm[:_k], _perm[_k:]
+    _clamp = [2.0, None][_trial % 2]
+    _net = perturbed_mlp(len(_A), 2 * len(_B)).double()
+    _x_true = 2 * torch.randn(6, _d, generator=_g, dtype=torch.float64)
+    with torch.no_grad():  # the forward pass, written out: z_A = x_A, z_B = x_B exp(s) + t
+        _s_raw, _t = _net(_x_true[:, _A]).chunk(2, dim=1)
+        _s = soft_clamp(_s_raw, _clamp)
+        _z = _x_true.clone()
+        _z[:, _B] = _x_true[:, _B] * _s.exp() + _t
+    _x, _ld = affine_coupling_inverse(_z, _A, _B, _net, _clamp)
+    assert _x.shape == _z.shape and _ld.shape == (6,), "x shaped like z, one logdet per sample"
+    assert torch.allclose(_x, _x_true, atol=1e-10), "inverse(forward(x)) should give x back"
+    assert torch.allclose(_ld, -_s.sum(dim=1)), "the inverse's logdet is minus the sum of s"
+    _J = torch.autograd.functional.jacobian(
+        lambda v, A=_A, B=_B, net=_net, c=_clamp: affine_coupling_inverse(v, A, B, net, c)[0], _z[:1])
+    assert torch.allclose(_ld[0], torch.linalg.slogdet(_J.reshape(_d, _d)).logabsdet), \
+        "logdet differs from log|det dx/dz| computed by autograd"
 ### BEGIN HIDDEN TESTS
-_img = AffineCoupling(channel_mask(4, 2, 2, 0), ResNetConditioner(4, 8, 8, 1), clamp=3.0)
+_conv = nn.Conv2d(2, 4, 3, padding=1).double()  # images: 4 channels, A = [1, 3], B = [2, 0]
 with torch.no_grad():
-    for _p in _img.parameters():
-        _p.add_(0.3 * torch.randn(_p.shape, generator=_g))
-_zi = torch.randn(3, 4, 2, 2, generator=_g)
-_xi, _ldi = affine_coupling_inverse(_zi, _img.mask, _img.conditioner, _img.clamp)
-assert torch.allclose(_xi, _img.inverse(_zi)[0], atol=1e-5)
-assert torch.allclose(_ldi, _img.inverse(_zi)[1], atol=1e-4)
+    for _p in _conv.parameters():
+        _p.normal_(0.0, 0.3, generator=_g)
+_A, _B = torch.tensor([1, 3]), torch.tensor([2, 0])
+_xi = torch.randn(3, 4, 2, 2, generator=_g, dtype=torch.float64)
+with torch.no_grad():
+    _s_raw, _t = _conv(_xi[:, _A]).chunk(2, dim=1)
+    _s = soft_clamp(_s_raw, 3.0)
+    _zi = _xi.clone()
+    _zi[:, _B] = _xi[:, _B] * _s.exp() + _t
+_xb, _ldi = affine_coupling_inverse(_zi, _A, _B, _conv, 3.0)
+assert torch.allclose(_xb, _xi, atol=1e-10)
+assert torch.allclose(_ldi, -_s.flatten(start_dim=1).sum(dim=1))
 ### END HIDDEN TESTS
 print("ex2 passed")
 
@@ -299,17 +382,18 @@ print("ex2 passed")
 #
 # $$ s = \tfrac{2c}{\pi} \arctan\!\big(s_{\text{raw}} / c\big) \in (-c, c), $$
 #
-# which is the identity near zero (so a zero-initialised network still starts at the identity
-# map) and bounds every layer's scale factor between $e^{-c}$ and $e^{c}$. Here is a coupling
+# which keeps $0$ at $0$ (so a zero-initialised network still starts at the identity map), is
+# linear near zero with slope $2/\pi$, and bounds every layer's scale factor between $e^{-c}$
+# and $e^{c}$. Here is a coupling
 # whose network answers $s_{\text{raw}} = 50\,x_1$ with and without the clamp.
 
 # %%
 def linear_conditioner(gain: float) -> nn.Linear:
-    """A conditioner for D = 2 whose raw log-scale of coordinate 2 is gain * x_1 (and t = 0)."""
-    net = nn.Linear(2, 4, bias=False)
+    """A conditioner for D = 2, x_1 kept: it reads x_1 and returns s_raw = gain * x_1 and t = 0 for x_2."""
+    net = nn.Linear(1, 2, bias=False)  # the sizes Coupling.conditioner_sizes(half_mask(2, 0), Affine) = (1, 2)
     with torch.no_grad():
         net.weight.zero_()
-        net.weight[1, 0] = gain
+        net.weight[0, 0] = gain
     return net
 
 
@@ -332,8 +416,9 @@ plt.show()
 # %% [markdown]
 # Without the clamp the first sample is multiplied by $e^{150}$, which is `inf` in float32.
 # With $c = 2$ the log-determinant saturates just below $\pm 2$, while the third sample (a
-# small raw log-scale of 0.5) is barely affected by the clamp. Because $\arctan$'s slope decays like $1/s^2$ rather
-# than exponentially, a saturated unit still receives a gradient that can pull it back.
+# small raw log-scale of 0.5) stays in the linear part of the clamp: $0.31 \approx 0.5 \cdot
+# 2/\pi$. Because $\arctan$'s slope decays like $1/s^2$ rather than exponentially, a saturated
+# unit still receives a gradient that can pull it back.
 #
 # ## 3. Masks for images, and the squeeze
 #
@@ -366,17 +451,37 @@ plt.show()
 print({name: f"{int(m.sum())} of {m.numel()} kept" for name, m in masks.items()})
 
 # %% [markdown]
-# **Masks are for the math; slices are for speed.** Written with a mask, the conditioner reads
-# all of $m \odot x$ and returns $2C$ channels, half of which are multiplied by zero. A channel
-# mask is the same at every pixel, so the two halves can simply be cut apart:
-# $x_A = x_{1:C/2}$, $x_B = x_{C/2+1:C}$, and the network maps $C/2$ channels to $2 \cdot C/2$.
-# It is the same family of maps with fewer weights and half the work in the first and last
-# convolutions. flowlib's builders do this by default
-# (`flowlib.split_coupling.AffineSplitCoupling`; `coupling="mask"` gives the masked form), and
-# `split_from_masked` turns a trained masked layer into its sliced twin without changing the
-# map. A checkerboard mask changes from pixel to pixel and cannot be sliced this way.
+# **One coupling, sliced or masked.** Both masks describe the same structure, kept
+# coordinates $A$ and transformed ones $B$, and `Coupling` reads off the mask how to separate
+# them. A channel mask holds one value per channel, so the layer **slices**: it cuts $x$ along
+# the channels into $x_A$ (here the first $C/2$) and $x_B$ (the others), and the conditioner
+# maps $C/2$ channels to $2 \cdot C/2$, the log-scales and then the shifts of $x_B$, exactly as
+# in the equations of section 1. A checkerboard changes from pixel to pixel inside a channel,
+# so no cut along the channels separates $A$ from $B$; there the layer **multiplies by the
+# mask**: the conditioner reads $m \odot x$ (all $C$ channels, zeros where transformed) and
+# returns $2C$ channels, and the layer uses them only where $m = 0$,
+# $z = m \odot x + (1 - m) \odot \big(x \odot e^{s(m \odot x)} + t(m \odot x)\big)$.
+# It is the same family of maps either way; slicing feeds the network no zeros and computes
+# no outputs that are thrown away. The layer chooses by itself (`layer.sliced` says which),
+# and `Coupling.conditioner_sizes(mask, Affine)` gives the sizes its conditioner needs:
+
+# %%
+for name, m in masks.items():
+    n_in, n_out = Coupling.conditioner_sizes(m, Affine)
+    layer = AffineCoupling(m, ResNetConditioner(n_in, n_out, hidden=16, blocks=1), clamp=2.0)
+    with torch.no_grad():  # perturb the zero last layer, so that the coupling moves
+        layer.conditioner.net[-1].conv.weight.normal_(0.0, 0.05)
+        x_img = torch.randn(2, C, H, W)
+        z_img, ld_img = layer(x_img)
+        x_img_back, _ = layer.inverse(z_img)
+    print(f"{name}: sliced={layer.sliced}, conditioner {n_in} -> {n_out} channels, "
+          f"{count_parameters(layer.conditioner):,} weights, kept entries unchanged: "
+          f"{torch.equal(z_img * m, x_img * m)}, round trip < 1e-5: {bool((x_img_back - x_img).abs().max() < 1e-5)}")
 
 # %% [markdown]
+# Both layers are invertible and leave the kept entries alone; the sliced conditioner is the
+# smaller one, since its first convolution reads half the channels and its last writes half.
+#
 # A channel mask needs many channels, and an image has one (grey) or three (colour). The
 # **squeeze** makes them: it cuts the image into $2 \times 2$ blocks and stacks the four
 # pixels of each block as four channels, $(C, H, W) \to (4C, H/2, W/2)$ ("space to depth").
@@ -461,58 +566,58 @@ print("ex3 passed")
 #
 # Every coupling in a flow of a $D$-dimensional image works on all $D$ dimensions, which is
 # expensive for large images. RealNVP processes the image at several scales instead
-# (section 3.6 of the paper). At each **level** the flow
+# (section 3.6 of the paper). At each **scale** the flow
 #
 # 1. squeezes, $(C, H, W) \to (4C, H/2, W/2)$;
 # 2. applies a few affine couplings (checkerboard masks first, then channel masks);
 # 3. **factors out** half of the channels: they are final latent variables, modelled by the
 #    base density $\mathcal{N}(0, I)$, and only the other half goes on to the next level.
 #
-# The last level keeps everything. Half of the dimensions therefore pass through one level
+# The last scale keeps everything. Half of the dimensions therefore pass through one scale
 # only, a quarter through two, and so on: the cost shrinks geometrically, and the latent
 # acquires a coarse-to-fine structure (the variables factored out early describe fine
 # detail, the last ones the coarse shape). The total dimension is preserved, as it must be
-# for a bijection. Here are the shapes, level by level, for the 8x8 digits (2 levels) and for
-# MNIST (28x28, 2 levels), computed by `MultiScale.level_shapes`:
+# for a bijection. Here are the shapes, scale by scale, for the 8x8 digits (2 scales) and for
+# MNIST (28x28, 2 scales), computed by `MultiScale.scale_shapes`:
 
 # %%
-def multiscale_table(shape: tuple[int, int, int], levels: int) -> list[tuple]:
-    """Rows (level, input, couplings act on, factored out, passed on) of a multi-scale flow."""
+def multiscale_table(shape: tuple[int, int, int], scales: int) -> list[tuple]:
+    """Rows (scale, input, couplings act on, factored out, passed on) of a multi-scale flow."""
     rows, current = [], tuple(shape)
-    for level, (c, h, w) in enumerate(MultiScale.level_shapes(shape, levels)):
-        if level == levels - 1:  # the last level keeps everything
-            rows.append((level, current, (c, h, w), (c, h, w), "-"))
+    for scale, (c, h, w) in enumerate(MultiScale.scale_shapes(shape, scales)):
+        if scale == scales - 1:  # the last scale keeps everything
+            rows.append((scale, current, (c, h, w), (c, h, w), "-"))
         else:  # half of the channels become latent variables, the other half go on
-            rows.append((level, current, (c, h, w), (c // 2, h, w), (c // 2, h, w)))
+            rows.append((scale, current, (c, h, w), (c // 2, h, w), (c // 2, h, w)))
             current = (c // 2, h, w)
     return rows
 
 
-for name, shape, levels in [("8x8 digits", (1, 8, 8), 2), ("MNIST", (1, 28, 28), 2)]:
+for name, shape, scales in [("8x8 digits", (1, 8, 8), 2), ("MNIST", (1, 28, 28), 2)]:
     print(f"{name}: x of shape {shape}, D = {math.prod(shape)}")
-    print(f"  {'level':>5}  {'input':>12}  {'squeezed, couplings':>20}  {'to the latent':>14}  {'passed on':>12}")
+    print(f"  {'scale':>5}  {'input':>12}  {'squeezed, couplings':>20}  {'to the latent':>14}  {'passed on':>12}")
     latent_dims = 0
-    for level, inp, act, out, passed in multiscale_table(shape, levels):
+    for scale, inp, act, out, passed in multiscale_table(shape, scales):
         latent_dims += math.prod(out)
-        print(f"  {level:>5}  {inp!s:>12}  {act!s:>20}  {out!s:>14}  {passed!s:>12}")
+        print(f"  {scale:>5}  {inp!s:>12}  {act!s:>20}  {out!s:>14}  {passed!s:>12}")
     print(f"  latent dimensions in total: {latent_dims} (= D: {latent_dims == math.prod(shape)})")
 
 # %% [markdown]
 # The same on a real model: `realnvp_image` builds this architecture, and `split_latents`
-# cuts its latent $z$ (returned in the image's shape) back into the per-level pieces.
+# cuts its latent $z$ (returned in the image's shape) back into the per-scale pieces.
 
 # %%
 digits_shape = (1, 8, 8)
-demo_model = realnvp_image(digits_shape, levels=2, steps=4, hidden=16, blocks=1, bins=DIGITS_LEVELS)
+demo_model = realnvp_image(digits_shape, scales=2, depth=4, hidden=16, blocks=1, grey_levels=DIGITS_GREY_LEVELS)
 x_demo = load_digits("train")[0][:4]
 with torch.no_grad():
     demo_model.initialize(x_demo)  # ActNorm initialises on a first batch
-    y_demo = (x_demo.float() + 0.5) / DIGITS_LEVELS  # dequantised (here: cell centres), in [0, 1]
+    y_demo = (x_demo.float() + 0.5) / DIGITS_GREY_LEVELS  # dequantised (here: cell centres), in [0, 1]
     z_demo, _ = demo_model.flow(y_demo)
 multiscale = demo_model.flow[1]
 print("the model's flow:", [type(f).__name__ for f in demo_model.flow])
 print("z shape:", tuple(z_demo.shape))
-print("per-level latents:", [tuple(p.shape[1:]) for p in multiscale.split_latents(z_demo)])
+print("per-scale latents:", [tuple(p.shape[1:]) for p in multiscale.split_latents(z_demo)])
 print("parameters:", count_parameters(demo_model))
 
 # %% [markdown]
@@ -530,26 +635,26 @@ print("parameters:", count_parameters(demo_model))
 # the likelihood is meaningless: a density can put arbitrarily tall, narrow spikes on the
 # grid points, and the log-likelihood of the training data goes to $+\infty$ without the
 # model learning anything (Theis, van den Oord & Bethge, 2016, *A note on the evaluation of
-# generative models*). One dimension is enough to see it. Take data on $K = 5$ levels and, as
+# generative models*). One dimension is enough to see it. Take data on $K = 5$ grey levels and, as
 # the model, narrow Gaussian bumps of width $\sigma$ on the integers with the right weights:
 
 # %%
 P_true = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1], dtype=torch.float64)  # P(x = k), k = 0..4
-levels_1d = torch.arange(5, dtype=torch.float64)
+grey_levels_1d = torch.arange(5, dtype=torch.float64)
 entropy = float(-(P_true * P_true.log()).sum())
 
 
 def bumps_log_density(v: torch.Tensor, sigma: float) -> torch.Tensor:
     """log of sum_k P(k) N(v; k, sigma^2): a continuous density with spikes on the integers."""
-    log_n = -0.5 * ((v[:, None] - levels_1d) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+    log_n = -0.5 * ((v[:, None] - grey_levels_1d) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
     return torch.logsumexp(log_n + P_true.log(), dim=1)
 
 
-# E_x[...] weights each level by P(x); E_u[...] is a fine midpoint rule over u in [0, 1).
+# E_x[...] weights each grey level by P(x); E_u[...] is a fine midpoint rule over u in [0, 1).
 u_mid = (torch.arange(2000, dtype=torch.float64) + 0.5) / 2000
 sigmas = np.geomspace(1e-3, 1.0, 40)
-at_integers = [float((P_true * bumps_log_density(levels_1d, s)).sum()) for s in sigmas]
-dequantised = [float((P_true * bumps_log_density((levels_1d[:, None] + u_mid).flatten(), s)
+at_integers = [float((P_true * bumps_log_density(grey_levels_1d, s)).sum()) for s in sigmas]
+dequantised = [float((P_true * bumps_log_density((grey_levels_1d[:, None] + u_mid).flatten(), s)
                       .reshape(5, -1).mean(dim=1)).sum()) for s in sigmas]
 
 fig, ax = plt.subplots(figsize=(5.5, 3.3))
@@ -609,8 +714,8 @@ print(f"bumps at the integers, sigma = 0.001: {at_integers[0]:.3f} nats (grows w
 # MNIST flows reach about 1 bit/dim.
 
 # %%
-for name, K, D_img in [("8x8 digits", DIGITS_LEVELS, 64), ("MNIST", MNIST_LEVELS, 784)]:
-    uniform = float(bits_per_dim(torch.tensor(0.0), D_img, levels=K))
+for name, K, D_img in [("8x8 digits", DIGITS_GREY_LEVELS, 64), ("MNIST", MNIST_GREY_LEVELS, 784)]:
+    uniform = float(bits_per_dim(torch.tensor(0.0), D_img, grey_levels=K))
     print(f"{name}: K = {K}, D = {D_img}, uniform model on [0,1]^D: {uniform:.3f} bits/dim")
 
 # %% [markdown]
@@ -621,11 +726,11 @@ for name, K, D_img in [("8x8 digits", DIGITS_LEVELS, 64), ("MNIST", MNIST_LEVELS
 # an optional $\log q(u \mid x)$ (0 for uniform dequantisation).
 
 # %% nbgrader={"grade": false, "grade_id": "04-ex4-bits-per-dim", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def discrete_bits_per_dim(log_p_y: torch.Tensor, num_dims: int, levels: int,
+def discrete_bits_per_dim(log_p_y: torch.Tensor, num_dims: int, grey_levels: int,
                           log_q: torch.Tensor | float = 0.0) -> torch.Tensor:
     """bits/dim = (-log p_Y(y) + D log K + log q(u|x)) / (D ln 2), one value per image."""
     ### BEGIN SOLUTION
-    return (-log_p_y + num_dims * math.log(levels) + log_q) / (num_dims * math.log(2))
+    return (-log_p_y + num_dims * math.log(grey_levels) + log_q) / (num_dims * math.log(2))
     ### END SOLUTION
 
 
@@ -635,7 +740,7 @@ for _D, _K in [(64, 17), (784, 256), (3 * 32 * 32, 256), (10, 2)]:
     _lp = 100 * torch.randn(8, generator=_g, dtype=torch.float64)
     _ours = discrete_bits_per_dim(_lp, _D, _K)
     assert _ours.shape == (8,), f"one value per image expected, got shape {tuple(_ours.shape)}"
-    assert torch.allclose(_ours, bits_per_dim(_lp, _D, levels=_K)), \
+    assert torch.allclose(_ours, bits_per_dim(_lp, _D, grey_levels=_K)), \
         f"D = {_D}, K = {_K}: differs from flowlib.metrics.bits_per_dim; did you add log2 K per dimension?"
     _lq = torch.randn(8, generator=_g, dtype=torch.float64)
     assert torch.allclose(discrete_bits_per_dim(_lp, _D, _K, _lq), dequantized_bits_per_dim(_lp, _D, _K, _lq)), \
@@ -657,7 +762,7 @@ print("ex4 passed")
 #   ActNorm layers (a Glow addition, lecture 5) so that the *only* difference is the scale.
 # * **8x8 digits** (test bits/dim, lower is better; the model with the best validation
 #   figure during training is kept): `nice_image` with 4 additive checkerboard couplings at
-#   full resolution, `realnvp_image` with the 2-level architecture of section 4. Both use
+#   full resolution, `realnvp_image` with the 2-scale architecture of section 4. Both use
 #   uniform dequantisation and the same ResNet conditioners.
 
 # %%
@@ -715,10 +820,11 @@ x_train, _ = load_digits("train")
 x_val, _ = load_digits("val")
 x_test, _ = load_digits("test")
 print("digits:", {"train": tuple(x_train.shape), "val": tuple(x_val.shape), "test": tuple(x_test.shape)},
-      x_train.dtype, f"levels 0..{int(x_train.max())}")
+      x_train.dtype, f"grey levels 0..{int(x_train.max())}")
 image_builders = {
-    "NICE": lambda: nice_image(digits_shape, couplings=4, hidden=32, blocks=1, bins=DIGITS_LEVELS),
-    "RealNVP": lambda: realnvp_image(digits_shape, levels=2, steps=4, hidden=32, blocks=1, bins=DIGITS_LEVELS),
+    "NICE": lambda: nice_image(digits_shape, couplings=4, hidden=32, blocks=1, grey_levels=DIGITS_GREY_LEVELS),
+    "RealNVP": lambda: realnvp_image(digits_shape, scales=2, depth=4, hidden=32, blocks=1,
+                                     grey_levels=DIGITS_GREY_LEVELS),
 }
 image_models: dict[str, nn.Module] = {}
 
@@ -765,17 +871,17 @@ print("every KL non-negative up to Monte Carlo error:", all(results[t, m] > -0.0
 # On the toys RealNVP should win clearly, most of all on the eight Gaussians. On the digits
 # both beat the uniform baseline of 4.09 bits/dim after a few hundred steps; RealNVP usually
 # wins here too, partly thanks to the scales and partly thanks to the multi-scale
-# architecture, whose deeper levels see the whole digit at once. Samples from each image model
+# architecture, whose deeper scales see the whole digit at once. Samples from each image model
 # (temperature 1, rounded to grey levels), next to real digits:
 
 # %%
 torch.manual_seed(3)
 fig, axes = plt.subplots(1, 3, figsize=(13, 5))
-image_grid(x_test[:36].float() / (DIGITS_LEVELS - 1), nrow=6, ax=axes[0], title="test digits")
+image_grid(x_test[:36].float() / (DIGITS_GREY_LEVELS - 1), nrow=6, ax=axes[0], title="test digits")
 for ax, (model_name, model) in zip(axes[1:], image_models.items(), strict=True):
     with torch.no_grad():
         samples = model.eval().sample_levels(36)
-    image_grid(samples.float() / (DIGITS_LEVELS - 1), nrow=6, ax=ax, title=f"{model_name} samples")
+    image_grid(samples.float() / (DIGITS_GREY_LEVELS - 1), nrow=6, ax=ax, title=f"{model_name} samples")
 plt.show()
 
 # %% [markdown]
@@ -795,7 +901,7 @@ plt.show()
 dequant_results = {}
 for kind in ("uniform", "variational"):
     torch.manual_seed(0)
-    model = realnvp_image(digits_shape, levels=2, steps=4, hidden=32, blocks=1, bins=DIGITS_LEVELS,
+    model = realnvp_image(digits_shape, scales=2, depth=4, hidden=32, blocks=1, grey_levels=DIGITS_GREY_LEVELS,
                           dequantization=kind)
     t0 = time.perf_counter()
     fitted = fit(model, x_train.float(), val_data=x_val.float(), test_data=x_test.float(), steps=DEQ_STEPS,
@@ -815,13 +921,14 @@ for kind, (bpd, n_params, seconds) in dequant_results.items():
 # ## 7. MNIST, from a shipped checkpoint
 #
 # A RealNVP that reaches a good MNIST figure needs a GPU and hours; even a modest one takes
-# longer than a lecture should wait. So the course ships small trained models in
-# `checkpoints/`. Each was written by `scripts/train_image_flow.py`, which stores next to the
-# weights what the run measured: the test bits/dim, the number of parameters, the training
-# time and the machine (`checkpoints/README.md` lists the exact commands, so any of them can
-# be re-trained or continued). `flowlib.pretrained` reads them: `shipped_checkpoints()` finds
-# the files, `checkpoint_info(path)` returns everything but the weights, and
-# `load_pretrained(path)` rebuilds the model. A file holds only plain values and tensors (the
+# longer than a lecture should wait. So the course ships small trained models with flowlib,
+# in `flowlib/checkpoints/`. Each was written by `scripts/train_image_flow.py`, which stores
+# next to the weights what the run measured: the test bits/dim, the number of parameters, the
+# training time and the machine (`flowlib/checkpoints/README.md` lists the exact commands, so
+# any of them can be re-trained or continued). `flowlib.pretrained` reads them:
+# `shipped_checkpoints()` finds the files by name, `checkpoint_info(name)` returns everything
+# but the weights, and `load_pretrained(name)` rebuilds the model (both also take the path of a
+# file of your own). A file holds only plain values and tensors (the
 # builder's name and arguments, the weights, the figures) and is read with
 # `torch.load(..., weights_only=True)`, so loading one runs no code.
 #
@@ -832,7 +939,7 @@ for kind, (bpd, n_params, seconds) in dequant_results.items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 MODEL_NAMES = {"nice_image": "NICE", "realnvp_image": "RealNVP", "glow_image": "Glow"}
-shipped = shipped_checkpoints()  # {file stem: path} for checkpoints/*.pt
+shipped = shipped_checkpoints()  # {name: file} for flowlib/checkpoints/*.pt
 mnist_info = {}
 for stem, path in shipped.items():
     try:
@@ -858,13 +965,13 @@ table = ["| MNIST model | test bits/dim | parameters | training | hardware |", "
 by_figure = sorted(mnist_info.items(), key=lambda item: -item[1].get("metrics", {}).get("test_bpd", 0))
 table += [recorded_row(stem, info) for stem, info in by_figure]
 table.append("| RealNVP, Dinh et al. (2017), as usually quoted | 1.06 | | | much larger, GPUs |")
-table.append(f"| uniform over the 256 grey levels | {math.log2(MNIST_LEVELS):.3f} | 0 | | |")
+table.append(f"| uniform over the 256 grey levels | {math.log2(MNIST_GREY_LEVELS):.3f} | 0 | | |")
 display(Markdown("\n".join(table)))
 if "realnvp_mnist" not in mnist_info:
-    print("No RealNVP for MNIST in checkpoints/ (the digits results above are the CPU stand-in). To make one,\n"
+    print("No RealNVP for MNIST in flowlib/checkpoints/ (the digits results above are the CPU stand-in). To make one,\n"
           "with MNIST available (see below), run from the repository root, preferably on a GPU:\n"
           "    python scripts/train_image_flow.py --model realnvp --data mnist --minutes 10 --lr 3e-3 "
-          "--out checkpoints/realnvp_mnist.pt\n"
+          "--out flowlib/checkpoints/realnvp_mnist.pt\n"
           "and run this section again.")
 
 # %% [markdown]
@@ -920,15 +1027,15 @@ if mnist_models:
     fig, axes = plt.subplots(len(mnist_models), len(columns), figsize=(4 * len(columns), 4.3 * len(mnist_models)),
                              squeeze=False)
     for row, (name, (model, _)) in zip(axes, mnist_models.items(), strict=True):
-        panels = [mnist_test[:36].float() / (MNIST_LEVELS - 1)] if mnist_test is not None else []
+        panels = [mnist_test[:36].float() / (MNIST_GREY_LEVELS - 1)] if mnist_test is not None else []
         for temperature in (1.0, 0.7):
             torch.manual_seed(4)  # the same noise eps at both temperatures
-            panels.append(model.sample_levels(36, temperature=temperature).float() / (model.levels - 1))
+            panels.append(model.sample_levels(36, temperature=temperature).float() / (model.grey_levels - 1))
         for ax, images, title in zip(row, panels, columns, strict=True):
             image_grid(images, nrow=6, ax=ax, title=title if title == "test images" else f"{name}: {title}")
     plt.show()
 else:
-    print("skipped: no NICE or RealNVP for MNIST in checkpoints/ (see the cell above for how to make one)")
+    print("skipped: no NICE or RealNVP for MNIST in flowlib/checkpoints/ (see the cell above for how to make one)")
 
 # %% [markdown]
 # Read these pictures honestly. The shipped models are small (the parameters column) and were
@@ -954,7 +1061,7 @@ else:
 # * The log-scales are softly clamped, $s = \tfrac{2c}{\pi}\arctan(s_\text{raw}/c)$, so a
 #   single layer can never overflow.
 # * On images, checkerboard and channel masks alternate; the squeeze trades space for channels;
-#   the multi-scale architecture factors out half the dimensions at every level.
+#   the multi-scale architecture factors out half the dimensions at every scale.
 # * Discrete data need dequantisation: uniform noise gives a lower bound on $\log P(x)$, a
 #   learned noise distribution a tighter one; bits/dim carry a $\log_2 K$ term.
 # * With the same budget RealNVP fits the toys and the digits better than NICE.
