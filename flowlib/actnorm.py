@@ -8,6 +8,8 @@ scale and bias are ordinary trainable parameters.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +32,12 @@ class ActNorm(Flow):
     flag is a registered buffer, so it is saved in the state dict and a loaded checkpoint
     is never re-initialised; a Python mirror of it is read in ``forward`` so that the layer
     never reads a tensor value (no GPU synchronisation).
+
+    A degenerate first batch, where a channel holds one value only (constant or blank data),
+    has no spread to divide by: -log(std + eps) would be -log(eps) = 13.8, a scale of 1e6 that
+    makes every later log-density absurd. Such a channel gets a unit scale instead
+    (log_scale = 0, bias = -its value: centred, not scaled; training learns the scale), with a
+    RuntimeWarning naming the channels. An empty batch initialises nothing (the next one does).
 
     ``event_shape`` is None: any input (batch, C) or (batch, C, H, W) with the right C.
     """
@@ -88,13 +96,25 @@ class ActNorm(Flow):
             )
         mean = values.mean(dim=1)
         std = values.std(dim=1, unbiased=False)
+        # Exactly one value per channel: max == min is exact, where a computed std may round to 1e-8.
+        constant = values.amax(dim=1) == values.amin(dim=1)
         self.bias.copy_(-mean)
-        self.log_scale.copy_(-torch.log(std + self.eps))
+        self.log_scale.copy_(torch.where(constant, torch.zeros_like(std), -torch.log(std + self.eps)))
         self.mark_initialized(True)
+        if bool(constant.any()):  # read once, at initialisation: not a per-batch synchronisation
+            channels = constant.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, channels[:10])) + (", ..." if len(channels) > 10 else "")
+            warnings.warn(
+                f"ActNorm.initialize: channel{'s' if len(channels) > 1 else ''} {shown} "
+                f"{'are' if len(channels) > 1 else 'is'} constant over the initialising batch of shape "
+                f"{tuple(x.shape)} (std 0): there is no spread to standardise, so "
+                f"{'they get' if len(channels) > 1 else 'it gets'} a unit scale (log_scale 0, only "
+                f"centred). Initialise on a representative batch if this was not meant.",
+                RuntimeWarning, stacklevel=3)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        if self.training and not self._initialized:
+        if self.training and not self._initialized and x.shape[0] > 0:
             self.initialize(x)
         z = (x + self._view(self.bias, x)) * torch.exp(self._view(self.log_scale, x))
         logdet = positions(x) * self.log_scale.sum()

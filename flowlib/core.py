@@ -17,6 +17,7 @@ drops into code that expects one.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -24,11 +25,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from flowlib._checks import FlowInputError, checking_inputs
+from flowlib._checks import FlowInputError, checking_inputs, integer, number
 from flowlib._modules import placement
 
 __all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "positions",
-           "check_data"]
+           "check_data", "check_temperature"]
 
 
 class Flow(nn.Module):
@@ -120,8 +121,11 @@ def positions(x: Tensor) -> int:
 
 
 def sum_except_batch(t: Tensor) -> Tensor:
-    """Sum every dimension but the first: per-element log-derivatives -> one logdet per sample."""
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    """Sum every dimension but the first: per-element log-derivatives -> one logdet per sample.
+
+    The row length is given, not inferred (``-1``), so an empty batch (0, ...) sums to shape (0,).
+    """
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(dim=1)
 
 
 class Compose(Flow):
@@ -207,11 +211,15 @@ class Inverse(Flow):
         return self.flow.forward(z)
 
 
-def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str) -> None:
+def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str,
+               dtype: torch.dtype | None = None) -> None:
     """Validate data where it enters a model: shape, dtype, device and finiteness.
 
-    The finiteness check reads the values (on a GPU this synchronises), so it is done
-    once per call at the model's door, never inside a layer.
+    With ``dtype`` (the model's), data of another floating-point dtype is refused naming both:
+    torch would fail later inside a layer (``mat1 and mat2 must have the same dtype``), or,
+    in purely elementwise layers, silently compute in the promoted dtype. The finiteness
+    check reads the values (on a GPU this synchronises), so it is done once per call at the
+    model's door, never inside a layer.
     """
     if not isinstance(x, Tensor):
         raise FlowInputError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
@@ -220,6 +228,10 @@ def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, wh
         raise FlowInputError(f"{where}: expected data of shape {want}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise FlowInputError(f"{where}: expected a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        cast = {torch.float32: "x.float()", torch.float64: "x.double()"}.get(dtype, f"x.to({dtype})")
+        raise FlowInputError(f"{where}: the data is {x.dtype} but the model is {dtype}; cast one of them, "
+                             f"e.g. {cast} (or model.to({x.dtype}))")
     if x.device.type != device.type or (
         device.index is not None and x.device.index is not None and x.device.index != device.index
     ):
@@ -230,6 +242,25 @@ def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, wh
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise FlowInputError(f"{where}: expected finite data, found {bad} NaN or inf values")
+
+
+def check_temperature(temperature: float, who: str, dtype: torch.dtype) -> float:
+    """A temperature T >= 0 small enough that z = T eps stays finite in ``dtype``.
+
+    |eps| of a standard-normal draw stays below 6 in float32 (9 in float64) in practice, so T
+    is bounded by the dtype's largest value / 16: above it (e.g. 3.5e38, finite in Python but
+    not in float32) T eps overflows to inf and every sample comes out NaN.
+
+    >>> check_temperature(0.7, "sample", torch.float32)
+    0.7
+    """
+    temperature = number(temperature, "temperature", who, minimum=0.0)
+    if dtype.is_floating_point and temperature > torch.finfo(dtype).max / 16:
+        biggest = torch.finfo(dtype).max
+        raise FlowInputError(f"{who}: temperature {temperature:.4g} overflows the model's dtype {dtype} "
+                             f"(T eps must stay below {biggest:.3g}); use a temperature <= "
+                             f"{biggest / 16:.3g}, or a float64 model (model.double())")
+    return temperature
 
 
 class FlowModel(nn.Module, Distribution):
@@ -288,23 +319,35 @@ class FlowModel(nn.Module, Distribution):
     def log_prob(self, x: Tensor) -> Tensor:
         """log p_X(x) = log p_Z(f(x)) + log|det df/dx|, one value per sample."""
         if self.checks_inputs:
-            check_data(x, tuple(self.event_shape), self.device, f"{type(self).__name__}.log_prob")
+            self._check_data(x, f"{type(self).__name__}.log_prob")
         z, logdet = self.flow(x)
         return self.base.log_prob(z) + logdet
+
+    def _check_data(self, x: Tensor, where: str) -> None:
+        """:func:`check_data` against this model's event shape, device and dtype."""
+        device, dtype = placement(self)
+        check_data(x, tuple(self.event_shape), device, where, dtype=dtype)
 
     def loss(self, x: Tensor) -> Tensor:
         """What training minimises, one value per sample: -log p_X(x), in nats (``loss_unit``)."""
         return -self.log_prob(x)
 
-    def _shape(self, sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
-        if isinstance(sample_shape, int):
-            return (sample_shape,)
-        return tuple(sample_shape)
+    def _shape(self, sample_shape: int | Sequence[int] | torch.Size, who: str) -> tuple[int, ...]:
+        """The sample shape as a tuple of ints >= 0; NumPy integers are accepted (``np.int64(3)``)."""
+        if isinstance(sample_shape, (numbers.Integral, str)) or not isinstance(sample_shape, Iterable):
+            return (integer(sample_shape, "the number of samples", who, minimum=0),)
+        return tuple(integer(s, "sample_shape", who, minimum=0) for s in sample_shape)
+
+    def _temperature(self, temperature: float, who: str) -> float:
+        """:func:`check_temperature` against this model's dtype."""
+        return check_temperature(temperature, who, placement(self)[1])
 
     def rsample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
                 temperature: float = 1.0) -> Tensor:
         """Differentiable samples x = f^{-1}(z), z ~ N(0, T^2 I): shape sample_shape + event_shape."""
-        shape = self._shape(sample_shape)
+        who = f"{type(self).__name__}.rsample"
+        shape = self._shape(sample_shape, who)
+        temperature = self._temperature(temperature, who)
         n = math.prod(shape) if shape else 1
         z = self.base.sample(n, temperature=temperature)
         x, _ = self.flow.inverse(z)
@@ -312,9 +355,14 @@ class FlowModel(nn.Module, Distribution):
 
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
                temperature: float = 1.0) -> Tensor:
-        """Samples without gradients; ``temperature`` T scales the base's spread (T=0: the mode)."""
-        if temperature < 0:
-            raise FlowInputError(f"{type(self).__name__}.sample: temperature must be >= 0, got {temperature}")
+        """Samples without gradients; ``temperature`` T scales the base's spread (T=0: the mode).
+
+        ``sample_shape`` is an int (NumPy integers too) or a sequence of them, each >= 0 (0 gives
+        an empty batch). T is refused where it would overflow the model's dtype (see ``rsample``).
+        """
+        who = f"{type(self).__name__}.sample"
+        sample_shape = self._shape(sample_shape, who)
+        temperature = self._temperature(temperature, who)
         with torch.no_grad():
             return self.rsample(sample_shape, temperature=temperature)
 
@@ -324,7 +372,9 @@ class FlowModel(nn.Module, Distribution):
         log p_X(x) = log p_Z(z) - log|det dx/dz|: the generative direction only, which is
         what reverse-KL training (e.g. planar flows on energies) needs.
         """
-        z = self.base.sample(n, temperature=temperature)
+        who = f"{type(self).__name__}.sample_and_log_prob"
+        n = integer(n, "n", who, minimum=0)
+        z = self.base.sample(n, temperature=self._temperature(temperature, who))
         log_pz = self.base.log_prob(z)
         x, logdet = self.flow.inverse(z)
         return x, log_pz - logdet

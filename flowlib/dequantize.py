@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowlib._checks import event_shape, integer, renamed
+from flowlib._checks import checking_inputs, event_shape, integer, renamed
 from flowlib.convnets import ResNetConditioner
 from flowlib.core import Compose, Flow, FlowInputError, sum_except_batch
 from flowlib.coupling import AffineCoupling, Coupling, checkerboard_mask
@@ -139,7 +139,7 @@ class UniformDequantization(Dequantization):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        d = x[0].numel()
+        d = math.prod(x.shape[1:])  # not x[0].numel(): an empty batch has no x[0]
         y = (x + u) / self.grey_levels
         return y, x.new_full((x.shape[0],), -d * math.log(self.grey_levels))
 
@@ -194,7 +194,7 @@ class VariationalDequantization(Dequantization):
         log_dudv = sum_except_batch(F.logsigmoid(v) + F.logsigmoid(-v))
         log_q = log_n - logdet - log_dudv
         y = (x + u) / self.grey_levels
-        return y, -x[0].numel() * math.log(self.grey_levels) - log_q
+        return y, -math.prod(x.shape[1:]) * math.log(self.grey_levels) - log_q
 
 
 class LogitPreprocess(Flow):
@@ -206,6 +206,21 @@ class LogitPreprocess(Flow):
     RealNVP writes logit(alpha + (1 - alpha) x); we shrink symmetrically, as most
     implementations do, so that both ends stay alpha away from 0 and 1 and |y| <= log((1 - alpha)
     / alpha) (2.94 for alpha = 0.05): no infinite logit at x -> 1. Elementwise, any shape.
+
+    The domain. The logit is finite for p in (0, 1), i.e. x in :attr:`domain` =
+    (-alpha, 1 - alpha) / (1 - 2 alpha) = (-0.0556, 1.0556) for alpha = 0.05: the data's [0, 1]
+    and a margin, which is exactly the image of :meth:`inverse`, so a model's own samples lie
+    in it at every temperature. Two choices follow, so that no input gets a NaN without a message:
+
+    - outside the closed domain x has no preimage (p < 0 or p > 1, the logit is NaN): ``forward``
+      raises a FlowInputError naming the range found (NaN inputs too). This check reads the
+      values, so it runs only where inputs are checked (:func:`flowlib._checks.checking_inputs`);
+      a model's door checks once and runs its flow without it;
+    - at its ends, p is clamped to [tiny, 1 - eps/2] of the dtype: the samples of high
+      temperatures (T >= 2) reach them by rounding (sigmoid(y) is 1 in float32 once y > 17, and
+      alpha + (1 - 2 alpha) x cancels to 0), and get the largest logit the dtype holds instead of
+      +-inf, hence a finite (very low) log-density. Inside the domain, to within a few ulps of its
+      ends, nothing is clamped, so values on [0, 1] are unchanged.
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -214,9 +229,43 @@ class LogitPreprocess(Flow):
         super().__init__(None)
         self.alpha = float(alpha)
 
+    @property
+    def domain(self) -> tuple[float, float]:
+        """(lo, hi) = (-alpha, 1 - alpha) / (1 - 2 alpha): where the logit is finite, the inverse's image."""
+        a = self.alpha
+        return -a / (1 - 2 * a), (1 - a) / (1 - 2 * a)
+
+    def _p(self, x: Tensor) -> Tensor:
+        return self.alpha + (1 - 2 * self.alpha) * x
+
+    def check_domain(self, x: Tensor, where: str = "LogitPreprocess.forward") -> None:
+        """Raise a FlowInputError naming ``where`` unless every value of ``x`` is in the closed domain.
+
+        Reads the values (a GPU synchronisation): for the doors, never per training step.
+        """
+        slack = 16 * torch.finfo(x.dtype).eps  # the rounding of p at the domain's ends
+        p = self._p(x)
+        if x.numel() == 0 or bool(((p >= -slack) & (p <= 1 + slack)).all()):
+            return
+        nan = int(torch.isnan(x).sum())
+        finite = x[~torch.isnan(x)]
+        seen = f"values in [{float(finite.min()):.4g}, {float(finite.max()):.4g}]" if finite.numel() else ""
+        seen += (" and " if seen and nan else "") + (f"{nan} NaN" if nan else "")
+        lo, hi = self.domain
+        raise FlowInputError(
+            f"{where}: expected values in the logit's domain [{lo:.4g}, {hi:.4g}] (data in [0, 1], or the "
+            f"model's own samples, which lie in it at every temperature), got {seen}; outside it "
+            f"the logit has no value. Scale images to [0, 1] (e.g. levels / (K - 1), or clamp "
+            f"samples edited by hand)"
+        )
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        p = self.alpha + (1 - 2 * self.alpha) * x
+        if checking_inputs():
+            self.check_domain(x, "LogitPreprocess.forward")
+        info = torch.finfo(x.dtype)
+        # The ends only (see the class docstring): a no-op on [0, 1] and inside the domain.
+        p = self._p(x).clamp(info.tiny, 1 - info.eps / 2)
         y = torch.log(p) - torch.log1p(-p)
         log_dydx = math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)
         return y, sum_except_batch(log_dydx)

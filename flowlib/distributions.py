@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import event_shape as _event_shape
-from flowlib._checks import integer, number
-from flowlib.core import FlowInputError, sum_except_batch
+from flowlib._checks import integer
+from flowlib.core import FlowInputError, check_temperature, sum_except_batch
 
 __all__ = ["StandardNormal", "DiagonalGaussian"]
 
@@ -51,16 +51,18 @@ class StandardNormal(nn.Module):
 
     def latent(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
         """z = T eps: the latent at temperature T of standard-normal noise eps, (n, *event_shape)."""
-        temperature = number(temperature, "temperature", "StandardNormal.latent", minimum=0.0)
         _noise(eps, self.event_shape, "StandardNormal.latent")
+        temperature = check_temperature(temperature, "StandardNormal.latent", eps.dtype)
         return temperature * eps
 
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
         """n draws of z ~ N(0, T^2 I)."""
-        eps = torch.randn((integer(n, "n", "StandardNormal.sample", minimum=0), *self.event_shape),
+        who = "StandardNormal.sample"
+        temperature = check_temperature(temperature, who, self._anchor.dtype)
+        eps = torch.randn((integer(n, "n", who, minimum=0), *self.event_shape),
                           generator=generator, device=self._anchor.device, dtype=self._anchor.dtype)
-        return self.latent(eps, _temperature(temperature, "StandardNormal.sample"))
+        return self.latent(eps, temperature)
 
 
 class DiagonalGaussian(nn.Module):
@@ -87,18 +89,16 @@ class DiagonalGaussian(nn.Module):
 
     def latent(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
         """z = mu + T sigma eps: the latent at temperature T of standard-normal noise eps."""
-        temperature = number(temperature, "temperature", "DiagonalGaussian.latent", minimum=0.0)
         _noise(eps, self.event_shape, "DiagonalGaussian.latent")
+        temperature = check_temperature(temperature, "DiagonalGaussian.latent", eps.dtype)
         return self.loc + temperature * torch.exp(self.log_scale) * eps
 
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
         """n draws of z ~ N(mu, T^2 diag(sigma^2))."""
-        eps = torch.randn((integer(n, "n", "DiagonalGaussian.sample", minimum=0), *self.event_shape),
+        who = "DiagonalGaussian.sample"
+        temperature = check_temperature(temperature, who, self.loc.dtype)
+        eps = torch.randn((integer(n, "n", who, minimum=0), *self.event_shape),
                           generator=generator, device=self.loc.device, dtype=self.loc.dtype)
-        return self.latent(eps, _temperature(temperature, "DiagonalGaussian.sample"))
+        return self.latent(eps, temperature)
 
-
-def _temperature(temperature: float, who: str) -> float:
-    # Checked here too, so that the error names the call the user made (sample, not latent).
-    return number(temperature, "temperature", who, minimum=0.0)

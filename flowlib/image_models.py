@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowlib._checks import choice, event_shape, integer, renamed
+from flowlib._checks import choice, event_shape, inputs_checked, integer, renamed
 from flowlib._modules import evaluating, training
 from flowlib.actnorm import ActNorm
 from flowlib.convnets import GlowConditioner, ResNetConditioner
@@ -68,6 +68,10 @@ def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int 
     :meth:`ImageFlowModel.bits_per_dim`). Every module's train/eval flag is restored afterwards.
     """
     batch = integer(batch, "batch", "mean_bits_per_dim")
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise FlowInputError(f"mean_bits_per_dim: no images to average (got {got}); pass a batch of at "
+                             f"least one image")
     with evaluating(model):
         total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
                     for i in range(0, x.shape[0], batch))
@@ -135,13 +139,38 @@ class ImageFlowModel(FlowModel):
             raise FlowInputError(f"{where}: the data is on {x.device} but the model is on {device}; "
                                  f"move one of them, e.g. x.to({str(device)!r})")
         dtype = next((p.dtype for p in self.parameters()), torch.get_default_dtype())
-        if self.checks_inputs:
-            return as_levels(x, self.grey_levels, where).to(dtype)
-        return x.to(dtype)
+        levels = as_levels(x, self.grey_levels, where).to(dtype) if self.checks_inputs else x.to(dtype)
+        self._check_initialising_batch(levels, where)
+        return levels
+
+    def _check_initialising_batch(self, levels: Tensor, where: str) -> None:
+        """Refuse a batch of constant images as the one that initialises the ActNorm layers.
+
+        ActNorm initialises on the first batch it sees in training mode. If a channel of that
+        batch holds a single grey level (blank or constant images), its only spread after
+        dequantization is the noise u / K, so the scales come out several times too large and
+        every later log-density is absurd (-8e5 per image on MNIST). Not a per-step cost: the
+        values are read only while some ActNorm is still uninitialised.
+        """
+        if levels.shape[0] == 0 or not self.training or not any(
+                isinstance(m, ActNorm) and m.training and not m.is_initialized for m in self.flow.modules()):
+            return
+        flat = levels.transpose(0, 1).reshape(levels.shape[1], -1)
+        constant = (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
+        if any(constant):
+            c = constant.index(True)
+            raise FlowInputError(
+                f"{where}: this batch would initialise the model's ActNorm layers (data-dependent, on the "
+                f"first batch in training mode), but channel {c} holds the single grey level "
+                f"{float(flat[c, 0]):g} in all {levels.shape[0]} images (blank or constant images): ActNorm "
+                f"would take the dequantization noise for the data's spread and every later log-density "
+                f"would be absurd. Initialise on varied images: model.initialize(x) with a representative "
+                f"batch before training, or shuffle the data")
 
     def _log_prob_levels(self, x_levels: Tensor) -> Tensor:
         y, log_correction = self.dequantizer(x_levels)
-        z, logdet = self.flow(y)
+        with inputs_checked():  # y is in [0, 1] by construction: the logit's domain check is not needed
+            z, logdet = self.flow(y)
         return self.base.log_prob(z) + logdet + log_correction
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -149,8 +178,22 @@ class ImageFlowModel(FlowModel):
         return self._log_prob_levels(self._levels(x, f"{type(self).__name__}.log_prob"))
 
     def log_prob_continuous(self, y: Tensor) -> Tensor:
-        """log p_Y(y) of continuous images y in [0, 1]^D (no dequantization, no log K term)."""
-        return FlowModel.log_prob(self, y)
+        """log p_Y(y) of continuous images y in [0, 1]^D (no dequantization, no log K term).
+
+        Also defined on the margin of the logit's domain around [0, 1], where the model's own
+        samples lie (:class:`~flowlib.dequantize.LogitPreprocess`): their log-density is finite
+        at every temperature. Values outside that domain have none: a FlowInputError names the
+        range found (checked once here, with the shape, dtype, device and finiteness).
+        """
+        who = f"{type(self).__name__}.log_prob_continuous"
+        if self.checks_inputs:
+            self._check_data(y, who)
+            first = self.flow.flows[0] if isinstance(self.flow, Compose) else self.flow
+            if isinstance(first, LogitPreprocess):
+                first.check_domain(y, who)
+        with inputs_checked():  # checked above (or not wanted): the layer need not read the values again
+            z, logdet = self.flow(y)
+        return self.base.log_prob(z) + logdet
 
     def bits_per_dim(self, x: Tensor, samples: int = 1) -> Tensor:
         """-log2 P(x) / D per image, from ``samples`` dequantization draws.
@@ -180,11 +223,22 @@ class ImageFlowModel(FlowModel):
         Without gradients; every module's train/eval flag is as it was afterwards.
         """
         with training(self):
-            self.log_prob(x)
+            self._log_prob_levels(self._levels(x, f"{type(self).__name__}.initialize"))
 
     def sample_levels(self, n: int, temperature: float = 1.0) -> Tensor:
-        """Samples rounded to grey levels: floor(K y) clamped to 0..K-1, as int64, shape (n, C, H, W)."""
-        y = self.sample(n, temperature=temperature)
+        """Samples rounded to grey levels: floor(K y) clamped to 0..K-1, as int64, shape (n, C, H, W).
+
+        A NaN has no grey level (``.long()`` would make it -9.2e18, outside the clamp): if the
+        model produces one (broken weights), a FlowInputError says so instead.
+        """
+        who = f"{type(self).__name__}.sample_levels"
+        n = integer(n, "n", who, minimum=0)
+        y = self.sample(n, temperature=self._temperature(temperature, who))
+        if bool(torch.isnan(y).any()):
+            raise FlowInputError(
+                f"{who}: the model produced {int(torch.isnan(y).sum())} NaN pixels in {n} samples at "
+                f"temperature {temperature:g}, which have no grey level: its weights are broken (check "
+                f"all(torch.isfinite(p).all() for p in model.parameters())) or the temperature too high")
         return torch.floor(y * self.grey_levels).clamp(0, self.grey_levels - 1).long()
 
 

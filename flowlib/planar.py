@@ -44,7 +44,9 @@ class Planar(Flow):
 
         u_hat = u + (m(w.u) - w.u) w / ||w||^2,    m(s) = -1 + softplus(s) > -1,
 
-    so w.u_hat = m(w.u) > -1 for every value of the parameters (the default).
+    so w.u_hat = m(w.u) > -1 for every value of the parameters (the default). The
+    log-determinant uses w.u_hat = m(w.u) itself, exact for every w != 0 however small; at
+    w = 0 the map is a translation, u_hat = u and the log-determinant is exactly 0.
     ``Planar(dim, enforce_invertibility=False)`` uses u itself, for teaching: then
     :meth:`is_invertible` / :meth:`invertibility_report` tell whether w.u >= -1 holds,
     :meth:`forward` raises FlowInputError when it does not, and :meth:`inverse` warns
@@ -75,16 +77,32 @@ class Planar(Flow):
     def _coefficients(self) -> tuple[Tensor, Tensor, Tensor]:
         """u_hat, c = w . u_hat and 1 + c, the latter computed without cancellation.
 
-        With the reparameterisation 1 + c = softplus(w.u) exactly, which stays accurate
-        (and > 0) even when c rounds to -1; then 1 + c h' = (1 - h') + (1 + c) h' is a sum of
-        non-negative terms, so the log-determinant never becomes log(0) by rounding.
+        With the reparameterisation, c = w.u_hat is m(w.u) = softplus(w.u) - 1 exactly for
+        every w != 0, so it is returned as that (1 + c = softplus(w.u), which stays accurate
+        and > 0 even when c rounds to -1), never recomputed from u_hat. Then
+        1 + c h' = (1 - h') + (1 + c) h' is a sum of non-negative terms, so the
+        log-determinant never becomes log(0) by rounding.
+
+        At w = 0 the formula for u_hat is 0/0; the map there is x = z + u tanh(b), a
+        translation, so u_hat = u and c = 0 exactly (logdet 0). (The paper's u_hat is not
+        continuous at w = 0: its correction has norm |m(w.u) - w.u| / ||w||, which grows
+        without bound as w -> 0; for every w != 0 it is computed exactly, with no epsilon in
+        the denominator, as (w / ||w||) / ||w|| after scaling w by its largest entry, so that
+        ||w||^2 cannot underflow. In float32 u_hat itself overflows only once ||w|| < 1e-38.)
         """
         wu = torch.dot(self.w, self.u)
         if not self.enforce_invertibility:
             return self.u, wu, 1 + wu
-        one_plus_c = F.softplus(wu)
-        # The tiny constant only matters for w = 0, where the map is the identity anyway.
-        u_hat = self.u + (one_plus_c - 1 - wu) * self.w / (torch.dot(self.w, self.w) + 1e-12)
+        scale = self.w.detach().abs().max()
+        nonzero = scale > 0
+        # The double torch.where: the w = 0 branch never sees a division by 0, in value or gradient.
+        w_scaled = self.w / torch.where(nonzero, scale, torch.ones_like(scale))
+        norm_scaled = torch.linalg.vector_norm(w_scaled)
+        safe = torch.where(nonzero, norm_scaled, torch.ones_like(norm_scaled))
+        w_over_norm2 = (w_scaled / safe) / (safe * torch.where(nonzero, scale, torch.ones_like(scale)))
+        softplus = F.softplus(wu)
+        u_hat = self.u + torch.where(nonzero, softplus - 1 - wu, torch.zeros_like(wu)) * w_over_norm2
+        one_plus_c = torch.where(nonzero, softplus, torch.ones_like(softplus))
         return u_hat, one_plus_c - 1, one_plus_c
 
     def w_dot_u_hat(self) -> float:

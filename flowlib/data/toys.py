@@ -2,8 +2,9 @@
 
 Each toy has a ``name``, a plotting box ``bounds = (-L, L)`` (the same interval on both axes),
 ``sample(n, generator=None)`` returning a float32 tensor of shape ``(n, 2)`` and a normalised
-``log_prob(x)`` of shape ``(n,)``. The definitions are fixed, so that pictures and numbers
-compare across notebooks, libraries and papers:
+``log_prob(x)`` of shape ``(n,)`` (a point with a NaN coordinate is refused with a FlowInputError,
+by every toy alike; points at +-inf get log p = -inf, the density 0 of points far away). The
+definitions are fixed, so that pictures and numbers compare across notebooks, libraries and papers:
 
 ==================  =========================================================================
 ``eight_gaussians``  equal mixture of 8 Gaussians, centres on the circle of radius 4, std 0.5
@@ -55,6 +56,14 @@ def _points(x: Tensor, who: str) -> Tensor:
         raise FlowInputError(f"{who}: expected points of shape (n, 2), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise FlowInputError(f"{who}: expected a floating-point tensor, got dtype {x.dtype}")
+    # A NaN point has no density: without this check 5 of the 8 toys said -inf (the point is
+    # "outside the support") and the rest NaN. +-inf points are fine: their density is 0.
+    nan = torch.isnan(x).any(dim=1)
+    if bool(nan.any()):
+        rows = nan.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise FlowInputError(f"{who}: expected points without NaN, found NaN in {len(rows)} of {x.shape[0]} "
+                             f"rows (row {shown}); drop them first, e.g. x[~x.isnan().any(dim=1)]")
     return x
 
 

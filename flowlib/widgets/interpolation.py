@@ -111,6 +111,9 @@ class LatentInterpolation(Canvas):
                                  f"got {tuple(x.shape)}")
         device, dtype = placement(self.model)
         x = x.detach().to(device)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # else an all-NaN strip
+            raise FlowInputError(f"{who}: expected a finite image, found {int(torch.isnan(x).sum())} NaN and "
+                                 f"{int(torch.isinf(x).sum())} inf pixels")
         levels = grey_levels(self.model)
         if not x.is_floating_point() or (levels is not None and float(x.max()) > 1):
             if levels is None:
