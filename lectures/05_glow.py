@@ -68,7 +68,7 @@ FULL = DEVICE == "cuda"  # on a GPU: train at full size (change to True/False to
 STEPS = 30 if SMOKE else (5000 if FULL else 800)  # optimizer steps for each image model (sections 6 and 10)
 BATCH = 128  # images per step
 LR = 2e-3  # peak learning rate (linear warm-up, then cosine decay)
-GLOW_SIZE = dict(levels=2, steps=4, hidden=32, blocks=1)  # 2 levels of K = 4 steps, 32-channel ResNets
+GLOW_SIZE = dict(scales=2, depth=4, hidden=32, blocks=1)  # 2 scales of K = 4 steps, 32-channel ResNets
 MNIST_CHECK = 200 if SMOKE else 1000  # MNIST test images on which the shipped Glow is re-scored (section 11)
 MNIST_DOWNLOAD = not SMOKE  # may load_mnist fetch MNIST from the internet when no local copy exists?
 # Small convolutions on 8x8 images: on a shared 2-core machine (Binder) one thread is fastest,
@@ -87,15 +87,16 @@ from torch import Tensor, nn
 from flowlib.actnorm import ActNorm
 from flowlib.convnets import ResNetConditioner
 from flowlib.core import Compose
-from flowlib.coupling import AffineCoupling, channel_mask
-from flowlib.data import DIGITS_LEVELS, MNIST_LEVELS, DatasetError, load_digits, load_mnist, pad_to
+from flowlib.coupling import Coupling, channel_mask
+from flowlib.data import DIGITS_GREY_LEVELS, MNIST_GREY_LEVELS, DatasetError, load_digits, load_mnist, pad_to
 from flowlib.image_models import count_parameters, glow_image, nice_image, realnvp_image
-from flowlib.image_widgets import PAPER_TEMPERATURES, LatentInterpolation, TemperatureGrid
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale, squeeze
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 from flowlib.train import fit
-from flowlib.viz import image_grid
+from flowlib.transformers import Affine
+from flowlib.viz import image_grid, plot_training_curve
+from flowlib.widgets import PAPER_TEMPERATURES, LatentInterpolation, TemperatureGrid
 
 torch.manual_seed(0)
 np.random.seed(0)  # noqa: NPY002  (the global generator, for any code that draws from it)
@@ -106,13 +107,13 @@ T_START = time.perf_counter()
 x_train, y_train = load_digits("train")
 x_val, _ = load_digits("val")
 x_test, y_test = load_digits("test")
-K = DIGITS_LEVELS
-print("digits:", tuple(x_train.shape), tuple(x_val.shape), tuple(x_test.shape), f"grey levels 0..{K - 1}")
+GREY_LEVELS = DIGITS_GREY_LEVELS
+print("digits:", tuple(x_train.shape), tuple(x_val.shape), tuple(x_test.shape), f"grey levels 0..{GREY_LEVELS - 1}")
 
 
-def to_unit(x_levels: Tensor) -> Tensor:
-    """Grey levels k -> the centre of their bin, (k + 1/2) / K in (0, 1): the flow's input space."""
-    return (x_levels.float() + 0.5) / K
+def to_unit(x_grey: Tensor) -> Tensor:
+    """Grey levels k -> the centre of their bin, (k + 1/2) / GREY_LEVELS in (0, 1): the flow's input space."""
+    return (x_grey.float() + 0.5) / GREY_LEVELS
 
 
 # %% [markdown]
@@ -455,18 +456,27 @@ print("ex3 passed")
 #
 # Since the 1x1 convolution already mixes the channels, the coupling can always split them the
 # same simple way (first half, second half); flowlib still alternates the halves from step to
-# step. Now one complete step, ActNorm -> 1x1 convolution (LU) -> affine coupling, on
-# $(4, 2, 2)$ inputs (16 numbers, so autograd can build the full Jacobian), with the zero layer
-# perturbed so that the coupling does something:
+# step. In flowlib this is the same `Coupling` as for NICE and RealNVP: a structure (which
+# entries condition which, fixed by a mask) times an elementwise transformer, here `Affine`,
+# with the conditioner network between them (Papamakarios et al., 2021, sections 3 and 4);
+# `AffineCoupling(mask, net, clamp)` is short for `Coupling(mask, net, Affine(clamp))`. A
+# channel mask holds one value per channel, so the layer slices along the channels: the
+# conditioner reads the $c/2$ kept channels $x_b$ and writes $2 \cdot c/2 = c$ channels, the
+# log-scales and then the shifts for $x_a$. Now one complete step, ActNorm -> 1x1 convolution
+# (LU) -> affine coupling, on $(4, 2, 2)$ inputs (16 numbers, so autograd can build the full
+# Jacobian), with the zero layer perturbed so that the coupling does something:
 
 # %%
 torch.manual_seed(4)
 c, hh, ww = 4, 2, 2
+mask = channel_mask(c, hh, ww, 0)  # 1 on the first c/2 channels (kept, they condition), 0 on the others
+sizes = Coupling.conditioner_sizes(mask, Affine)  # (c/2 channels in, 2 * c/2 out)
 step = Compose(
     ActNorm(c),
     InvertibleLinearLU(c),
-    AffineCoupling(channel_mask(c, hh, ww, 0), ResNetConditioner(c, 2 * c, hidden=8, blocks=1)),
+    Coupling(mask, ResNetConditioner(*sizes, hidden=8, blocks=1), Affine(clamp=2.0)),
 ).double()
+print("the coupling slices along channels:", step[2].sliced, "| conditioner channels (in, out):", sizes)
 with torch.no_grad():
     for p in step[2].parameters():
         p.add_(0.2 * torch.randn_like(p))
@@ -497,7 +507,7 @@ print("inverse round trip < 1e-10:", bool((step.inverse(y)[0] - x[:3]).abs().max
 # | **Invertible 1x1 convolution** ($W$: $c \times c$) | $y_{i,j} = W x_{i,j}$ | $x_{i,j} = W^{-1} y_{i,j}$ | $h \cdot w \cdot \log\lvert\det W\rvert$, or with $W = PL(U + \operatorname{diag}(s))$: $h \cdot w \cdot \sum \log\lvert s\rvert$ |
 # | **Affine coupling** (NN: a convolutional network, last layer zero) | $x_a, x_b = \operatorname{split}(x)$; $(\log s, t) = \mathrm{NN}(x_b)$; $y_a = s \odot x_a + t$; $y_b = x_b$; $y = \operatorname{concat}(y_a, y_b)$ | $y_a, y_b = \operatorname{split}(y)$; $(\log s, t) = \mathrm{NN}(y_b)$; $x_a = (y_a - t) / s$; $x_b = y_b$; $x = \operatorname{concat}(x_a, x_b)$ | $\sum \log\lvert s\rvert$ (over the entries of $x_a$) |
 #
-# A whole Glow is $K$ such steps per level of the multi-scale architecture of lecture 4:
+# A whole Glow is $K$ such steps per scale of the multi-scale architecture of lecture 4:
 # squeeze, $K$ steps, split off half of the channels, repeat on the other half. Glow adds one
 # more learned piece there: the split-off half $z_2$ gets a **learned conditional prior**
 # $\mathcal{N}(\mu(z_1), \sigma(z_1)^2)$ computed from the half $z_1$ that goes on, instead of
@@ -509,16 +519,16 @@ print("inverse round trip < 1e-10:", bool((step.inverse(y)[0] - x[:3]).abs().max
 # ## 5. A Glow for the digits
 #
 # `flowlib.image_models.glow_image` assembles all of it: the logit preprocessing of lecture 4,
-# then 2 levels of $K = 4$ steps (ActNorm, LU 1x1 convolution, affine coupling with a small
+# then 2 scales of $K = 4$ steps (ActNorm, LU 1x1 convolution, affine coupling with a small
 # ResNet) with a learned prior for the split, and uniform dequantisation of the 17 grey
-# levels. The latent has the shape of the image, $1 \times 8 \times 8$: at each level the
+# levels. The latent has the shape of the image, $1 \times 8 \times 8$: at each scale the
 # factored-out half is put back in place.
 
 # %%
 torch.manual_seed(0)
-glow = glow_image((1, 8, 8), bins=K, **GLOW_SIZE)
+glow = glow_image((1, 8, 8), grey_levels=GREY_LEVELS, **GLOW_SIZE)
 glow_steps = glow.flow[1]
-print(type(glow_steps).__name__, "with levels of shape", MultiScale.level_shapes((1, 8, 8), GLOW_SIZE["levels"]))
+print(type(glow_steps).__name__, "with scales of shape", MultiScale.scale_shapes((1, 8, 8), GLOW_SIZE["scales"]))
 print("layers in one step:", [type(layer).__name__ for layer in glow_steps.steps[0][:3]])
 print("parameters:", f"{count_parameters(glow):,}")
 glow.initialize(x_train[:512].float())  # ActNorm's data-dependent start, on a large batch
@@ -547,8 +557,8 @@ print(glow_result)
 
 # %%
 fig, (ax_curve, ax_data, ax_samples) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.3, 1, 1]})
-glow_result.plot(ax=ax_curve)
-ax_curve.axhline(math.log2(K), color="0.5", ls=":", lw=1)
+plot_training_curve(glow_result, ax=ax_curve)
+ax_curve.axhline(math.log2(GREY_LEVELS), color="0.5", ls=":", lw=1)
 ax_curve.set_title("Glow on the 8x8 digits")
 image_grid(to_unit(x_test[:36]), nrow=6, ax=ax_data, title="test digits")
 torch.manual_seed(5)
@@ -567,7 +577,7 @@ plt.show()
 #
 # Two remarks make the experiment clean.
 #
-# * **Cool every latent.** In a multi-scale Glow, $z$ holds the latents of every level, and
+# * **Cool every latent.** In a multi-scale Glow, $z$ holds the latents of every scale, and
 #   the split-off halves have the learned priors $\mathcal{N}(\mu(z_1), \sigma(z_1)^2)$.
 #   Because flowlib writes these priors as bijections of standard-normal $\varepsilon$'s,
 #   "$z = T\varepsilon$ for the whole latent" scales each prior's spread by $T$ too: the
@@ -668,7 +678,7 @@ print("ex4 passed")
 # %%
 x_a = x_test[y_test == 3][0]
 x_b = x_test[y_test == 8][0]
-interpolation = LatentInterpolation(glow, x_a, x_b, steps=9)
+interpolation = LatentInterpolation(glow, x_a, x_b, frames=9)
 alphas = interpolation.alphas
 fig, axes = plt.subplots(2, 1, figsize=(10, 2.8))
 for ax, path in zip(axes, LatentInterpolation.PATHS, strict=True):
@@ -758,8 +768,8 @@ for lam, v in zip(lambdas, ink_after, strict=True):
 # %%
 # NBVAL_IGNORE_OUTPUT
 builders = {
-    "NICE": lambda: nice_image((1, 8, 8), couplings=4, hidden=32, blocks=1, bins=K),
-    "RealNVP": lambda: realnvp_image((1, 8, 8), levels=2, steps=4, hidden=32, blocks=1, bins=K),
+    "NICE": lambda: nice_image((1, 8, 8), couplings=4, hidden=32, blocks=1, grey_levels=GREY_LEVELS),
+    "RealNVP": lambda: realnvp_image((1, 8, 8), scales=2, depth=4, hidden=32, blocks=1, grey_levels=GREY_LEVELS),
 }
 comparison = {"Glow": (glow, glow_result, glow_seconds)}
 for name, build in builders.items():
@@ -776,7 +786,7 @@ for name in ("NICE", "RealNVP", "Glow"):
     model, result, (wall, cpu) = comparison[name]
     table.append(f"| {name} | {count_parameters(model):,} | {wall:.0f} s ({cpu:.0f} s) | {result.steps} | "
                  f"{result.test:.3f} |")
-table.append(f"| uniform over the 17 levels | 0 | | | {math.log2(K):.3f} |")
+table.append(f"| uniform over the 17 grey levels | 0 | | | {math.log2(GREY_LEVELS):.3f} |")
 display(Markdown("\n".join(table) + f"\n\nTrained on {DEVICE}, {BATCH} images per step; the CPU time "
                  "of this process is the fairer clock on a machine shared with other jobs."))
 
@@ -787,7 +797,7 @@ display(Markdown("\n".join(table) + f"\n\nTrained on {DEVICE}, {BATCH} images pe
 # Glow step also costs more time than a RealNVP step (one more layer, and the split priors).
 #
 # **MNIST** (28x28 pixels, 256 grey levels) is where published flows report their figures;
-# they cannot be compared with the digits' numbers above, which have 64 pixels and 17 levels.
+# they cannot be compared with the digits' numbers above, which have 64 pixels and 17 grey levels.
 # The course ships a small RealNVP and a small Glow trained on MNIST on a CPU (read with
 # `flowlib.pretrained`, as in lecture 4, section 7); the next cell puts the figures recorded
 # with their weights next to the published ones:
@@ -802,7 +812,7 @@ display(Markdown("\n".join(table) + f"\n\nTrained on {DEVICE}, {BATCH} images pe
 # %%
 # NBVAL_IGNORE_OUTPUT
 MODEL_NAMES = {"nice_image": "NICE", "realnvp_image": "RealNVP", "glow_image": "Glow"}
-shipped = shipped_checkpoints()  # {file stem: path} for checkpoints/*.pt
+shipped = shipped_checkpoints()  # {name: path} for flowlib/checkpoints/*.pt
 mnist_info = {}
 for stem, path in shipped.items():
     try:
@@ -825,14 +835,14 @@ for stem, info in sorted(mnist_info.items(), key=lambda item: -item[1].get("metr
 table += ["| RealNVP (Dinh et al., 2017) | 1.06 | | | GPUs; as quoted by Grathwohl et al. (2019) |",
           "| Glow (Kingma & Dhariwal, 2018) | 1.05 | | | GPUs; as quoted by Grathwohl et al. (2019) |",
           "| multi-scale flow (Lippe, UvA tutorial 11) | 1.020 | | hours | a GPU |",
-          f"| uniform over the 256 grey levels | {math.log2(MNIST_LEVELS):.3f} | 0 | | |"]
+          f"| uniform over the 256 grey levels | {math.log2(MNIST_GREY_LEVELS):.3f} | 0 | | |"]
 display(Markdown("\n".join(table)))
 if "glow_mnist" not in mnist_info:
-    print("No Glow for MNIST in checkpoints/. To make one, with MNIST available (set FLOWLIB_DATA to a folder\n"
+    print("No Glow for MNIST in flowlib/checkpoints/. To make one, with MNIST available (set FLOWLIB_DATA to a folder\n"
           "holding mnist/*.gz, or let flowlib.data.load_mnist download it), run from the repository root,\n"
           "preferably on a GPU:\n"
           "    python scripts/train_image_flow.py --model glow --data mnist --minutes 20 --lr 3e-3 "
-          "--out checkpoints/glow_mnist.pt\n"
+          "--out flowlib/checkpoints/glow_mnist.pt\n"
           "and run this section again.")
 
 # %% [markdown]
@@ -856,7 +866,7 @@ if "glow_mnist" not in mnist_info:
 mnist_glow, mnist_pad = None, None
 if "glow_mnist" in mnist_info:
     try:
-        mnist_glow = load_pretrained(shipped["glow_mnist"])
+        mnist_glow = load_pretrained("glow_mnist")
         mnist_pad = mnist_info["glow_mnist"].get("pad")  # trained on images padded to pad x pad, if set
         print(f"loaded glow_mnist.pt: {count_parameters(mnist_glow):,} parameters, "
               f"latent shape {tuple(mnist_glow.event_shape)}")
@@ -887,8 +897,8 @@ if mnist_glow is not None and mnist_test is not None:
 # NBVAL_IGNORE_OUTPUT
 if mnist_glow is not None:
     mnist_eps = torch.randn(36, *mnist_glow.event_shape, generator=torch.Generator().manual_seed(7))
-    levels = mnist_glow.levels  # grey level k is shown at the centre of its bin, (k + 1/2) / 256
-    panels = [("test digits", (mnist_test[:36].float() + 0.5) / levels)] if mnist_test is not None else []
+    grey_levels = mnist_glow.grey_levels  # grey level k is shown at the centre of its bin, (k + 1/2) / 256
+    panels = [("test digits", (mnist_test[:36].float() + 0.5) / grey_levels)] if mnist_test is not None else []
     with torch.no_grad():
         panels += [(f"T = {T:g}", mnist_glow.decode(T * mnist_eps).clamp(0, 1)) for T in (1.0, 0.7, 0.5)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
@@ -896,13 +906,13 @@ if mnist_glow is not None:
         image_grid(images, nrow=6, ax=ax, title=title)
     plt.show()
 else:
-    print("skipped: no MNIST Glow in checkpoints/ (see the table's cell for how to make one)")
+    print("skipped: no MNIST Glow in flowlib/checkpoints/ (see the table's cell for how to make one)")
 
 # %% [markdown]
 # At $T = 1$ the small model's samples are mostly broken strokes; as $T$ drops, the same
 # samples become smoother, fatter and more digit-like, and their variety shrinks. Here is the
-# slider again, on a 10x10 grid of the MNIST Glow: with about 190 thousand parameters and
-# 784 pixels per image, a grid at a temperature not seen before takes a few tenths of a second
+# slider again, on a 10x10 grid of the MNIST Glow: with about 170 thousand parameters and
+# 784 pixels per image, a grid at a temperature not seen before takes a fraction of a second
 # on a CPU (the cell measures it).
 
 # %%
@@ -918,7 +928,7 @@ if mnist_glow is not None:
     print(f"redraw at a new T: median {np.median(redraw_ms):.0f} ms over {len(redraw_ms)} moves")
     display(mnist_temperature)
 else:
-    print("skipped: no MNIST Glow in checkpoints/")
+    print("skipped: no MNIST Glow in flowlib/checkpoints/")
 
 # %% [markdown]
 # And the walk between two real test images, a 2 and a 7, along the straight line and along
@@ -929,7 +939,7 @@ else:
 # NBVAL_IGNORE_OUTPUT
 if mnist_glow is not None and mnist_test is not None:
     mnist_walk = LatentInterpolation(mnist_glow, mnist_test[mnist_labels == 2][0], mnist_test[mnist_labels == 7][0],
-                                     steps=9)
+                                     frames=9)
     fig, axes = plt.subplots(2, 1, figsize=(10, 2.9))
     for ax, path in zip(axes, LatentInterpolation.PATHS, strict=True):
         image_grid(mnist_walk.decode(mnist_walk.alphas, path), nrow=len(mnist_walk.alphas), ax=ax)
@@ -957,6 +967,8 @@ else:
 # ### References
 #
 # * D. P. Kingma, P. Dhariwal (2018). *Glow: Generative flow with invertible 1x1 convolutions*. NeurIPS.
+# * G. Papamakarios, E. Nalisnick, D. J. Rezende, S. Mohamed, B. Lakshminarayanan (2021). *Normalizing
+#   flows for probabilistic modeling and inference*. JMLR 22(57).
 # * L. Dinh, J. Sohl-Dickstein, S. Bengio (2017). *Density estimation using Real NVP*. ICLR.
 # * L. Dinh, D. Krueger, Y. Bengio (2015). *NICE: Non-linear Independent Components Estimation*. ICLR workshop.
 # * S. Ioffe, C. Szegedy (2015). *Batch normalization: accelerating deep network training by reducing
