@@ -20,18 +20,40 @@ first batch never re-initialises it).
 ['glow_mnist', 'nice_mnist', 'realnvp_mnist']
 >>> checkpoint_info("nice_mnist")["builder"]
 'nice_image'
+
+**Trust.** A file is read once, as bytes, and checked before any model is built:
+
+- a shipped file's SHA-256 must equal the one in ``flowlib/checkpoints/MANIFEST.json`` (name,
+  file SHA-256, tensor checksum, builder, keywords, metrics; written by
+  ``scripts/convert_checkpoints.py checksum``), so a corrupted installation is found;
+- a file that records the checksum of its tensors (``tensor_sha256``, see
+  :mod:`flowlib._integrity`) must match it: a flipped byte inside a tensor record, which
+  ``torch.load`` does not notice, is refused; so is a NaN or infinite weight;
+- a truncated or foreign file, missing entries or entries of the wrong type raise
+  :class:`~flowlib.core.FlowInputError` naming the file, never a raw ``KeyError``;
+- the builder's size keywords are bounded before anything is allocated, so a file cannot ask
+  for a model that fills the memory: ``hidden`` at most 4,096, ``blocks`` at most 64,
+  ``depth`` at most 256, ``couplings`` at most 256, ``scales`` at most 8, ``grey_levels`` at
+  most 65,536; ``shape`` at most 64 channels, 4,096 pixels a side and 4,194,304 values; and an
+  estimate of the parameters and buffers at most 100,000,000 (400 MB in float32).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import numbers
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from flowlib import image_models
 from flowlib._checks import FlowInputError
+from flowlib._integrity import require_finite, verify_checksum
 from flowlib.image_models import ImageFlowModel
 
 try:
@@ -39,11 +61,21 @@ try:
 except ImportError:  # Python 3.10
     from importlib.abc import Traversable
 
-__all__ = ["FORMAT", "BUILDERS", "load_pretrained", "shipped_checkpoints", "checkpoint_info"]
+__all__ = ["FORMAT", "BUILDERS", "MANIFEST", "MAX_KWARGS", "MAX_PARAMETERS", "load_pretrained",
+           "shipped_checkpoints", "checkpoint_info"]
 
 FORMAT = "flowlib.pretrained/1"
 #: Only these builders may be named by a file: a file never chooses arbitrary code to call.
 BUILDERS = frozenset({"nice_image", "realnvp_image", "glow_image"})
+#: The shipped files' manifest, beside them in ``flowlib/checkpoints/``.
+MANIFEST = "MANIFEST.json"
+MANIFEST_FORMAT = "flowlib.checkpoints-manifest/1"
+#: The largest size keyword a file may ask of its builder (old spellings share the new limit).
+MAX_KWARGS = {"hidden": 4096, "blocks": 64, "depth": 256, "couplings": 256, "scales": 8, "grey_levels": 65536}
+_OLD_SPELLINGS = {"levels": "scales", "steps": "depth", "bins": "grey_levels"}
+MAX_CHANNELS, MAX_SIDE, MAX_EVENT_SIZE = 64, 4096, 4_194_304
+#: The largest estimated number of parameters and buffers (400 MB in float32).
+MAX_PARAMETERS = 100_000_000
 #: A shipped name ("glow_mnist"), a path to a file, or an entry of :func:`shipped_checkpoints`.
 Source = str | os.PathLike | Traversable
 
@@ -87,18 +119,126 @@ def _resolve(source: Source) -> Traversable:
     return path
 
 
-def _read(source: Source, map_location: str | torch.device = "cpu") -> dict:
+def _shipped_name(file: Traversable) -> str | None:
+    """The shipped name of ``file`` when it is one of the package's own files (else None)."""
+    for name, shipped in shipped_checkpoints().items():
+        if shipped == file or (isinstance(file, Path) and isinstance(shipped, Path)
+                               and file.resolve() == shipped.resolve()):
+            return name
+    return None
+
+
+def _remedy(shipped: str | None) -> str:
+    if shipped is not None:
+        return (f"re-install flowlib (pip install --force-reinstall flowlib), or in a clone of the "
+                f"repository restore the file (git checkout -- flowlib/checkpoints/{shipped}.pt); a file "
+                f"retrained on purpose is recorded with scripts/convert_checkpoints.py checksum")
+    return ("re-download or copy the file again, or write it anew with scripts/train_image_flow.py (a file "
+            "whose tensors you changed on purpose gets a new checksum from scripts/convert_checkpoints.py "
+            "checksum --force --checkpoints ITS_FOLDER)")
+
+
+def _check_manifest(name: str, raw: bytes, remedy: str) -> None:
+    """The shipped file ``name`` must be, byte for byte, the one its manifest describes."""
+    where = f"flowlib/checkpoints/{MANIFEST}"
+    try:
+        manifest = json.loads(_folder().joinpath(MANIFEST).read_text(encoding="utf-8"))
+        entry = manifest["checkpoints"][name]
+        want = entry["file_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FlowInputError(f"load_pretrained: {where} is missing, unreadable or has no entry for {name}.pt "
+                             f"({type(err).__name__}: {err}), so the shipped file cannot be checked; "
+                             f"{remedy}") from err
+    if hashlib.sha256(raw).hexdigest() != want:
+        raise FlowInputError(f"load_pretrained: {name}.pt is not the file shipped with flowlib (its SHA-256 "
+                             f"differs from the one in {where}): the installed copy is corrupted or was "
+                             f"changed; {remedy}")
+
+
+def _read(source: Source) -> dict:
+    """The checked content of a checkpoint, on the CPU (see the module's docstring for the checks)."""
     file = _resolve(source)
-    with file.open("rb") as f:
-        blob = torch.load(f, map_location=map_location, weights_only=True)
+    name, shipped = (str(file) if isinstance(file, Path) else file.name), _shipped_name(file)
+    remedy = _remedy(shipped)
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise FlowInputError(f"load_pretrained: could not read {name} ({type(err).__name__}: {err}); check "
+                             f"that the file is readable (its permissions) and not a folder") from err
+    if shipped is not None:
+        _check_manifest(shipped, raw, remedy)
+    try:
+        # Always onto the CPU first: the checks below read the values, and a device that is not
+        # there is then reported as such by load_pretrained, not as a broken file.
+        blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, refused global: all one kind of answer
+        said = str(err).splitlines()[0] if str(err) else ""
+        raise FlowInputError(f"load_pretrained: {name} could not be read as a checkpoint "
+                             f"({type(err).__name__}: {said[:200]}); the file is truncated, corrupted or "
+                             f"not a checkpoint; {remedy}") from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise FlowInputError(f"load_pretrained: {file.name} is not a {FORMAT!r} file")
-    if blob.get("builder") not in BUILDERS:
-        raise FlowInputError(
-            f"load_pretrained: {file.name} names the builder {blob.get('builder')!r}, "
-            f"expected one of {sorted(BUILDERS)}"
-        )
+        raise FlowInputError(f"load_pretrained: {name} is not a {FORMAT!r} file; {remedy}")
+    builder = blob.get("builder")
+    if not isinstance(builder, str) or builder not in BUILDERS:
+        raise FlowInputError(f"load_pretrained: {name} names the builder {builder!r}, expected one of "
+                             f"{sorted(BUILDERS)}; {remedy}")
+    for key, kind in (("kwargs", "a dict of builder keywords"), ("state_dict", "a dict of tensors")):
+        if not isinstance(blob.get(key), dict) or not all(isinstance(k, str) for k in blob[key]):
+            found = type(blob.get(key)).__name__ if key in blob else "nothing"
+            raise FlowInputError(f"load_pretrained: {name} has {found} under {key!r}, expected {kind}; "
+                                 f"{remedy}")
+    odd = [k for k, v in blob["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise FlowInputError(f"load_pretrained: {name}: the state_dict entry {odd[0]!r} is a "
+                             f"{type(blob['state_dict'][odd[0]]).__name__}, expected a tensor; {remedy}")
+    verify_checksum(blob, name, "load_pretrained", remedy)
+    require_finite(blob, name, "load_pretrained", remedy)
     return blob
+
+
+def _size(value: Any, key: str, name: str, maximum: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= value <= maximum:
+        raise FlowInputError(f"load_pretrained: {name} asks the builder for {key}={value!r}, expected an "
+                             f"integer from {minimum:,} to at most {maximum:,} "
+                             f"(flowlib.pretrained.MAX_KWARGS): a damaged or foreign file")
+    return int(value)
+
+
+def _check_sizes(builder: str, kwargs: dict[str, Any], name: str) -> None:
+    """Bound every size a file asks of its builder, and the model's estimated size, before building.
+
+    The estimate counts the conditioners' convolutions (3x3, ``hidden`` channels, ``blocks``
+    residual blocks of two), the 1x1 convolutions and the masks, with the channels of each
+    scale; it is an upper bound of the true count within a factor of about two.
+    """
+    sizes = {}
+    for key, value in kwargs.items():
+        new = _OLD_SPELLINGS.get(key, key)
+        if new in MAX_KWARGS:
+            sizes[new] = _size(value, key, name, MAX_KWARGS[new], minimum=2 if new == "grey_levels" else 1)
+    shape = kwargs.get("shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise FlowInputError(f"load_pretrained: {name} asks for shape={shape!r}, expected (channels, height, "
+                             f"width)")
+    c = _size(shape[0], "shape[0] (channels)", name, MAX_CHANNELS)
+    h, w = (_size(s, f"shape[{i}]", name, MAX_SIDE) for i, s in ((1, shape[1]), (2, shape[2])))
+    if c * h * w > MAX_EVENT_SIZE:
+        raise FlowInputError(f"load_pretrained: {name} asks for shape={list(shape)} ({c * h * w:,} values "
+                             f"per image), at most {MAX_EVENT_SIZE:,}: a damaged or foreign file")
+    hidden, blocks = sizes.get("hidden", 64), sizes.get("blocks", 2)
+    if builder == "nice_image":
+        stages = [(c, sizes.get("couplings", 4))]
+    else:
+        stages = [(4 * c * 2**level, sizes.get("depth", 4)) for level in range(sizes.get("scales", 2))]
+    estimate = c * h * w
+    for channels, steps in stages:
+        convolutions = 9 * hidden * (3 * channels + 2 * blocks * hidden + 2) + channels * (channels + 2)
+        per_step = convolutions + c * h * w  # and one mask of the image's size
+        estimate += steps * per_step
+    if estimate > MAX_PARAMETERS:
+        raise FlowInputError(f"load_pretrained: {name} asks {builder} for a model of about {estimate:.2e} "
+                             f"parameters and buffers, at most {MAX_PARAMETERS:,} "
+                             f"(flowlib.pretrained.MAX_PARAMETERS): a damaged or foreign file")
 
 
 def checkpoint_info(source: Source) -> dict:
@@ -110,20 +250,37 @@ def load_pretrained(source: Source, map_location: str | torch.device = "cpu") ->
     """Rebuild a checkpoint's model, in evaluation mode, on ``map_location``.
 
     ``source`` is a shipped name (``"glow_mnist"``, see :func:`shipped_checkpoints`) or the
-    path of a file written by ``scripts/train_image_flow.py``.
+    path of a file written by ``scripts/train_image_flow.py``. Every failure to read, check or
+    rebuild it is a :class:`~flowlib.core.FlowInputError` naming the file and what to do.
 
     >>> model = load_pretrained("nice_mnist")
     >>> model.training, tuple(model.event_shape)
     (False, (1, 28, 28))
     """
-    blob = _read(source, map_location)
-    model = getattr(image_models, blob["builder"])(**blob["kwargs"])
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise FlowInputError(f"load_pretrained: map_location must be a device such as 'cpu' or 'cuda', "
+                             f"got {map_location!r}") from err
+    blob = _read(source)
+    file = _resolve(source)
+    name = str(file) if isinstance(file, Path) else file.name
+    _check_sizes(blob["builder"], blob["kwargs"], name)
+    try:
+        model = getattr(image_models, blob["builder"])(**blob["kwargs"])
+    except (TypeError, ValueError) as err:  # FlowInputError is a ValueError
+        raise FlowInputError(f"load_pretrained: the builder keywords of {name} do not fit today's "
+                             f"{blob['builder']} ({err}); {_remedy(_shipped_name(file))}") from err
     try:
         model.load_state_dict(blob["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError) as err:
         raise FlowInputError(
-            f"load_pretrained: the weights of {_resolve(source).name} do not fit today's "
+            f"load_pretrained: the weights of {name} do not fit today's "
             f"{blob['builder']} (a file from an older flowlib? scripts/convert_checkpoints.py converts "
             f"one): {err}"
         ) from err
-    return model.to(map_location).eval()
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as err:  # torch's answer to a device that is not there
+        raise FlowInputError(f"load_pretrained: cannot move the model to map_location={map_location!r} "
+                             f"({type(err).__name__}: {err}); use 'cpu' or an available device") from err

@@ -7,6 +7,8 @@
     python scripts/convert_checkpoints.py convert
     # 3. any time: today's files against the recorded figures
     python scripts/convert_checkpoints.py verify
+    # 4. record the checksum of each file's tensors in it, and the folder's MANIFEST.json
+    python scripts/convert_checkpoints.py checksum
 
 What stays the same is the *map*. The figure kept is the continuous log-density
 ``log p_Y(y)`` (``ImageFlowModel.log_prob_continuous``) of fixed inputs y, computed with the
@@ -26,6 +28,14 @@ the old file lacks is taken from the fresh model only if it is a buffer the buil
 (a coupling's ``mask``); any other missing, extra or mis-shaped key stops the script. The file
 gets a ``converted`` entry (what, when, by which script, the largest difference) and is written
 with :func:`flowlib._io.atomic_write`, only after its figures match within ``TOLERANCE``.
+
+``checksum`` changes no weight: it adds to each file the SHA-256 of its tensors
+(``tensor_sha256``, :func:`flowlib._integrity.state_checksum`), rewriting the file atomically
+only after the rewritten bytes were read back with every tensor equal, and writes
+``MANIFEST.json`` beside the files (name, file SHA-256, tensor checksum, builder, keywords,
+metrics), which :func:`flowlib.pretrained.load_pretrained` checks the shipped files against. A
+file whose recorded checksum no longer matches its tensors, or that holds a NaN, is refused
+(``--force`` re-records a file whose tensors were changed on purpose).
 """
 
 from __future__ import annotations
@@ -238,6 +248,53 @@ def _max_difference(got: dict, want: dict, name: str) -> float:
     return worst
 
 
+# -- 4. checksum: record the tensors' checksum in each file, and the folder's manifest -------------
+def checksum(folder: Path, force: bool = False) -> None:
+    import io
+
+    from flowlib._integrity import CHECKSUM_KEY, IntegrityError, file_sha256, require_finite, state_checksum
+    from flowlib._io import atomic_write
+    from flowlib.pretrained import MANIFEST, MANIFEST_FORMAT
+
+    entries = {}
+    for path in sorted(folder.glob("*.pt")):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            require_finite(blob, path, "convert_checkpoints checksum", "retrain or restore the file")
+        except IntegrityError as err:
+            raise SystemExit(str(err)) from None
+        digest, recorded = state_checksum(blob), blob.get(CHECKSUM_KEY)
+        if recorded is not None and recorded != digest and not force:
+            raise SystemExit(f"{path.name}: its tensors no longer match the checksum recorded in it (a "
+                             f"corrupted file?); restore it, or pass --force if they were changed on purpose")
+        if recorded != digest:
+            new = {**{k: v for k, v in blob.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: digest}
+            buffer = io.BytesIO()
+            torch.save(new, buffer)
+            back = torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+            same = back.keys() == new.keys() and all(
+                torch.equal(back["state_dict"][k], v) and back["state_dict"][k].dtype == v.dtype
+                for k, v in blob["state_dict"].items()) and state_checksum(back) == digest
+            if not same:
+                raise SystemExit(f"{path.name}: the rewritten file does not read back the same; "
+                                 f"nothing written")
+            with atomic_write(path, "wb") as f:
+                f.write(buffer.getvalue())
+            print(f"{path.name}: recorded {CHECKSUM_KEY} {digest[:16]}...")
+        else:
+            print(f"{path.name}: {CHECKSUM_KEY} already recorded")
+        entries[path.stem] = {"file": path.name, "file_sha256": file_sha256(path), "tensor_sha256": digest,
+                              "builder": blob["builder"], "kwargs": blob["kwargs"],
+                              "metrics": blob["metrics"]}
+    manifest = {"format": MANIFEST_FORMAT,
+                "about": "The shipped checkpoints: flowlib.pretrained.load_pretrained refuses a file "
+                         "whose bytes differ from its file_sha256. Written by scripts/convert_checkpoints.py "
+                         "checksum.",
+                "checkpoints": entries}
+    _write_json(folder / MANIFEST, manifest)
+    print(f"wrote {folder / MANIFEST} ({len(entries)} files)")
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -262,11 +319,13 @@ def _write_json(path: Path, record: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["reference", "convert", "verify"])
+    p.add_argument("command", choices=["reference", "convert", "verify", "checksum"])
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="folder of the .pt files (default: flowlib/checkpoints)")
     p.add_argument("--reference", type=Path, default=REFERENCE)
     p.add_argument("--dry-run", action="store_true", help="convert and check, write nothing")
+    p.add_argument("--force", action="store_true",
+                   help="checksum: re-record a file whose tensors no longer match its recorded checksum")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -275,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         reference(folder, args.reference)
     elif args.command == "convert":
         convert(folder, args.reference, args.dry_run)
+    elif args.command == "checksum":
+        checksum(folder, args.force)
     else:
         verify(folder, args.reference)
 

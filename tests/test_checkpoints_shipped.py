@@ -170,6 +170,7 @@ def test_a_file_of_the_old_layout_still_loads_and_a_broken_one_says_why(tmp_path
     back = {new: old for old, new in CONVERT.RENAMED.items()}
     blob["kwargs"] = {back.get(k, k): v for k, v in blob["kwargs"].items()}
     blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.endswith(".mask")}
+    blob.pop("tensor_sha256")  # files of the old layout were written before checksums were recorded
     torch.save(blob, tmp_path / "old.pt")
     with pytest.warns(DeprecationWarning) as record:
         old = load_pretrained(tmp_path / "old.pt")
@@ -196,3 +197,179 @@ def test_conversion_copies_by_key_and_fails_loudly() -> None:
         CONVERT.transfer({}, {"a.weight": torch.zeros(2)})
     assert CONVERT.new_kwargs({"levels": 2, "steps": 4, "bins": 256, "coupling": "split", "hidden": 8}) == {
         "scales": 2, "depth": 4, "grey_levels": 256, "hidden": 8}
+
+
+# -- integrity (issue 12, item 5): checksums, the manifest, non-finite weights ----------------------
+MANIFEST = FOLDER / "MANIFEST.json"
+
+
+def _flip_inside_a_tensor(raw: bytes, blob: dict, key: str) -> bytes:
+    """``raw`` (a .pt file) with one byte flipped in the middle of the record of tensor ``key``.
+
+    The tensor's bytes are found in the (uncompressed) zip archive, so the pickle, the zip
+    directory and every other record stay valid: only the weight changes.
+    """
+    data = blob["state_dict"][key].contiguous().numpy().tobytes()
+    at = raw.find(data)
+    assert at > 0 and raw.find(data, at + 1) < 0, "the tensor's bytes must occur once in the file"
+    middle = at + len(data) // 2
+    return raw[:middle] + bytes([raw[middle] ^ 0x40]) + raw[middle + 1:]
+
+
+def _largest_weight(blob: dict) -> str:
+    return max((k for k, v in blob["state_dict"].items() if v.is_floating_point()),
+               key=lambda k: blob["state_dict"][k].numel())
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+def test_each_shipped_file_records_its_tensor_checksum_and_the_manifest_its_bytes(path: Path) -> None:
+    from flowlib._integrity import CHECKSUM_KEY, file_sha256, state_checksum
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert blob[CHECKSUM_KEY] == state_checksum(blob)
+    entry = json.loads(MANIFEST.read_text())["checkpoints"][path.stem]
+    assert entry["file"] == path.name and entry["file_sha256"] == file_sha256(path)
+    assert entry["tensor_sha256"] == blob[CHECKSUM_KEY]
+    assert entry["builder"] == blob["builder"] and entry["kwargs"] == blob["kwargs"]
+    assert entry["metrics"] == blob["metrics"]
+
+
+def test_the_manifest_lists_exactly_the_shipped_files() -> None:
+    assert sorted(json.loads(MANIFEST.read_text())["checkpoints"]) == [p.stem for p in CHECKPOINTS]
+
+
+def test_a_flipped_byte_inside_a_tensor_record_is_refused(tmp_path: Path) -> None:
+    raw = (FOLDER / "nice_mnist.pt").read_bytes()
+    blob = torch.load(FOLDER / "nice_mnist.pt", weights_only=True)
+    bad = tmp_path / "nice_copy.pt"
+    bad.write_bytes(_flip_inside_a_tensor(raw, blob, _largest_weight(blob)))
+    with pytest.raises(FlowInputError, match=r"load_pretrained: the tensors of .*nice_copy\.pt do not match "
+                                             r"the checksum.*scripts/train_image_flow\.py"):
+        load_pretrained(bad)
+    with pytest.raises(FlowInputError, match=r"nice_copy\.pt"):
+        checkpoint_info(bad)
+
+
+def test_a_changed_shipped_file_is_refused_by_its_manifest(tmp_path: Path, monkeypatch) -> None:
+    """A shipped file whose bytes differ from MANIFEST.json (even with a consistent checksum)."""
+    import shutil
+
+    import flowlib.pretrained as pretrained
+
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(FOLDER, folder)
+    blob = torch.load(folder / "glow_mnist.pt", weights_only=True)
+    (folder / "glow_mnist.pt").write_bytes(_flip_inside_a_tensor((folder / "glow_mnist.pt").read_bytes(),
+                                                                 blob, _largest_weight(blob)))
+    monkeypatch.setattr(pretrained, "_folder", lambda: folder)
+    with pytest.raises(FlowInputError, match=r"load_pretrained: glow_mnist\.pt is not the file shipped with "
+                                             r"flowlib .*MANIFEST\.json.*re-install flowlib"):
+        load_pretrained("glow_mnist")
+    assert load_pretrained("nice_mnist").event_shape == (1, 28, 28)  # the others are untouched
+    (folder / "MANIFEST.json").unlink()
+    with pytest.raises(FlowInputError, match=r"MANIFEST\.json.*re-install flowlib"):
+        load_pretrained("nice_mnist")
+
+
+@pytest.mark.parametrize("recheck", [True, False], ids=["checksum recomputed", "no checksum"])
+def test_a_nan_weight_is_refused_naming_the_tensor(tmp_path: Path, recheck: bool) -> None:
+    from flowlib._integrity import CHECKSUM_KEY, with_checksum
+
+    blob = torch.load(FOLDER / "glow_mnist.pt", weights_only=True)
+    key = _largest_weight(blob)
+    blob["state_dict"][key].view(-1)[7] = float("nan")
+    blob = with_checksum(blob) if recheck else {k: v for k, v in blob.items() if k != CHECKSUM_KEY}
+    torch.save(blob, tmp_path / "nan.pt")
+    with pytest.raises(FlowInputError, match=rf"load_pretrained: .*nan\.pt holds non-finite values .*"
+                                             rf"state_dict/{key}"):
+        load_pretrained(tmp_path / "nan.pt")
+
+
+def test_checksum_subcommand_records_checksums_and_manifest_without_changing_a_weight(tmp_path: Path) -> None:
+    import shutil
+
+    from flowlib._integrity import CHECKSUM_KEY, file_sha256
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for p in CHECKPOINTS:  # the files as they were before checksums: no entry, no manifest
+        blob = torch.load(p, weights_only=True)
+        blob.pop(CHECKSUM_KEY, None)
+        torch.save(blob, folder / p.name)
+    shutil.copy(FOLDER / "README.md", folder)
+    CONVERT.main(["checksum", "--checkpoints", str(folder)])
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    for p in CHECKPOINTS:
+        before, after = torch.load(p, weights_only=True), torch.load(folder / p.name, weights_only=True)
+        assert after[CHECKSUM_KEY] == before[CHECKSUM_KEY]
+        assert {k: v for k, v in after.items() if k != "state_dict"} == \
+            {k: v for k, v in before.items() if k != "state_dict"}
+        for k, v in before["state_dict"].items():
+            assert torch.equal(after["state_dict"][k], v) and after["state_dict"][k].dtype == v.dtype, k
+        assert manifest["checkpoints"][p.stem]["file_sha256"] == file_sha256(folder / p.name)
+    sums = {p.name: file_sha256(p) for p in folder.glob("*.pt")}
+    CONVERT.main(["checksum", "--checkpoints", str(folder)])  # again: nothing changes
+    assert {p.name: file_sha256(p) for p in folder.glob("*.pt")} == sums
+    assert json.loads((folder / "MANIFEST.json").read_text()) == manifest
+
+
+# -- tampered and truncated files (issue 12, item 10): FlowInputError naming the file -------------
+def _tampered(tmp_path: Path, change) -> Path:
+    from flowlib._integrity import with_checksum
+
+    blob = torch.load(FOLDER / "nice_mnist.pt", weights_only=True)
+    change(blob)
+    path = tmp_path / "tampered.pt"
+    torch.save(with_checksum(blob), path)
+    return path
+
+
+TAMPERINGS = {
+    "kwargs not a dict": (lambda b: b.update(kwargs=[1, 2]), r"kwargs"),
+    "no kwargs": (lambda b: b.pop("kwargs"), r"kwargs"),
+    "no state_dict": (lambda b: b.pop("state_dict"), r"state_dict"),
+    "state_dict a list": (lambda b: b.update(state_dict=[torch.zeros(1)]), r"state_dict"),
+    "a weight not a tensor": (lambda b: b["state_dict"].update({next(iter(b["state_dict"])): 3.0}),
+                              r"state_dict"),
+    "unknown keyword": (lambda b: b["kwargs"].update(colour="red"), r"colour"),
+    "hidden a string": (lambda b: b["kwargs"].update(hidden="16"), r"hidden"),
+    "hidden 10**7": (lambda b: b["kwargs"].update(hidden=10**7), r"hidden=10000000.*at most"),
+    "hidden 0": (lambda b: b["kwargs"].update(hidden=0), r"hidden"),
+    "huge image": (lambda b: b["kwargs"].update(shape=[1, 2**20, 2**20]), r"shape"),
+    "too many parameters": (lambda b: b["kwargs"].update(hidden=4096, couplings=256, blocks=8),
+                            r"parameters"),
+    "builder not a str": (lambda b: b.update(builder=["nice_image"]), r"builder"),
+    "format missing": (lambda b: b.pop("format"), r"flowlib\.pretrained/1"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERINGS))
+def test_a_tampered_file_is_refused_naming_it(tmp_path: Path, name: str) -> None:
+    import time
+
+    change, said = TAMPERINGS[name]
+    path = _tampered(tmp_path, change)
+    t0 = time.perf_counter()
+    with pytest.raises(FlowInputError, match=r"load_pretrained: .*tampered\.pt") as err:
+        load_pretrained(path)
+    assert time.perf_counter() - t0 < 5, "refused only after building (and allocating) the model"
+    assert __import__("re").search(said, str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize("keep", [0, 10, 1000, 0.5, 0.9, -1], ids=lambda k: f"keep {k}")
+def test_a_truncated_file_is_refused_naming_it(tmp_path: Path, keep) -> None:
+    raw = (FOLDER / "nice_mnist.pt").read_bytes()
+    n = len(raw) - 1 if keep == -1 else (keep if isinstance(keep, int) else int(len(raw) * keep))
+    path = tmp_path / "short.pt"
+    path.write_bytes(raw[:n])
+    for call in (load_pretrained, checkpoint_info):
+        with pytest.raises(FlowInputError, match=r"short\.pt.*(re-download|truncated|not a)"):
+            call(path)
+
+
+def test_the_size_limits_are_documented() -> None:
+    import flowlib.pretrained as pretrained
+
+    for name, limit in pretrained.MAX_KWARGS.items():
+        assert f"``{name}``" in pretrained.__doc__ and f"{limit:,}" in pretrained.__doc__, name
+    assert f"{pretrained.MAX_PARAMETERS:,}" in pretrained.__doc__
