@@ -75,8 +75,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from flowlib import Compose, FlowModel, StandardNormal
-from flowlib.coupling import AdditiveCoupling, Scaling, checkerboard_mask, half_mask
-from flowlib.data import DIGITS_LEVELS, DatasetError, get_toy, load_digits, load_mnist, pad_to
+from flowlib.coupling import AdditiveCoupling, Coupling, Scaling, checkerboard_mask, half_mask
+from flowlib.data import DIGITS_GREY_LEVELS, DatasetError, get_toy, load_digits, load_mnist, pad_to
 from flowlib.dequantize import LogitPreprocess
 from flowlib.image_models import ImageFlowModel, count_parameters, nice_image
 from flowlib.metrics import density_on_grid, integrate_density_2d, kl_divergence_estimate
@@ -85,7 +85,8 @@ from flowlib.nets import MLP
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 from flowlib.reversible import MemorySavingCompose
 from flowlib.train import fit
-from flowlib.viz import image_grid, plot_density_2d
+from flowlib.transformers import Additive
+from flowlib.viz import image_grid, plot_density_2d, plot_training_curve
 
 torch.manual_seed(0)
 np.random.seed(0)  # noqa: NPY002  (the global generator, for any code that draws from it)
@@ -120,11 +121,28 @@ def randomize_last_layer(net: MLP, std: float, generator: torch.Generator) -> ML
 # roles of the halves and the direction are a matter of convention. In this course $f$
 # always maps data to latent.)
 #
-# In flowlib the split is a binary **mask** $b$ of the input's shape: $b = 1$ marks the
-# coordinates of $x_1$ (they pass through and feed the network), $b = 0$ those of $x_2$.
-# One formula then covers vectors and images alike:
+# **Three parts of one layer.** It pays to see this block as three separate choices
+# (Papamakarios et al., 2021, sections 3 and 4). The *structure* says which coordinates
+# condition which: here a coupling, where $x_1$ conditions $x_2$ and nothing conditions
+# $x_1$. The *conditioner*, the network $m$, turns the conditioning coordinates into
+# parameters. The elementwise *transformer* then applies those parameters to each coordinate
+# of $x_2$ on its own: here the additive one, $x_i \mapsto x_i + t_i$. Lecture 4 keeps the
+# structure and swaps in an affine transformer, $x_i \mapsto e^{s_i} x_i + t_i$. flowlib
+# builds the layer from exactly these parts, `flowlib.coupling.Coupling(mask, conditioner,
+# Additive())`, and `AdditiveCoupling(mask, conditioner)` is short for it.
+#
+# The split is a binary **mask** $b$ of the input's shape: $b = 1$ marks the coordinates of
+# $x_1$ (they pass through and feed the network), $b = 0$ those of $x_2$. `Coupling` reads off
+# the mask how to separate them. When the mask has one value per coordinate of a vector (or
+# per channel of an image), as in this section, it **slices** by index: the conditioner reads
+# only the entries of $x_1$ and returns one shift per entry of $x_2$. When the mask varies
+# inside a channel, like the checkerboards used for images in section 4, the layer
+# multiplies by the mask instead: the conditioner reads $b \odot x$, which has the full
+# shape, and its output is used where $b = 0$,
 # $$z = b \odot x + (1 - b) \odot \big(x + m(b \odot x)\big).$$
-# This is `flowlib.coupling.AdditiveCoupling(mask, conditioner)`.
+# Both ways compute the same kind of map; slicing spares the network the zeros.
+# `Coupling.conditioner_sizes(mask, Additive)` gives the sizes the network must have, and a
+# layer's `sliced` attribute says which way it works.
 #
 # **Why the determinant is one.** Order the coordinates as $(x_1, x_2)$. The Jacobian of
 # the block is a $2\times 2$ block matrix:
@@ -146,8 +164,10 @@ D_DEMO = 6
 gen = torch.Generator().manual_seed(0)
 torch.manual_seed(0)
 mask = half_mask(D_DEMO, 0)  # b = (1, 1, 1, 0, 0, 0): x_1 is the first half
-coupling = AdditiveCoupling(mask, randomize_last_layer(MLP(D_DEMO, D_DEMO, hidden=32, layers=2), 0.5, gen))
+sizes = Coupling.conditioner_sizes(mask, Additive)  # (3, 3): reads x_1, one shift per entry of x_2
+coupling = AdditiveCoupling(mask, randomize_last_layer(MLP(*sizes, hidden=32, layers=2), 0.5, gen))
 coupling = coupling.double()  # float64: the printed checks below are then exact to many digits
+print("conditioner sizes (in, out):", sizes, "| the layer slices:", coupling.sliced)
 
 x = torch.randn(5, D_DEMO, generator=gen, dtype=torch.float64)
 z, logdet = coupling(x)
@@ -159,7 +179,20 @@ print("inverse recovers x, max |x - f^-1(f(x))| < 1e-12:", bool((x_back - x).abs
 print("log|det| returned by the layer:", logdet.tolist())
 
 # %% [markdown]
-# Now the Jacobian of one sample, computed by autograd (no use of the formula above):
+# A checkerboard mask for a one-channel image, by contrast, keeps half of the pixels of the
+# same channel, so the layer cannot slice it: its conditioner reads the one channel $b \odot x$
+# and writes one channel of shifts, here with a $3\times 3$ convolution.
+
+# %%
+board = checkerboard_mask(1, 4, 4, 0)
+board_sizes = Coupling.conditioner_sizes(board, Additive)
+board_layer = AdditiveCoupling(board, nn.Conv2d(*board_sizes, kernel_size=3, padding=1))
+print("checkerboard b:", board[0].int().tolist())
+print("conditioner channels (in, out):", board_sizes, "| the layer slices:", board_layer.sliced)
+
+# %% [markdown]
+# Back to the sliced layer on vectors: the Jacobian of one sample, computed by autograd (no use
+# of the formula above):
 
 # %%
 J = torch.autograd.functional.jacobian(lambda v: coupling(v.unsqueeze(0))[0].squeeze(0), x[0])
@@ -207,8 +240,9 @@ print(f"det = {float(torch.linalg.det(J)):.3f}")
 # %%
 def random_2d_coupling(parity: int, generator: torch.Generator) -> AdditiveCoupling:
     """An additive coupling in the plane with a random (not zero-initialised) network."""
-    net = randomize_last_layer(MLP(2, 2, hidden=32, layers=2), 0.7, generator)
-    return AdditiveCoupling(half_mask(2, parity), net).double()
+    mask = half_mask(2, parity)
+    net = randomize_last_layer(MLP(*Coupling.conditioner_sizes(mask, Additive), hidden=32, layers=2), 0.7, generator)
+    return AdditiveCoupling(mask, net).double()
 
 
 def square_boundary(n_per_side: int = 2000) -> Tensor:
@@ -357,8 +391,8 @@ plt.show()
 # ## 3. NICE on 2D toys
 #
 # The model is `flowlib.models.nice(2, couplings=8)`: eight additive couplings that shift the
-# two coordinates in turn, each with an MLP conditioner (two hidden layers of 64 units), and
-# the final scaling. Every conditioner's last layer starts at zero, so the untrained model
+# two coordinates in turn, each with an MLP conditioner (from the coordinate it reads to the
+# shift of the other, through two hidden layers of 64 units), and the final scaling. Every conditioner's last layer starts at zero, so the untrained model
 # is the identity and its density is the base. We train one model per toy by maximum
 # likelihood with `flowlib.train.fit`, on 20 000 samples.
 
@@ -428,7 +462,7 @@ flow_steps_figure(toy_models, toy_data)
 #
 # The toys come with their exact log-densities, so we can measure
 # $\mathrm{KL}(p_\text{data}\,\|\,p_X) = \mathbb{E}_{x\sim p_\text{data}}[\log p_\text{data}(x) - \log p_X(x)]$
-# by Monte Carlo (`flowlib.metrics.kl_divergence`): zero for a perfect model, in nats.
+# by Monte Carlo (`flowlib.metrics.kl_divergence_estimate`): zero for a perfect model, in nats.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -485,7 +519,7 @@ for split, images in [("train", x_train), ("val", x_val), ("test", x_test)]:
     print(f"{split:>5}: {tuple(images.shape)}, {images.dtype}, grey levels {int(images.min())}..{int(images.max())}")
 
 fig, ax = plt.subplots(figsize=(9, 1.6))
-image_grid(x_train[:24].float() / (DIGITS_LEVELS - 1), nrow=24, ax=ax, title="training digits")
+image_grid(x_train[:24].float() / (DIGITS_GREY_LEVELS - 1), nrow=24, ax=ax, title="training digits")
 plt.show()
 
 # %% [markdown]
@@ -506,9 +540,9 @@ plt.show()
 # discrete images directly, and `fit` reports bits/dim.
 
 # %%
-print(f"naive baseline, log2({DIGITS_LEVELS}) = {math.log2(DIGITS_LEVELS):.3f} bits/dim")
+print(f"naive baseline, log2({DIGITS_GREY_LEVELS}) = {math.log2(DIGITS_GREY_LEVELS):.3f} bits/dim")
 torch.manual_seed(0)
-digit_model = nice_image((1, 8, 8), couplings=4, hidden=32, blocks=1, bins=DIGITS_LEVELS)
+digit_model = nice_image((1, 8, 8), couplings=4, hidden=32, blocks=1, grey_levels=DIGITS_GREY_LEVELS)
 print("couplings:", sum(isinstance(m, AdditiveCoupling) for m in digit_model.modules()),
       "| parameters:", f"{count_parameters(digit_model):,}")
 
@@ -526,7 +560,7 @@ digit_result = fit(digit_model, x_train.float(), val_data=x_val.float(), test_da
 digit_model.cpu().eval()
 print(f"best validation bits/dim {digit_result.best_val:.3f} at step {digit_result.best_step} "
       f"of {digit_result.steps}")
-print(f"test bits/dim of that model: {digit_result.test:.3f}  (naive: {math.log2(DIGITS_LEVELS):.3f})")
+print(f"test bits/dim of that model: {digit_result.test:.3f}  (naive: {math.log2(DIGITS_GREY_LEVELS):.3f})")
 
 # %% [markdown]
 # Samples: draw $z \sim \mathcal{N}(0, T^2 I)$ and invert. At temperature $T = 1$ the samples
@@ -538,7 +572,7 @@ torch.manual_seed(3)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
 for ax, temperature in zip(axes, (1.0, 0.7), strict=True):
     samples = digit_model.sample_levels(48, temperature=temperature)
-    image_grid(samples.float() / (DIGITS_LEVELS - 1), nrow=8, ax=ax, title=f"NICE samples, T = {temperature}")
+    image_grid(samples.float() / (DIGITS_GREY_LEVELS - 1), nrow=8, ax=ax, title=f"NICE samples, T = {temperature}")
 plt.show()
 
 # %% [markdown]
@@ -584,9 +618,10 @@ def fully_connected_nice(shape: tuple[int, int, int] = (1, 8, 8), couplings: int
         return nn.Sequential(nn.Flatten(), MLP(c * h * w, c * h * w, hidden=hidden, layers=2),
                              nn.Unflatten(1, shape))
 
+    # Checkerboards: the layers multiply by the mask, so each MLP reads and writes all c*h*w pixels.
     layers = [AdditiveCoupling(checkerboard_mask(c, h, w, k % 2), conditioner()) for k in range(couplings)]
     flow = Compose(LogitPreprocess(0.05), Compose(*layers, Scaling(shape)))
-    return ImageFlowModel(flow, StandardNormal(shape), levels=DIGITS_LEVELS)
+    return ImageFlowModel(flow, StandardNormal(shape), grey_levels=DIGITS_GREY_LEVELS)
 
 
 torch.manual_seed(0)
@@ -607,9 +642,9 @@ print(f"test bits/dim of the selected model: {mlp_result.test:.3f}")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, result, title in [(axes[0], digit_result, "convolutional conditioners (nice_image)"),
                           (axes[1], mlp_result, "fully connected conditioners (as in the paper)")]:
-    result.plot(ax=ax)
+    plot_training_curve(result, ax=ax)
     ax.axvline(result.best_step, color="C2", ls="--", lw=1, label="selected: best validation")
-    ax.axhline(math.log2(DIGITS_LEVELS), color="0.5", ls=":", lw=1, label="naive: log2 17")
+    ax.axhline(math.log2(DIGITS_GREY_LEVELS), color="0.5", ls=":", lw=1, label="naive: log2 17")
     ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=8)
 axes[0].set_ylim(1.6, 4.6)
@@ -636,12 +671,13 @@ plt.show()
 #
 # NICE was introduced on MNIST, $28 \times 28$ pixels with 256 grey levels. Training it there
 # takes far longer than a lecture should wait, so the course ships a small trained NICE in
-# `checkpoints/nice_mnist.pt`, written by `scripts/train_image_flow.py` together with what the
-# run measured (test bits/dim, parameters, training time, machine; `checkpoints/README.md`
-# has the exact command). `flowlib.pretrained` reads it: `checkpoint_info(path)` returns
-# everything but the weights, `load_pretrained(path)` rebuilds the model. The file holds only
-# plain values and tensors and is read with `torch.load(..., weights_only=True)`, so loading
-# it runs no code.
+# `flowlib/checkpoints/nice_mnist.pt`, written by `scripts/train_image_flow.py` together with
+# what the run measured (test bits/dim, parameters, training time, machine;
+# `flowlib/checkpoints/README.md` has the exact command). `flowlib.pretrained` reads it:
+# `checkpoint_info("nice_mnist")` returns everything but the weights,
+# `load_pretrained("nice_mnist")` rebuilds the model (both also take the path of a file of
+# your own). The file holds only plain values and tensors and is read with
+# `torch.load(..., weights_only=True)`, so loading it runs no code.
 #
 # Read its figure honestly: it is a short run of a small model on a laptop-class CPU, far
 # from the figures of papers that trained much larger models for days. If the file is
@@ -651,12 +687,12 @@ plt.show()
 # %%
 # NBVAL_IGNORE_OUTPUT
 NICE_MNIST_COMMAND = ("python scripts/train_image_flow.py --model nice --data mnist --minutes 10 --lr 3e-3 "
-                      "--set hidden=16 --out checkpoints/nice_mnist.pt")
+                      "--set hidden=16 --out flowlib/checkpoints/nice_mnist.pt")
 mnist_model, mnist_info = None, None
 nice_mnist_path = shipped_checkpoints().get("nice_mnist")
 if nice_mnist_path is None:
-    print("No NICE for MNIST in checkpoints/. To make one, with MNIST available (see below), run from the\n"
-          f"repository root (a GPU helps):\n\n    {NICE_MNIST_COMMAND}\n\n"
+    print("No NICE for MNIST in flowlib/checkpoints/. To make one, with MNIST available (see below),\n"
+          f"run from the repository root (a GPU helps):\n\n    {NICE_MNIST_COMMAND}\n\n"
           "and run this section again. Meanwhile the digits above are the CPU stand-in.")
 else:
     try:
@@ -706,7 +742,7 @@ if mnist_model is not None:
         panels.append(("real MNIST test digits", mnist_test[:36]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
     for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
-        image_grid(images.float() / (mnist_model.levels - 1), nrow=6, ax=ax, title=title)
+        image_grid(images.float() / (mnist_model.grey_levels - 1), nrow=6, ax=ax, title=title)
     plt.show()
 else:
     print("skipped: no NICE checkpoint for MNIST")
@@ -747,9 +783,10 @@ def coupling_stack(depth: int, seed: int = 0) -> list[AdditiveCoupling]:
     """``depth`` additive couplings (alternating masks) with MLP conditioners, slightly trained-looking."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # nn.Linear draws its initial weights from the global generator
-    return [AdditiveCoupling(half_mask(REV_DIM, k % 2, kind="alternate"),
-                             randomize_last_layer(MLP(REV_DIM, REV_DIM, hidden=128, layers=2), 0.05, gen))
-            for k in range(depth)]
+    masks = [half_mask(REV_DIM, k % 2, kind="alternate") for k in range(depth)]
+    return [AdditiveCoupling(mask, randomize_last_layer(
+                MLP(*Coupling.conditioner_sizes(mask, Additive), hidden=128, layers=2), 0.05, gen))
+            for mask in masks]
 
 
 def saved_mib(model: FlowModel, x: Tensor) -> float:
@@ -827,8 +864,9 @@ print("max |grad diff| < 1e-5:", max(grad_diffs) < 1e-5)
 # %% [markdown]
 # The plain stack's memory grows in proportion to the number of layers; the memory-saving
 # one keeps just the output $z$ (a batch of 512 vectors of 32 floats, 64 KiB) at every depth,
-# and its gradients agree with plain autograd's to round-off. A step takes longer, up to
-# about twice as long (see the table): memory is traded for computation. One caveat: the
+# and its gradients agree with plain autograd's to round-off. A step takes longer, roughly
+# twice as long (see the table; the exact ratio depends on the machine): memory is traded for
+# computation. One caveat: the
 # recomputed inputs are only as exact as the inverse in floating point, so errors can build
 # up over very deep stacks of steep layers. Additive couplings are the friendliest case
 # (addition and subtraction of the same number); `MemorySavingCompose.reconstruction_error`
@@ -839,56 +877,108 @@ print("max |grad diff| < 1e-5:", max(grad_diffs) < 1e-5)
 # %% [markdown]
 # ## 7. Exercises
 #
-# Four small functions; each test cell compares yours with flowlib's reference on random
-# inputs. Write plain PyTorch (no flowlib inside your function).
+# Four exercises. Write plain PyTorch (no flowlib inside your functions). The test of the
+# first checks your coupling with autograd and on an example worked by hand; the others
+# compare yours with flowlib's reference on random inputs.
 #
 # ### Exercise 1: the additive coupling, both ways
 #
-# Implement $z = b \odot x + (1 - b)\odot\big(x + m(b \odot x)\big)$ and its inverse. `mask` is
-# $b$ (a 0/1 tensor of the event shape), `conditioner` is the network $m$ (any callable that
-# returns a tensor shaped like its input).
+# Write the sliced additive coupling and its inverse. `kept` and `moved` are the index
+# tensors $A$ and $B$ of the two groups (between them every coordinate once), so that
+# $x_A$ is `x[:, kept]` and $x_B$ is `x[:, moved]`. `conditioner` is the network $m$: any
+# callable that maps a batch of $x_A$, shape `(batch, |A|)`, to one shift per entry of
+# $x_B$, shape `(batch, |B|)`. The forward map is $z_A = x_A$, $z_B = x_B + m(x_A)$. Each
+# function returns its output and the log-determinant of its own Jacobian, one value per
+# sample (shape `(batch,)`).
+#
+# The test compares autograd's Jacobian of your map with the one that follows from
+# autograd's Jacobian of $m$, checks that $m$ is evaluated once, on exactly the kept
+# entries, and works one small example by hand.
 
 # %% nbgrader={"grade": false, "grade_id": "03-ex1-additive-coupling", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def additive_coupling_forward(x: Tensor, mask: Tensor, conditioner) -> Tensor:
-    """z = f(x) of NICE's additive coupling: the masked part passes, the rest is shifted."""
+def additive_coupling_forward(x: Tensor, kept: Tensor, moved: Tensor, conditioner) -> tuple[Tensor, Tensor]:
+    """(z, log|det dz/dx|) of NICE's additive coupling: x[:, kept] passes, x[:, moved] is shifted."""
     ### BEGIN SOLUTION
-    return x + (1 - mask) * conditioner(mask * x)
+    z = x.clone()
+    z[:, moved] = x[:, moved] + conditioner(x[:, kept])
+    return z, x.new_zeros(x.shape[0])
     ### END SOLUTION
 
 
-def additive_coupling_inverse(z: Tensor, mask: Tensor, conditioner) -> Tensor:
-    """x = f^{-1}(z) of the same coupling."""
+def additive_coupling_inverse(z: Tensor, kept: Tensor, moved: Tensor, conditioner) -> tuple[Tensor, Tensor]:
+    """(x, log|det dx/dz|) of the same coupling's inverse, x = f^{-1}(z)."""
     ### BEGIN SOLUTION
-    return z - (1 - mask) * conditioner(mask * z)
+    x = z.clone()
+    x[:, moved] = z[:, moved] - conditioner(z[:, kept])
+    return x, z.new_zeros(z.shape[0])
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "03-ex1-additive-coupling-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+def _pair(name: str, out: object, batch: int, dim: int) -> tuple[Tensor, Tensor]:
+    assert isinstance(out, tuple) and len(out) == 2, f"{name}: return a pair (output, logdet), got {type(out)}"
+    y, logdet = out
+    assert isinstance(y, Tensor) and y.shape == (batch, dim), (
+        f"{name}: the output must have the input's shape {(batch, dim)}, got {getattr(y, 'shape', type(y))}")
+    assert isinstance(logdet, Tensor) and logdet.shape == (batch,), (
+        f"{name}: logdet must have shape (batch,) = ({batch},), got {getattr(logdet, 'shape', type(logdet))}")
+    return y, logdet
+
+
+def _check_by_hand() -> None:
+    """x = (1, 2, 3, 4), A = (0, 2), B = (1, 3), m(a) = (a_0 a_1, a_0 + a_1): z = (1, 2 + 3, 3, 4 + 4)."""
+    kept, moved = torch.tensor([0, 2]), torch.tensor([1, 3])
+
+    def m(a: Tensor) -> Tensor:
+        return torch.stack([a[:, 0] * a[:, 1], a[:, 0] + a[:, 1]], dim=1)
+
+    x, z = torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([[1.0, 5.0, 3.0, 8.0]])
+    z_mine, _ = _pair("forward", additive_coupling_forward(x, kept, moved, m), 1, 4)
+    assert torch.allclose(z_mine, z), f"forward of x = {x.tolist()}: expected {z.tolist()}, got {z_mine.tolist()}"
+    x_mine, _ = _pair("inverse", additive_coupling_inverse(z, kept, moved, m), 1, 4)
+    assert torch.allclose(x_mine, x), f"inverse of z = {z.tolist()}: expected {x.tolist()}, got {x_mine.tolist()}"
+
+
 def _check_additive(seed: int, dim: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(dim, generator=g) < 0.5).float()
-    mask[0], mask[-1] = 1.0, 0.0  # both groups non-empty
+    order = torch.randperm(dim, generator=g)
+    n_kept = int(torch.randint(1, dim, (1,), generator=g))  # both groups non-empty
+    kept, moved = order[:n_kept].sort().values, order[n_kept:].sort().values
     torch.manual_seed(seed)
-    layer = AdditiveCoupling(mask, randomize_last_layer(MLP(dim, dim, hidden=16, layers=2), 0.5, g))
-    x = 2 * torch.randn(7, dim, generator=g)
-    with torch.no_grad():
-        z_ref, _ = layer(x)
-        x_ref, _ = layer.inverse(x)
-        z_mine = additive_coupling_forward(x, layer.mask, layer.conditioner)
-        x_mine = additive_coupling_inverse(x, layer.mask, layer.conditioner)
-    for name, mine, ref in [("forward", z_mine, z_ref), ("inverse", x_mine, x_ref)]:
-        assert isinstance(mine, Tensor) and mine.shape == ref.shape, (
-            f"{name}: return a tensor of shape {tuple(ref.shape)}, got {getattr(mine, 'shape', type(mine))}")
-        assert torch.allclose(mine, ref, atol=1e-5), (
-            f"{name} (dim {dim}, mask {mask.int().tolist()}): your output differs from AdditiveCoupling by "
-            f"up to {float((mine - ref).abs().max()):.3g}. Does the network see only mask * input, and is "
-            f"its output applied only where mask == 0?")
-    with torch.no_grad():
-        back = additive_coupling_inverse(additive_coupling_forward(x, layer.mask, layer.conditioner),
-                                         layer.mask, layer.conditioner)
-    assert torch.allclose(back, x, atol=1e-5), "your inverse does not undo your forward"
+    net = randomize_last_layer(MLP(n_kept, dim - n_kept, hidden=16, layers=2), 0.5, g).double()
+    inputs_seen = []
+
+    def conditioner(x_kept: Tensor) -> Tensor:
+        inputs_seen.append(x_kept.detach().clone())
+        return net(x_kept)
+
+    x = 2 * torch.randn(7, dim, generator=g, dtype=torch.float64)
+    where = f"(dim {dim}, kept {kept.tolist()}, moved {moved.tolist()})"
+    for name, fn, sign in [("forward", additive_coupling_forward, 1.0), ("inverse", additive_coupling_inverse, -1.0)]:
+        inputs_seen.clear()
+        y, logdet = _pair(name, fn(x, kept, moved, conditioner), 7, dim)
+        assert len(inputs_seen) == 1 and torch.equal(inputs_seen[0], x[:, kept]), (
+            f"{name} {where}: evaluate the conditioner once, on the kept entries x[:, kept] only")
+        assert torch.equal(y[:, kept], x[:, kept]), f"{name} {where}: the kept entries must pass unchanged"
+        jac = torch.autograd.functional.jacobian(
+            lambda v, fn=fn: fn(v.unsqueeze(0), kept, moved, conditioner)[0].squeeze(0), x[0])
+        jac_m = torch.autograd.functional.jacobian(lambda a: net(a.unsqueeze(0)).squeeze(0), x[0, kept])
+        expected = torch.eye(dim, dtype=torch.float64)
+        expected[moved.unsqueeze(1), kept] = sign * jac_m
+        assert torch.allclose(jac, expected, atol=1e-8), (
+            f"{name} {where}: autograd's Jacobian of your map differs from the expected one by up to "
+            f"{float((jac - expected).abs().max()):.3g}. Rows of kept entries: those of the identity; rows of "
+            f"moved entries: the identity on the moved columns, {'+' if sign > 0 else '-'}dm/dx_A on the kept ones")
+        log_abs_det = torch.linalg.slogdet(jac).logabsdet
+        assert torch.allclose(logdet.double(), log_abs_det.expand(7), atol=1e-8), (
+            f"{name} {where}: you return logdet {float(logdet[0]):.4f}, autograd's Jacobian has "
+            f"log|det| = {float(log_abs_det):.4f}")
+    z, _ = additive_coupling_forward(x, kept, moved, conditioner)
+    back, _ = additive_coupling_inverse(z, kept, moved, conditioner)
+    assert torch.allclose(back, x, atol=1e-10), f"{where}: your inverse does not undo your forward"
 
 
+_check_by_hand()
 _check_additive(seed=31, dim=6)
 ### BEGIN HIDDEN TESTS
 for _seed, _dim in [(300, 2), (301, 5), (302, 9)]:
@@ -1043,6 +1133,10 @@ print("ex4 passed")
 # * The additive coupling $z_1 = x_1$, $z_2 = x_2 + m(x_1)$ is inverted by a subtraction,
 #   whatever the network $m$; its Jacobian is lower triangular with a unit diagonal, so
 #   $\det = 1$ at no cost.
+# * The layer is three parts: a structure (the coupling: which coordinates condition which),
+#   a conditioner network, and an elementwise transformer (here the additive one). flowlib's
+#   `Coupling` slices by index when the mask has one value per coordinate or channel, and
+#   multiplies by the mask otherwise (checkerboards).
 # * Determinant one means **volume preserving**: a stack of couplings can only rearrange
 #   probability mass, never concentrate it. NICE adds one diagonal scaling layer,
 #   $\log|\det| = \sum_i s_i$, and its log-likelihood is
@@ -1053,7 +1147,7 @@ print("ex4 passed")
 #   training images the model overfits; selecting the weights on a validation split and
 #   scoring the test split once keeps the reported figure honest.
 # * Reversible blocks let backpropagation recompute activations instead of storing them
-#   (RevNets): memory constant in depth, for up to about twice the compute.
+#   (RevNets): memory constant in depth, for roughly twice the compute per step.
 #
 # Next lecture: RealNVP, where every coupling scales as well as shifts.
 #
@@ -1063,6 +1157,8 @@ print("ex4 passed")
 #   Estimation.* ICLR workshop track.
 # * A. N. Gomez, M. Ren, R. Urtasun and R. B. Grosse (2017). *The Reversible Residual Network:
 #   Backpropagation Without Storing Activations.* NeurIPS.
+# * G. Papamakarios, E. Nalisnick, D. J. Rezende, S. Mohamed and B. Lakshminarayanan (2021).
+#   *Normalizing Flows for Probabilistic Modeling and Inference.* JMLR 22(57).
 # * L. Theis, A. van den Oord and M. Bethge (2016). *A note on the evaluation of generative
 #   models.* ICLR.
 # * L. Dinh, J. Sohl-Dickstein and S. Bengio (2017). *Density estimation using Real NVP.* ICLR.
