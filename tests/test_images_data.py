@@ -330,3 +330,116 @@ def test_old_names_of_the_grey_levels_warn():
         assert im.DATASETS["digits"].levels == 17
     with pytest.raises(AttributeError):
         im.NO_SUCH_NAME  # noqa: B018
+
+
+# -- unreadable folders and files (issue 12, item 8) ---------------------------------------
+# The lectures catch DatasetError to fall back to the digits: a raw PermissionError would pass
+# through. The tests run as root here, where chmod does not stop reads: the check then runs in
+# a subprocess whose capability bounding set lacks CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (a
+# root without them obeys file permissions, as any user does); as a plain user it runs as is.
+PERMISSION_CASES = ("data folder", "data file", "cache folder", "cache file", "cache not writable")
+
+_PERMISSION_SCRIPT = r'''
+import io, json, os, sys
+from pathlib import Path
+from flowlib.data import files, images
+
+base = Path(sys.argv[1])
+files._urlopen = lambda url, timeout: io.BytesIO(b"never reached")
+cases = {
+    "data folder": (base / "data", base / "cache0", False),
+    "data file": (base / "data1", base / "cache1", False),
+    "cache folder": (base / "none", base / "cache2", False),
+    "cache file": (base / "none", base / "cache3", False),
+    "cache not writable": (base / "none", base / "cache4", True),
+}
+for case, (data, cache, download) in cases.items():
+    os.environ["FLOWLIB_DATA"], os.environ["FLOWLIB_CACHE"] = str(data), str(cache)
+    try:
+        images.load_mnist("test", download=download)
+        said = {"type": None, "mro": [], "message": ""}
+    except BaseException as err:
+        said = {"type": type(err).__name__, "mro": [c.__name__ for c in type(err).__mro__],
+                "message": str(err)}
+    print(json.dumps({"case": case, **said}))
+'''
+
+
+def _unreadable_tree(base: Path) -> None:
+    """The five cases of _PERMISSION_SCRIPT: a folder or file without permissions in each place."""
+    for folder in ("data/mnist", "data1/mnist", "cache2/mnist", "cache3/mnist"):
+        (base / folder).mkdir(parents=True)
+        for name in (TEST_IMAGES, TEST_LABELS):
+            (base / folder / name).write_bytes(b"x" * 16)
+    (base / "none").mkdir()
+    (base / "cache4").mkdir()
+    for folder in ("data/mnist", "cache2/mnist"):
+        os.chmod(base / folder, 0)
+    for folder in ("data1/mnist", "cache3/mnist"):
+        os.chmod(base / folder / TEST_IMAGES, 0)
+    os.chmod(base / "cache4", 0o555)
+
+
+@pytest.fixture(scope="module")
+def permission_results(tmp_path_factory):
+    """{case: what load_mnist raised} in a process that obeys file permissions."""
+    import json
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("permissions")
+    _unreadable_tree(base)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: see the monkeypatched test below")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run([*prefix, sys.executable, "-c", _PERMISSION_SCRIPT, str(base)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    for folder in ("data/mnist", "cache2/mnist", "cache4"):
+        os.chmod(base / folder, 0o755)  # so that pytest can delete the tree
+    assert run.returncode == 0, run.stderr
+    results = {r["case"]: r for r in map(json.loads, run.stdout.splitlines())}
+    if os.geteuid() == 0 and results["data file"]["type"] is None:
+        pytest.skip("this root process reads files without permission even without DAC capabilities")
+    return results
+
+
+@pytest.mark.parametrize("case", PERMISSION_CASES)
+def test_an_unreadable_data_folder_or_file_is_a_dataset_error(case, permission_results):
+    said = permission_results[case]
+    assert "DatasetError" in said["mro"], f"{case}: {said['type']}: {said['message']}"
+    assert "PermissionError" not in said["mro"] and "permission" in said["message"].lower(), said
+    where = "FLOWLIB_DATA" if case.startswith("data") else "FLOWLIB_CACHE"
+    assert where in said["message"], said["message"]
+    assert ("writable" if case == "cache not writable" else "readable") in said["message"], said["message"]
+
+
+@pytest.mark.parametrize("case", ["folder", "file"])
+def test_a_permission_error_is_reported_in_process_too(case, tmp_path, monkeypatch):
+    """The same in this process, the OS's answer simulated (as root, chmod would not stop reads)."""
+    import pathlib
+
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for name in (TEST_IMAGES, TEST_LABELS):
+        (folder / name).write_bytes(b"x")
+    monkeypatch.setenv("FLOWLIB_DATA", str(tmp_path / "data"))
+    real_stat, real_open = os.stat, pathlib.Path.open
+
+    def stat(path, *args, **kwargs):
+        if case == "folder" and str(path).startswith(str(folder) + os.sep):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def open_(self, *args, **kwargs):
+        if case == "file" and self.name == TEST_IMAGES:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(pathlib.Path, "open", open_)
+    with pytest.raises(im.DatasetError, match=r"(?i)permission denied.*readable.*FLOWLIB_DATA"):
+        im.load_mnist("test", download=False)

@@ -7,7 +7,10 @@ A :class:`RemoteFile` is one original file, its MD5 checksum and the mirrors tha
 2. the cache, ``root`` if given, else ``$FLOWLIB_CACHE``, else ``~/.cache/flowlib`` (same layout);
 3. a download into the cache, each mirror in turn (only when ``download=True``).
 
-Every copy is checked against the MD5 before it is used. A download is written through
+Every copy is checked against the MD5 before it is used. A folder or file this process may
+not read (or a cache it may not write) is a :class:`DatasetAccessError`, a
+:class:`DatasetError` that names the path and what to do, never a raw ``PermissionError``: the
+lectures catch ``DatasetError`` to fall back to the digits. A download is written through
 :func:`flowlib._io.atomic_write` and its checksum checked before the rename, so neither an
 interrupted download nor a bad mirror ever leaves a file under the final name.
 """
@@ -18,6 +21,7 @@ import hashlib
 import http.client
 import os
 import sys
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,8 @@ from typing import IO
 
 from flowlib._io import atomic_write
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "DatasetCorruptError", "RemoteFile", "cache_dir", "fetch"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "DatasetCorruptError", "DatasetAccessError", "RemoteFile",
+           "cache_dir", "fetch"]
 
 
 class DatasetError(RuntimeError):
@@ -41,6 +46,10 @@ class DatasetNotFoundError(DatasetError):
 
 class DatasetCorruptError(DatasetError):
     """A data file exists but is damaged: wrong checksum, truncated gzip, wrong IDX header."""
+
+
+class DatasetAccessError(DatasetError):
+    """A data folder or file exists but may not be read (or the cache written) by this process."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,53 @@ def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "flowlib"
 
 
-def _read_verified(path: Path, spec: RemoteFile, advice: str) -> bytes:
+def _access_error(path: Path, error: OSError, where: str) -> DatasetAccessError:
+    """The message for a folder or file that cannot be read: which, why, and what to do."""
+    why = error.strerror or type(error).__name__
+    return DatasetAccessError(
+        f"cannot read {path} ({why}): the file or a folder above it is not readable by this user. "
+        f"Make them readable (e.g. chmod -R a+rX on the data folder) or {where}."
+    )
+
+
+def _advice(from_env: bool) -> str:
+    if from_env:
+        return "unset FLOWLIB_DATA (or point it at a readable copy) to use the cache instead"
+    return "set FLOWLIB_CACHE (or pass root=) to a folder of your own"
+
+
+def _is_file(path: Path, from_env: bool) -> bool:
+    """``path.is_file()``, with a folder on the way that may not be searched reported as such."""
+    try:
+        return path.is_file()
+    except OSError as error:  # is_file() returns False only for a missing path, not for EACCES
+        raise _access_error(path, error, _advice(from_env)) from None
+
+
+def _read_bytes(path: Path, from_env: bool) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise _access_error(path, error, _advice(from_env)) from None
+
+
+def _check_writable(folder: Path, spec: RemoteFile) -> None:
+    """Fail before any download when the cache folder cannot take a file (not after every mirror)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise DatasetAccessError(
+            f"cannot download {spec.folder}/{spec.name}: the cache folder {folder} is not writable "
+            f"({error.strerror or type(error).__name__}). Make it writable, or set FLOWLIB_CACHE (or "
+            f"pass root=) to a folder of your own, or set FLOWLIB_DATA to a folder holding the files."
+        ) from None
+
+
+def _read_verified(path: Path, spec: RemoteFile, advice: str, from_env: bool = False) -> bytes:
     """The bytes of ``path`` if their MD5 is the expected one, else DatasetCorruptError."""
-    raw = path.read_bytes()
+    raw = _read_bytes(path, from_env)
     got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
     if got != spec.md5:
         raise DatasetCorruptError(
@@ -137,16 +190,16 @@ def fetch(spec: RemoteFile, root: str | os.PathLike[str] | None, download: bool,
     if data_env:
         local = Path(data_env).expanduser() / spec.folder / spec.name
         searched.append(f"{local} (from FLOWLIB_DATA)")
-        if local.is_file():
+        if _is_file(local, from_env=True):
             # A shared local copy is not ours to delete: say to replace it instead.
             advice = (
                 f"Replace it with an intact copy of the original file, or unset FLOWLIB_DATA "
                 f"to use the cache {cache_dir(root)} (downloaded when download=True)."
             )
-            return _read_verified(local, spec, advice), local
+            return _read_verified(local, spec, advice, from_env=True), local
     cached = cache_dir(root) / spec.folder / spec.name
     searched.append(f"{cached} (the cache)")
-    if cached.is_file():
+    if _is_file(cached, from_env=False):
         advice = (
             "Delete it and call again with download=True to fetch it again, or set FLOWLIB_DATA "
             f"to a folder holding an intact copy in '{spec.folder}/'."
@@ -157,5 +210,6 @@ def fetch(spec: RemoteFile, root: str | os.PathLike[str] | None, download: bool,
             f"{spec.folder}/{spec.name} not found (download=False); looked in: "
             + "; ".join(searched) + ". " + how_to_get
         )
+    _check_writable(cached.parent, spec)
     _download(spec, cached, how_to_get)
-    return cached.read_bytes(), cached
+    return _read_bytes(cached, from_env=False), cached

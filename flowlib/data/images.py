@@ -44,6 +44,7 @@ from torch import Tensor
 
 from flowlib._checks import FlowInputError, choice
 from flowlib.data.files import (
+    DatasetAccessError,
     DatasetCorruptError,
     DatasetError,
     DatasetNotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "DIGITS_GREY_LEVELS",
     "DIGITS_SPLIT_FRACTIONS",
     "DIGITS_SPLIT_SEED",
+    "DatasetAccessError",
     "DatasetCorruptError",
     "DatasetError",
     "DatasetNotFoundError",
