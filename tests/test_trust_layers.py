@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from layer_cases import CASES, LayerCase
 
 from flowlib.actnorm import ActNorm
 from flowlib.core import FlowInputError
@@ -22,8 +23,6 @@ from flowlib.image_models import glow_image, mean_bits_per_dim, nice_image, real
 from flowlib.metrics import integrate_density_2d
 from flowlib.models import planar_flow, realnvp_vector
 from flowlib.planar import Planar
-
-from layer_cases import CASES, LayerCase
 
 SHAPE = (1, 8, 8)
 
