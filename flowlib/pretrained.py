@@ -62,7 +62,7 @@ except ImportError:  # Python 3.10
     from importlib.abc import Traversable
 
 __all__ = ["FORMAT", "BUILDERS", "MANIFEST", "MAX_KWARGS", "MAX_PARAMETERS", "load_pretrained",
-           "shipped_checkpoints", "checkpoint_info"]
+           "shipped_checkpoints", "checkpoint_info", "record_in_manifest"]
 
 FORMAT = "flowlib.pretrained/1"
 #: Only these builders may be named by a file: a file never chooses arbitrary code to call.
@@ -155,8 +155,11 @@ def _check_manifest(name: str, raw: bytes, remedy: str) -> None:
                              f"changed; {remedy}")
 
 
-def _read(source: Source) -> dict:
-    """The checked content of a checkpoint, on the CPU (see the module's docstring for the checks)."""
+def _read(source: Source, manifest: bool = True) -> dict:
+    """The checked content of a checkpoint, on the CPU (see the module's docstring for the checks).
+
+    ``manifest=False`` skips the comparison with the manifest (for the writer of the manifest).
+    """
     file = _resolve(source)
     name, shipped = (str(file) if isinstance(file, Path) else file.name), _shipped_name(file)
     remedy = _remedy(shipped)
@@ -165,7 +168,7 @@ def _read(source: Source) -> dict:
     except OSError as err:
         raise FlowInputError(f"load_pretrained: could not read {name} ({type(err).__name__}: {err}); check "
                              f"that the file is readable (its permissions) and not a folder") from err
-    if shipped is not None:
+    if shipped is not None and manifest:
         _check_manifest(shipped, raw, remedy)
     try:
         # Always onto the CPU first: the checks below read the values, and a device that is not
@@ -239,6 +242,36 @@ def _check_sizes(builder: str, kwargs: dict[str, Any], name: str) -> None:
         raise FlowInputError(f"load_pretrained: {name} asks {builder} for a model of about {estimate:.2e} "
                              f"parameters and buffers, at most {MAX_PARAMETERS:,} "
                              f"(flowlib.pretrained.MAX_PARAMETERS): a damaged or foreign file")
+
+
+def record_in_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Add (or replace) ``path``'s entry in the ``MANIFEST.json`` of its folder; return the entry.
+
+    For the scripts that write shipped files (``scripts/train_image_flow.py`` after training,
+    ``scripts/convert_checkpoints.py checksum``): the file is read and checked as
+    :func:`load_pretrained` would read a file of one's own, so a broken file is never recorded.
+    The manifest is written atomically.
+    """
+    from flowlib._integrity import CHECKSUM_KEY, state_checksum
+    from flowlib._io import atomic_write
+
+    path = Path(path)
+    blob = _read(path, manifest=False)
+    entry = {"file": path.name, "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+             "tensor_sha256": blob.get(CHECKSUM_KEY) or state_checksum(blob), "builder": blob["builder"],
+             "kwargs": blob["kwargs"], "metrics": blob.get("metrics")}
+    where = path.parent / MANIFEST
+    manifest = json.loads(where.read_text(encoding="utf-8")) if where.is_file() else {}
+    manifest = {"format": MANIFEST_FORMAT,
+                "about": "The shipped checkpoints: flowlib.pretrained.load_pretrained refuses a file "
+                         "whose bytes differ from its file_sha256. Written by scripts/convert_checkpoints.py "
+                         "checksum and scripts/train_image_flow.py.",
+                "checkpoints": {**manifest.get("checkpoints", {}), path.stem: entry}}
+    manifest["checkpoints"] = dict(sorted(manifest["checkpoints"].items()))
+    with atomic_write(where, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    return entry
 
 
 def checkpoint_info(source: Source) -> dict:

@@ -252,9 +252,11 @@ def _max_difference(got: dict, want: dict, name: str) -> float:
 def checksum(folder: Path, force: bool = False) -> None:
     import io
 
-    from flowlib._integrity import CHECKSUM_KEY, IntegrityError, file_sha256, require_finite, state_checksum
+    from flowlib._integrity import CHECKSUM_KEY, IntegrityError, require_finite, state_checksum
     from flowlib._io import atomic_write
-    from flowlib.pretrained import MANIFEST, MANIFEST_FORMAT
+    from flowlib.pretrained import MANIFEST, record_in_manifest
+
+    (folder / MANIFEST).unlink(missing_ok=True)  # written anew: exactly the files of the folder
 
     entries = {}
     for path in sorted(folder.glob("*.pt")):
@@ -283,15 +285,7 @@ def checksum(folder: Path, force: bool = False) -> None:
             print(f"{path.name}: recorded {CHECKSUM_KEY} {digest[:16]}...")
         else:
             print(f"{path.name}: {CHECKSUM_KEY} already recorded")
-        entries[path.stem] = {"file": path.name, "file_sha256": file_sha256(path), "tensor_sha256": digest,
-                              "builder": blob["builder"], "kwargs": blob["kwargs"],
-                              "metrics": blob["metrics"]}
-    manifest = {"format": MANIFEST_FORMAT,
-                "about": "The shipped checkpoints: flowlib.pretrained.load_pretrained refuses a file "
-                         "whose bytes differ from its file_sha256. Written by scripts/convert_checkpoints.py "
-                         "checksum.",
-                "checkpoints": entries}
-    _write_json(folder / MANIFEST, manifest)
+        entries[path.stem] = record_in_manifest(path)
     print(f"wrote {folder / MANIFEST} ({len(entries)} files)")
 
 

@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-from flowlib import image_models
+from flowlib import image_models, pretrained
+from flowlib._integrity import with_checksum
 from flowlib._io import atomic_write
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
 from flowlib.image_models import count_parameters, mean_bits_per_dim
@@ -204,7 +205,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data": args.data, "grey_levels": info.grey_levels, "pad": args.pad, "metrics": metrics,
         "command": command, "hardware": hardware(), "torch_version": str(torch.__version__),
     }
-    save_checkpoint(blob, args.out)
+    # The checksum of the tensors lets load_pretrained refuse a file corrupted later; a file written
+    # into a folder with a manifest (flowlib/checkpoints/) is recorded there, or it would be refused.
+    save_checkpoint(with_checksum(blob), args.out)
+    if (args.out.parent / pretrained.MANIFEST).is_file():
+        pretrained.record_in_manifest(args.out)
+        print(f"recorded {args.out.name} in {args.out.parent / pretrained.MANIFEST}", flush=True)
     size = args.out.stat().st_size
     if size > MAX_BYTES:
         print(f"WARNING: {args.out} is {size / 2**20:.1f} MiB, over the 10 MiB meant for shipped files",

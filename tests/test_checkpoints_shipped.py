@@ -373,3 +373,19 @@ def test_the_size_limits_are_documented() -> None:
     for name, limit in pretrained.MAX_KWARGS.items():
         assert f"``{name}``" in pretrained.__doc__ and f"{limit:,}" in pretrained.__doc__, name
     assert f"{pretrained.MAX_PARAMETERS:,}" in pretrained.__doc__
+
+
+def test_train_image_flow_writes_the_checksum_and_updates_a_manifest_beside_it(tmp_path: Path) -> None:
+    """A file the training script writes verifies on load; in a folder with a manifest (the
+    shipped folder), its entry is recorded there too, so a retrained shipped file loads by name."""
+    from flowlib._integrity import CHECKSUM_KEY, file_sha256
+
+    out = tmp_path / "tiny.pt"
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"checkpoints": {"other": {"file": "other.pt"}}}))
+    _script("train_image_flow").main(["--model", "nice", "--data", "digits", "--minutes", "0.002", "--out",
+                                      str(out), "--state", str(tmp_path / "state.pt"), "--set", "hidden=4",
+                                      "--set", "couplings=2", "--iw-samples", "1", "--no-readme"])
+    blob = torch.load(out, weights_only=True)
+    assert CHECKSUM_KEY in blob and load_pretrained(out).event_shape == (1, 8, 8)
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())["checkpoints"]
+    assert manifest["tiny"]["file_sha256"] == file_sha256(out) and "other" in manifest
