@@ -10,8 +10,13 @@ under a second.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,25 +150,60 @@ def test_an_empty_batch_from_a_loader_is_a_clear_error():
 
 
 # -- item 9: the checkpoint folder is checked at the start -------------------------------------------
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions, not root")
+#: Run in a child process whose permissions really are enforced (see the test below).
+_UNWRITABLE_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import torch
+
+import flowlib
+from flowlib.core import FlowInputError
+from flowlib.elementwise import Affine
+from flowlib.train import fit
+
+folder = Path(sys.argv[1])
+calls = []
+
+
+def loss_fn(model, x):
+    calls.append(1)
+    return -model.log_prob(x).mean()
+
+
+for path in (folder / "run.pt", folder / "sub" / "run.pt"):
+    model = flowlib.FlowModel(Affine(2), flowlib.StandardNormal(2))
+    try:
+        fit(model, torch.randn(100, 2), steps=50, loss_fn=loss_fn, checkpoint=path, progress=False)
+        print("no error")
+    except FlowInputError as error:
+        print(str(error).replace(chr(10), " "))
+print("steps", len(calls))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_an_unwritable_checkpoint_folder_fails_before_any_step(tmp_path):
+    """A real read-only folder: as root, in a child without the capability to override permissions."""
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o500)
-    calls = []
-
-    def loss_fn(model, x):
-        calls.append(1)
-        return -model.log_prob(x).mean()
-
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv is not None, "as root this test needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE"
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     try:
-        with pytest.raises(FlowInputError, match=r"fit: cannot write the checkpoint .*locked.*=None"):
-            fit(tiny_model(), gaussian(100), steps=50, loss_fn=loss_fn, checkpoint=folder / "run.pt", **QUIET)
-        with pytest.raises(FlowInputError, match=r"fit: cannot create the checkpoint folder"):
-            fit(tiny_model(), gaussian(100), steps=50, checkpoint=folder / "sub" / "run.pt", **QUIET)
+        run = subprocess.run([*prefix, sys.executable, "-c", _UNWRITABLE_SCRIPT, str(folder)],
+                             capture_output=True, text=True, timeout=120, env=env)
     finally:
         folder.chmod(0o700)
-    assert calls == []  # refused at the start, not after eval_every steps of work
+    assert run.returncode == 0, run.stderr
+    first, second, steps = run.stdout.strip().splitlines()
+    assert re.search(r"fit: cannot write the checkpoint .*locked.*=None", first), first
+    assert "fit: cannot create the checkpoint folder" in second, second
+    assert steps == "steps 0"  # refused at the start, not after eval_every steps of work
 
 
 def test_a_checkpoint_folder_that_cannot_be_written_fails_at_the_start(tmp_path, monkeypatch):
