@@ -254,20 +254,3 @@ class Radial(Flow):
                         0.5 * (root - p))
         z = self.z0 + diff / (1 + beta / (alpha + r)).unsqueeze(1)
         return z, -self._logdet(r, alpha, beta)
-
-    @classmethod
-    def example(cls, generator: torch.Generator | None = None) -> tuple[Radial, Tensor]:
-        """Deprecated: a random 3D radial layer and 5 points (test scaffolding, kept for old notebooks).
-
-        Build the layer yourself instead: ``Radial(3)``, then set ``z0``, ``alpha_raw`` and
-        ``beta_raw`` under ``torch.no_grad()``. (The test-suite's factories live in tests/.)
-        """
-        warnings.warn("Radial.example() is deprecated and will be removed: build the layer with "
-                      "Radial(3) and set z0, alpha_raw, beta_raw under torch.no_grad()",
-                      DeprecationWarning, stacklevel=2)
-        f = cls(3)
-        with torch.no_grad():
-            f.z0.copy_(0.5 * torch.randn(3, generator=generator))
-            f.alpha_raw.copy_(0.3 * torch.randn((), generator=generator))
-            f.beta_raw.copy_(0.5 + 0.3 * torch.randn((), generator=generator))
-        return f, torch.randn(5, 3, generator=generator)
