@@ -165,8 +165,9 @@ class MultiScale(Flow):
     ``prior_l`` is a :class:`GaussianSplitPrior`, with ``False`` (RealNVP) the factored-out half
     goes to the base density unchanged. The latent is assembled back to the input's shape by
     un-squeezing, so ``forward`` maps (B, C, H, W) to (B, C, H, W) and log|det| = sum of the
-    flows' and priors' logdets (squeezes add 0). The flows are kept in ``self.steps`` (the
-    name in every saved state dict: ``steps.<scale>.*``).
+    flows' and priors' logdets (squeezes add 0). The per-scale flows are kept in ``self.flows``
+    (the name in every saved state dict: ``flows.<scale>.*``; a state dict of the older layout,
+    ``steps.<scale>.*``, still loads).
 
     >>> MultiScale.scale_shapes((1, 28, 28), 2)
     [(4, 14, 14), (8, 7, 7)]
@@ -188,7 +189,7 @@ class MultiScale(Flow):
             except FlowInputError as err:
                 raise FlowInputError(f"MultiScale: flows[{scale}] is not a flow or list of flows: "
                                      f"{err}") from err
-        self.steps = torch.nn.ModuleList(per_scale)
+        self.flows = torch.nn.ModuleList(per_scale)
         self.split_prior = bool(split_prior)
         self.priors = torch.nn.ModuleList(
             [GaussianSplitPrior(s[0]) for s in shapes[:-1]] if split_prior else []
@@ -197,7 +198,33 @@ class MultiScale(Flow):
     @property
     def scales(self) -> int:
         """L, the number of scales."""
-        return len(self.steps)
+        return len(self.flows)
+
+    @property
+    def steps(self) -> torch.nn.ModuleList:
+        """Deprecated name of :attr:`flows`, the per-scale flows (``steps`` now means optimiser steps)."""
+        warnings.warn("MultiScale.steps is deprecated, use MultiScale.flows (the per-scale flows)",
+                      DeprecationWarning, stacklevel=2)
+        return self.flows
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "steps":  # nn.Module would register a module under the old name, beside flows
+            raise AttributeError("MultiScale.steps is read-only and deprecated: the per-scale flows "
+                                 "are MultiScale.flows")
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # State dicts written before the per-scale flows were called ``flows`` (fit checkpoints,
+        # files of users) keep them under ``steps.<scale>.*``: the same tensors, renamed here.
+        # (load_state_dict works on its own copy of the dict; a key present under both names
+        # stays, and is reported as unexpected.)
+        old, new = prefix + "steps.", prefix + "flows."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            if new + key[len(old):] not in state_dict:
+                state_dict[new + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     @property
     def levels(self) -> int:
@@ -234,7 +261,7 @@ class MultiScale(Flow):
         logdet = x.new_zeros(x.shape[0])
         factored = []
         h = x
-        for scale, flow in enumerate(self.steps):
+        for scale, flow in enumerate(self.flows):
             h, ld = flow(squeeze(h))
             logdet = logdet + ld
             if scale < self.scales - 1:
@@ -255,7 +282,7 @@ class MultiScale(Flow):
                 if self.split_prior:
                     h, ld = self.priors[scale].inverse(h)
                     logdet = logdet + ld
-            h, ld = self.steps[scale].inverse(h)
+            h, ld = self.flows[scale].inverse(h)
             logdet = logdet + ld
             h = unsqueeze(h)
         return h, logdet

@@ -232,12 +232,12 @@ def _check_sizes(builder: str, kwargs: dict[str, Any], name: str) -> None:
     if builder == "nice_image":
         stages = [(c, sizes.get("couplings", 4))]
     else:
-        stages = [(4 * c * 2**level, sizes.get("depth", 4)) for level in range(sizes.get("scales", 2))]
+        stages = [(4 * c * 2**scale, sizes.get("depth", 4)) for scale in range(sizes.get("scales", 2))]
     estimate = c * h * w
-    for channels, steps in stages:
+    for channels, depth in stages:
         convolutions = 9 * hidden * (3 * channels + 2 * blocks * hidden + 2) + channels * (channels + 2)
         per_step = convolutions + c * h * w  # and one mask of the image's size
-        estimate += steps * per_step
+        estimate += depth * per_step
     if estimate > MAX_PARAMETERS:
         raise FlowInputError(f"load_pretrained: {name} asks {builder} for a model of about {estimate:.2e} "
                              f"parameters and buffers, at most {MAX_PARAMETERS:,} "

@@ -146,13 +146,13 @@ def test_glow_round_trip_and_logdet_is_sum_of_parts(glow):
 
     # Walk the same path by hand, layer by layer, and add up the pieces.
     logit, ms = glow.flow[0], glow.flow[1]
-    assert isinstance(ms, MultiScale) and ms.scales == 2 and len(ms.steps[0]) == 12
+    assert isinstance(ms, MultiScale) and ms.scales == 2 and len(ms.flows[0]) == 12
     with torch.no_grad():
         h, total = logit(y)
         parts = 1
         for scale in range(ms.scales):
             h = squeeze(h)
-            for layer in ms.steps[scale]:
+            for layer in ms.flows[scale]:
                 h, ld = layer(h)
                 total, parts = total + ld, parts + 1
             if scale < ms.scales - 1:
@@ -228,6 +228,47 @@ def test_state_dict_round_trip_keeps_log_prob_and_actnorm(glow):
     with torch.no_grad():
         lp = glow.log_prob(x)
     torch.testing.assert_close(lp_fresh, lp)
+
+
+def _old_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as flowlib wrote it before MultiScale's per-scale flows were called ``flows``."""
+    return {k.replace("flow.flows.1.flows.", "flow.flows.1.steps.", 1): v for k, v in state.items()}
+
+
+def test_multiscale_keeps_its_flows_as_flows_and_steps_is_a_deprecated_view(glow):
+    ms = glow.flow[1]
+    keys = list(glow.state_dict())
+    assert any(k.startswith("flow.flows.1.flows.1.") for k in keys)
+    assert not any(".steps." in k for k in keys)
+    with pytest.warns(DeprecationWarning, match=r"MultiScale\.flows"):
+        assert ms.steps is ms.flows
+    with pytest.raises(AttributeError, match=r"read-only.*MultiScale\.flows"):
+        ms.steps = torch.nn.ModuleList()
+    assert "steps" not in ms._modules
+
+
+def test_a_state_dict_of_the_old_layout_loads_with_identical_outputs(glow):
+    old = _old_layout(glow.state_dict())
+    assert sum(".steps." in k for k in old) > 20 and not any(k.startswith("flow.flows.1.flows.") for k in old)
+    fresh = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL).eval()
+    loaded = fresh.load_state_dict(old)  # strict: every key found, none left over
+    assert not loaded.missing_keys and not loaded.unexpected_keys
+    for (k, a), (_, b) in zip(fresh.state_dict().items(), glow.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    x = _levels(8, 17, seed=9)
+    y = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.equal(fresh.flow(y)[0], glow.flow(y)[0])
+        assert torch.equal(fresh.flow(y)[1], glow.flow(y)[1])
+        torch.manual_seed(0)
+        lp_old = fresh.log_prob(x)
+        torch.manual_seed(0)
+        assert torch.equal(lp_old, glow.log_prob(x))
+    # A key under both names is not silently dropped: strict loading reports the old one.
+    key = "flow.flows.1.steps.0.flows.0.bias"
+    both = {**glow.state_dict(), key: old[key]}
+    with pytest.raises(RuntimeError, match=r"Unexpected key.*flow\.flows\.1\.steps\.0\.flows\.0\.bias"):
+        fresh.load_state_dict(both)
 
 
 def test_builders_reject_shapes_the_squeezes_cannot_divide():

@@ -229,7 +229,7 @@ def test_temperature_that_overflows_the_models_dtype_is_refused(temperature: flo
 def test_sample_levels_keeps_its_documented_clamp_or_says_why() -> None:
     image = _glow().eval()
     with torch.no_grad():
-        image.flow.flows[1].steps[0].flows[0].log_scale.fill_(math.nan)  # a broken model
+        image.flow.flows[1].flows[0].flows[0].log_scale.fill_(math.nan)  # a broken model
     with pytest.raises(FlowInputError, match=r"sample_levels.*NaN"):
         image.sample_levels(2)
 
