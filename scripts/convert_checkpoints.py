@@ -3,7 +3,8 @@
     # 1. the "before" figures, with the OLD flowlib first on the path (a worktree of the old commit):
     PYTHONPATH=/tmp/flowlib_base python scripts/convert_checkpoints.py reference \\
         --checkpoints /tmp/flowlib_base/checkpoints
-    # 2. with today's flowlib: rebuild, copy the tensors by key, check, write atomically
+    # 2. with today's flowlib: rebuild, copy the tensors by key, check, write atomically (a file
+    #    converted before gets only the state-dict keys renamed since: RENAMED_ATTRIBUTES)
     python scripts/convert_checkpoints.py convert
     # 3. any time: today's files against the recorded figures
     python scripts/convert_checkpoints.py verify
@@ -23,11 +24,18 @@ model and the data in float64 (in float32 two orders of summation alone differ b
 The figures, the SHA-256 of every input tensor and the recipe go to
 ``tests/checkpoint_reference.json``. Conversion maps the old builder keywords to the new
 vocabulary (``levels`` -> ``scales``, ``steps`` -> ``depth``, ``bins`` -> ``grey_levels``),
-rebuilds with today's builder, and loads the old tensors by key: a key of the new model that
+rebuilds with today's builder, renames the state-dict keys of renamed module attributes
+(``RENAMED_ATTRIBUTES``: a ``MultiScale``'s per-scale flows ``steps.<scale>.*`` ->
+``flows.<scale>.*``), and loads the old tensors by key: a key of the new model that
 the old file lacks is taken from the fresh model only if it is a buffer the builder computes
 (a coupling's ``mask``); any other missing, extra or mis-shaped key stops the script. The file
 gets a ``converted`` entry (what, when, by which script, the largest difference) and is written
 with :func:`flowlib._io.atomic_write`, only after its figures match within ``TOLERANCE``.
+A file converted before (not the file of the reference, but with a ``converted`` entry) gets
+only the key renames it lacks, its tensors unchanged (checked bit for bit), the same check of
+its figures, one more ``converted`` entry, and its old ``tensor_sha256`` (verified first)
+dropped: the key paths are part of it, so run ``checksum`` next. A file in today's layout is
+left alone, so ``convert`` may run any number of times.
 
 ``checksum`` changes no weight: it adds to each file the SHA-256 of its tensors
 (``tensor_sha256``, :func:`flowlib._integrity.state_checksum`), rewriting the file atomically
@@ -59,6 +67,9 @@ NOISE_SEED = 12
 TOLERANCE = 1e-6
 #: old builder keyword -> the one word flowlib now uses for it.
 RENAMED = {"levels": "scales", "steps": "depth", "bins": "grey_levels"}
+#: Module attributes renamed since the files were trained: (class, old name, new name); the keys
+#: ``<module>.<old>.*`` of each such module become ``<module>.<new>.*`` (issue 11: one word, one meaning).
+RENAMED_ATTRIBUTES = (("MultiScale", "steps", "flows"),)
 #: Buffers a builder computes from its arguments (never learned): taken from the fresh model.
 COMPUTED_BUFFERS = ("mask",)
 RECIPE = {
@@ -160,6 +171,30 @@ def new_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def key_renames(model: torch.nn.Module) -> dict[str, str]:
+    """``{old key prefix: new key prefix}`` for the modules of ``model`` with a renamed attribute."""
+    out = {}
+    for name, module in model.named_modules():
+        for cls, old, new in RENAMED_ATTRIBUTES:
+            if type(module).__name__ == cls:
+                base = f"{name}." if name else ""
+                out[f"{base}{old}."] = f"{base}{new}."
+    return out
+
+
+def rename_keys(state: dict[str, torch.Tensor], renames: dict[str, str]) -> tuple[dict, dict[str, str]]:
+    """``state`` with every key under an old prefix moved to the new one, and ``{old key: new key}``."""
+    out, moved = {}, {}
+    for key, value in state.items():
+        new = next((n + key[len(o):] for o, n in renames.items() if key.startswith(o)), key)
+        if new != key:
+            if new in state:
+                raise SystemExit(f"convert_checkpoints: both {key!r} and {new!r} in the old file")
+            moved[key] = new
+        out[new] = value
+    return out, moved
+
+
 def transfer(old: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     """The new state dict: old tensors by key; computed buffers from ``fresh``; anything else fails."""
     state, computed = {}, []
@@ -170,7 +205,7 @@ def transfer(old: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> tu
                 problems.append(f"{key}: old shape {tuple(old[key].shape)}, new {tuple(value.shape)}")
             state[key] = old[key]
         elif key.rsplit(".", 1)[-1] in COMPUTED_BUFFERS:
-            state[key] = value
+            state[key] = value.detach().clone()
             computed.append(key)
         else:
             problems.append(f"the new model has {key!r}, the old file has not")
@@ -179,43 +214,81 @@ def transfer(old: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> tu
     return state, computed
 
 
+def _check_recorded_checksum(blob: dict, name: str) -> None:
+    """A file converted again must be the one that was checked in: its tensors match its checksum."""
+    from flowlib._integrity import CHECKSUM_KEY, state_checksum
+
+    if blob.get(CHECKSUM_KEY) is not None and blob[CHECKSUM_KEY] != state_checksum(blob):
+        raise SystemExit(f"{name}: its tensors no longer match the checksum recorded in it; restore it first")
+
+
+def _unchanged(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], moved: dict[str, str],
+               computed: list[str], name: str) -> None:
+    """Every tensor written is the old one under its new key: same dtype, shape and bits."""
+    for key, value in old.items():
+        got = new[moved.get(key, key)]
+        if got.dtype != value.dtype or got.shape != value.shape or not torch.equal(got, value):
+            raise SystemExit(f"{name}: {key} would change; nothing written")
+    if len(new) != len(old) + len(computed):
+        raise SystemExit(f"{name}: {len(new)} tensors to write, {len(old)} read; nothing written")
+
+
 def convert(folder: Path, ref_path: Path, dry_run: bool) -> None:
     from flowlib import image_models
+    from flowlib._integrity import CHECKSUM_KEY
     from flowlib._io import atomic_write
 
     ref = json.loads(ref_path.read_text())
     for path in sorted(folder.glob("*.pt")):
         blob = torch.load(path, map_location="cpu", weights_only=True)
         want = ref["models"][path.stem]
-        if file_sha256(path) != want["file_sha256"]:
-            raise SystemExit(f"{path.name} is not the file the reference was computed from "
-                             f"(already converted? run 'verify')")
+        original = file_sha256(path) == want["file_sha256"]
+        if not original and "converted" not in blob:
+            raise SystemExit(f"{path.name} is neither the file the reference was computed from nor a "
+                             f"converted one")
         kwargs = new_kwargs(blob["kwargs"])
         torch.manual_seed(0)
         model = getattr(image_models, blob["builder"])(**kwargs)
-        state, computed = transfer(blob["state_dict"], model.state_dict())
+        old_state, moved = rename_keys(blob["state_dict"], key_renames(model))
+        if not original and not moved:
+            print(f"{path.name}: already in today's layout, nothing to do (run 'verify')")
+            continue
+        _check_recorded_checksum(blob, path.name)
+        state, computed = transfer(old_state, model.state_dict())
+        if not original and computed:
+            raise SystemExit(f"{path.name}: a converted file lacks {computed}; nothing written")
         model.load_state_dict(state)
         diff = _max_difference(figures(model, blob), want, path.stem)
-        model.float()  # shipped in float32, as trained
+        new_state = {k: v.detach().cpu().contiguous() for k, v in state.items()}  # float32, as trained
+        _unchanged(blob["state_dict"], new_state, moved, computed, path.name)
         blob["kwargs"] = kwargs
-        blob["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        note = (f"converted {datetime.date.today().isoformat()} by scripts/convert_checkpoints.py: builder "
-                f"keywords {_renamed(blob)} renamed; tensors copied by key into the one Coupling layout "
-                f"({len(computed)} computed mask buffers from the builder); moved to flowlib/checkpoints/; "
-                f"float64 log p_Y of {N_IMAGES} MNIST test images and {N_IMAGES} noise images equal to "
-                f"{diff:.1e} nats")
+        blob["state_dict"] = new_state
+        done = []
+        if original:
+            done += [f"builder keywords {_renamed(blob)} renamed",
+                     f"tensors copied by key into the one Coupling layout ({len(computed)} computed mask "
+                     f"buffers from the builder)", "moved to flowlib/checkpoints/"]
+        if moved:
+            prefixes = sorted({(o, n) for o, n in key_renames(model).items()
+                               if any(k.startswith(o) for k in moved)})
+            done.append("state-dict keys " + ", ".join(f"{o}* -> {n}*" for o, n in prefixes)
+                        + f" renamed ({len(moved)} tensors, every one unchanged)")
+        note = (f"converted {datetime.date.today().isoformat()} by scripts/convert_checkpoints.py: "
+                + "; ".join(done) + f"; float64 log p_Y of {N_IMAGES} MNIST test images and {N_IMAGES} "
+                f"noise images equal to {diff:.1e} nats")
         previous = blob.get("converted")
         blob["converted"] = note if previous is None else f"{previous}; then {note}"
         # The files moved into the package: the recorded command writes (and resumes) there now.
         blob["command"] = blob["command"].replace("--out checkpoints/", "--out flowlib/checkpoints/")
         blob["grey_levels"] = grey_levels(blob)
         blob.pop("levels", None)  # one word, one meaning: "levels" said grey levels here, scales in kwargs
+        blob.pop(CHECKSUM_KEY, None)  # it hashes the key paths too: 'checksum' records the new one
         if dry_run:
             print(f"{path.name}: would write ({note})")
             continue
         with atomic_write(path, "wb") as f:
             torch.save(blob, f)
-        print(f"{path.name}: written ({note})")
+        print(f"{path.name}: written ({note}); now run 'checksum'")
 
 
 def _renamed(blob: dict) -> str:

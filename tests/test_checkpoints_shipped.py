@@ -163,13 +163,23 @@ def test_recorded_in_readme(path: Path) -> None:
     assert "scripts/train_image_flow.py" in rows[0] and blob["command"] in rows[0]
 
 
+def _old_keys(blob: dict) -> dict[str, torch.Tensor]:
+    """The file's state dict with the keys it had before RENAMED_ATTRIBUTES (MultiScale ``steps.*``)."""
+    back = {new: old for old, new in CONVERT.key_renames(load_pretrained(FOLDER / "glow_mnist.pt")).items()}
+    assert back == {"flow.flows.1.flows.": "flow.flows.1.steps."}
+    state, moved = CONVERT.rename_keys(blob["state_dict"], back)
+    assert len(moved) == 144
+    return state
+
+
 def test_a_file_of_the_old_layout_still_loads_and_a_broken_one_says_why(tmp_path: Path) -> None:
-    """Old keywords warn and old sliced couplings (no mask stored) still load; tensors that do
-    not fit fail with the script that converts a file."""
+    """Old keywords warn, and old sliced couplings (no mask stored) and MultiScale's old key names
+    (``steps.<scale>.*``) still load; tensors that do not fit fail with the script that converts
+    a file."""
     blob = torch.load(FOLDER / "glow_mnist.pt", map_location="cpu", weights_only=True)
     back = {new: old for old, new in CONVERT.RENAMED.items()}
     blob["kwargs"] = {back.get(k, k): v for k, v in blob["kwargs"].items()}
-    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.endswith(".mask")}
+    blob["state_dict"] = {k: v for k, v in _old_keys(blob).items() if not k.endswith(".mask")}
     blob.pop("tensor_sha256")  # files of the old layout were written before checksums were recorded
     torch.save(blob, tmp_path / "old.pt")
     with pytest.warns(DeprecationWarning) as record:
@@ -197,6 +207,46 @@ def test_conversion_copies_by_key_and_fails_loudly() -> None:
         CONVERT.transfer({}, {"a.weight": torch.zeros(2)})
     assert CONVERT.new_kwargs({"levels": 2, "steps": 4, "bins": 256, "coupling": "split", "hidden": 8}) == {
         "scales": 2, "depth": 4, "grey_levels": 256, "hidden": 8}
+    state, moved = CONVERT.rename_keys({"m.steps.0.w": torch.ones(1), "m.priors.0.w": torch.zeros(1)},
+                                       {"m.steps.": "m.flows."})
+    assert list(state) == ["m.flows.0.w", "m.priors.0.w"] and moved == {"m.steps.0.w": "m.flows.0.w"}
+    with pytest.raises(SystemExit, match="both 'm.steps.0.w' and 'm.flows.0.w'"):
+        CONVERT.rename_keys({"m.steps.0.w": torch.ones(1), "m.flows.0.w": torch.ones(1)},
+                            {"m.steps.": "m.flows."})
+
+
+def test_convert_renames_the_keys_of_a_converted_file_once_and_changes_no_weight(tmp_path: Path) -> None:
+    """A file converted before the MultiScale rename (keys ``steps.<scale>.*``) gets the new keys,
+    every tensor bit for bit, a ``converted`` entry saying so, and no stale checksum; a second
+    ``convert`` leaves it alone; ``checksum`` then gives exactly the shipped file's tensors."""
+    from flowlib._integrity import CHECKSUM_KEY, with_checksum
+
+    shipped = torch.load(FOLDER / "glow_mnist.pt", map_location="cpu", weights_only=True)
+    _test_images(shipped, 1)  # convert checks the MNIST figures too: skips, saying why, without MNIST
+    blob = {**shipped, "state_dict": _old_keys(shipped)}
+    blob["converted"] = blob["converted"].rsplit("; then ", 1)[0]  # as written by the first conversion
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save(with_checksum(blob), folder / "glow_mnist.pt")
+    CONVERT.main(["convert", "--checkpoints", str(folder)])
+    after = torch.load(folder / "glow_mnist.pt", weights_only=True)
+    assert CHECKSUM_KEY not in after and list(after["state_dict"]) == list(shipped["state_dict"])
+    for k, v in shipped["state_dict"].items():
+        assert torch.equal(after["state_dict"][k], v) and after["state_dict"][k].dtype == v.dtype, k
+    assert after["converted"].startswith(blob["converted"] + "; then converted ")
+    said = "state-dict keys flow.flows.1.steps.* -> flow.flows.1.flows.* renamed (144 tensors"
+    assert said in after["converted"]
+    raw = (folder / "glow_mnist.pt").read_bytes()
+    CONVERT.main(["convert", "--checkpoints", str(folder)])  # again: nothing to do
+    assert (folder / "glow_mnist.pt").read_bytes() == raw
+    CONVERT.main(["checksum", "--checkpoints", str(folder)])
+    assert torch.load(folder / "glow_mnist.pt", weights_only=True)[CHECKSUM_KEY] == shipped[CHECKSUM_KEY]
+    state = dict(blob["state_dict"])  # a tensor changed, the checksum of the file kept: refused
+    state["flow.flows.1.steps.0.flows.0.bias"] = state["flow.flows.1.steps.0.flows.0.bias"] + 1.0
+    torch.save({**blob, "state_dict": state, CHECKSUM_KEY: with_checksum(blob)[CHECKSUM_KEY]},
+               folder / "glow_mnist.pt")
+    with pytest.raises(SystemExit, match="no longer match the checksum"):
+        CONVERT.main(["convert", "--checkpoints", str(folder)])
 
 
 # -- integrity (issue 12, item 5): checksums, the manifest, non-finite weights ----------------------
