@@ -529,7 +529,7 @@ torch.manual_seed(0)
 glow = glow_image((1, 8, 8), grey_levels=GREY_LEVELS, **GLOW_SIZE)
 glow_steps = glow.flow[1]
 print(type(glow_steps).__name__, "with scales of shape", MultiScale.scale_shapes((1, 8, 8), GLOW_SIZE["scales"]))
-print("layers in one step:", [type(layer).__name__ for layer in glow_steps.steps[0][:3]])
+print("layers in one step:", [type(layer).__name__ for layer in glow_steps.flows[0][:3]])
 print("parameters:", f"{count_parameters(glow):,}")
 glow.initialize(x_train[:512].float())  # ActNorm's data-dependent start, on a large batch
 with torch.no_grad():
