@@ -22,8 +22,12 @@
 # determinant is expensive, so the art of designing flows is to build maps that are flexible
 # *and* whose determinant is cheap.
 #
-# This lecture follows the first flows built that way, the **planar** and **radial** flows of
-# Rezende & Mohamed (2015), *Variational Inference with Normalizing Flows*. You will
+# This lecture follows two early flows built that way, the **planar** and **radial** flows of
+# Rezende & Mohamed (2015), *Variational Inference with Normalizing Flows*, the paper that made
+# flows widely known in machine learning, as richer posteriors for variational inference. They
+# were not the first deep flow: NICE (Dinh, Krueger & Bengio, arXiv 2014), the subject of
+# lecture 3, appeared about seven months earlier, and the idea of building a density from a
+# chain of simple invertible maps goes back to Tabak & Vanden-Eijnden (2010). You will
 #
 # 1. see $|\det \partial f/\partial x|$ as the factor by which $f$ changes small volumes, and
 #    measure how quickly a general determinant becomes expensive;
@@ -230,11 +234,10 @@ print("Compose's logdet == log|det| of the autograd Jacobian (< 1e-9):",
 # factorisation in about $\tfrac{2}{3}d^3$ operations, after the Jacobian itself has been
 # built ($d$ backward passes through the network). For a $64 \times 64$ colour image,
 # $d = 12\,288$: one determinant would be about $10^{12}$ operations, *per image and per
-# training step*. The timing below (your machine, one thread) shows the cubic growth; compare
+# training step*. The timing below, measured on your machine, shows the cubic growth; compare
 # it with the planar layer of the next section, whose log-determinant costs $O(d)$.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def best_time(fn, repeats: int = 3) -> float:
     """The fastest of a few runs, in seconds: the least disturbed by whatever else the machine does."""
     times = []
@@ -743,8 +746,7 @@ log_z = {name: math.log(integrate_density_2d(lambda x, toy=toy: -boxed_energy(to
 for name, toy in targets.items():
     print(f"{name}: log Z in the box (flowlib) = {toy.log_normalizer:.3f}, with the soft wall = {log_z[name]:.3f}")
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 torch.manual_seed(1)  # reverse-KL fits differ from seed to seed: try a few (section 5's last remark)
 flows = {(name, k): planar_flow(2, layers=k).to(DEVICE) for name in targets for k in DEPTHS}
 optimizer = torch.optim.Adam([p for q in flows.values() for p in q.parameters()], lr=1e-2)
@@ -825,8 +827,7 @@ axes[0].set_ylabel("loss + log Z  (nats)")
 axes[0].legend(frameon=False)
 plt.show()
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print("KL(q || p) in nats, estimated from 20 000 samples")
 print("target " + "".join(f"   K = {k:<3d}" for k in DEPTHS))
 for name in targets:
@@ -866,8 +867,7 @@ print("all planar layers invertible:", all(layer.is_invertible() for q in flows.
 # * Switch to **radial** layers: a negative $\beta$ makes a peak at $z_0$, a positive one a
 #   hole; how close to $-\alpha$ can $\beta$ go?
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 explorer = PlanarFlow2D()
 explorer
 
@@ -906,6 +906,10 @@ print(f"the widget's integral of p_X: {explorer.integral:.3f}")
 #   *Normalizing Flows for Probabilistic Modeling and Inference.* JMLR 22(57).
 #   (Section 2: the change of variables, composition, and the forward and reverse KL; section
 #   3.3: residual flows built on the matrix determinant lemma, planar and radial flows among them.)
+# * L. Dinh, D. Krueger and Y. Bengio (2014). *NICE: Non-linear Independent Components
+#   Estimation.* arXiv:1410.8516 (ICLR 2015 workshop); Rezende & Mohamed is arXiv:1505.05770.
+# * E. G. Tabak and E. Vanden-Eijnden (2010). *Density estimation by dual ascent of the
+#   log-likelihood.* Communications in Mathematical Sciences 8(1).
 # * The matrix determinant lemma, $\det(A + a c^\top) = (1 + c^\top A^{-1} a)\det A$, is the
 #   rank-one case of Sylvester's determinant identity $\det(I_d + B C) = \det(I_k + C B)$ for
 #   $B \in \mathbb{R}^{d\times k}$, $C \in \mathbb{R}^{k \times d}$; it is in any text on
