@@ -27,13 +27,19 @@
 # flows. It ends with the course map and how to run the notebooks.
 
 # %% [markdown]
-# ## The one setting
+# ## Settings
 #
-# Every notebook of the course starts with a cell like the next one. `MODE` picks the sizes
-# (samples, layers, training steps): `"quick"` on a CPU (laptop, Binder; minutes at most),
-# `"full"` on a GPU, and `"ci"` when the `CI` environment variable is set (automatic tests;
-# seconds). To force a mode, overwrite `MODE` by hand. Outputs that the tests compare never
-# depend on the mode.
+# Every notebook of the course starts with a cell like the next one, the one place where sizes
+# are chosen, with two switches:
+#
+# * `SMOKE` is true when the environment variable `CI` is set, for automatic runs: every size
+#   shrinks to the least that still runs every cell.
+# * `FULL` is true on a GPU (`torch.cuda.is_available()`). It changes the training budgets,
+#   not the models: in lectures 01 to 05 the models train for more optimizer steps (in lecture
+#   02 also on larger batches), and the architectures and model sizes are the same on a CPU and
+#   on a GPU. Set `FULL = True` or `False` by hand to override it.
+#
+# In this notebook nothing is trained; the switches only set how many points the pictures draw.
 
 # %% tags=["nbval-ignore-output"]
 import math
@@ -45,14 +51,16 @@ import torch
 
 import flowlib
 
+SMOKE = "CI" in os.environ  # CI: the shortest run that still exercises every cell
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-MODE = "ci" if "CI" in os.environ else ("full" if DEVICE == "cuda" else "quick")
-# MODE = "quick"  # uncomment to force a mode
-N_PICTURE = {"ci": 2_000, "quick": 20_000, "full": 200_000}[MODE]  # points drawn for pictures only
+FULL = DEVICE == "cuda"  # on a GPU: longer training in the other lectures (change to True/False to override)
+N_PICTURE = 2_000 if SMOKE else (200_000 if FULL else 20_000)  # points drawn for pictures only
+# The outputs that the tests compare (README, "Notebooks: jupytext and nbval") never depend on
+# these switches; only pictures do.
 
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 90
-print(f"flowlib {flowlib.__version__}, torch {torch.__version__}, device {DEVICE}, mode {MODE!r}")
+print(f"flowlib {flowlib.__version__}, torch {torch.__version__}, device {DEVICE}, SMOKE={SMOKE}, FULL={FULL}")
 
 # %% [markdown]
 # ## Two tasks: $x \sim p_X$ and $p_X(x)$
@@ -248,10 +256,15 @@ print("change of variables == Gaussian formula:",
 # $z = \pm\sqrt{x}$, so its density collects mass from both:
 # $p_X(x) = \big(p_Z(\sqrt x) + p_Z(-\sqrt x)\big) / (2\sqrt x)$. A formula that follows one
 # branch only, as a "single inverse" would, misses half the mass: its integral is 1/2, not 1.
-# With many preimages (a ReLU network) the bookkeeping becomes hopeless, and a generator from a
-# smaller latent space onto a surface in data space (most GANs and VAE decoders) has no density in
-# data space at all. A normalizing flow keeps one preimage per point and a Jacobian that is cheap
-# to compute, so $p_X(x)$ is exact. Lecture 01 works this formula out properly.
+# With many preimages (a ReLU network) the bookkeeping becomes hopeless. A deterministic
+# generator from a smaller latent space, as in a GAN, puts all its samples on a surface in data
+# space, and then there is no density in data space at all. A VAE avoids this by adding noise
+# to its decoder: $p_X(x) = \int p(x \mid z)\,p_Z(z)\,dz$ is a true density, but an integral
+# over every latent $z$ that cannot be computed exactly, hence the lower bound (ELBO) of the
+# table (Kingma & Welling, 2014, *Auto-Encoding Variational Bayes*); the cell after the next computes such an integral where $z$
+# has one dimension and a grid can do it. A normalizing flow keeps one preimage per point and a
+# Jacobian that is cheap to compute, so $p_X(x)$ is exact. Lecture 01 works this formula out
+# properly.
 
 # %%
 p_Z = torch.distributions.Normal(0.0, 1.0)
@@ -263,6 +276,33 @@ one_branch = p_Z.log_prob(r).exp() / (2 * r)
 missing = (2 * p_Z.cdf(torch.tensor(0.01)) - 1).item()
 print(f"integral, both preimages: {torch.trapezoid(both_branches, xs).item() + missing:.2f}")
 print(f"integral, one preimage:   {torch.trapezoid(one_branch, xs).item() + missing / 2:.2f}")
+
+# %%
+# A toy decoder with a one-dimensional latent: its mean g(z) = (z, z^2 / 2) traces a curve
+# in the plane, and Gaussian noise of width sigma around the curve gives every x a density.
+z_grid = torch.linspace(-5.0, 5.0, 801, dtype=torch.float64)  # P(|z| > 5) is below 1e-6
+
+
+def p_decoder(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """p_X(x) = integral of N(x; g(z), sigma^2 I) p_Z(z) dz over z, by the trapezoid rule."""
+    g = torch.stack([z_grid, z_grid**2 / 2], dim=1)  # (m, 2): the curve
+    log_noise = torch.distributions.Normal(g, sigma).log_prob(x[:, None, :]).sum(-1)  # (n, m)
+    return torch.trapezoid((log_noise + p_Z.log_prob(z_grid)).exp(), z_grid, dim=1)
+
+
+x1, x2 = torch.linspace(-7, 7, 141, dtype=torch.float64), torch.linspace(-2, 15, 171, dtype=torch.float64)
+plane = torch.cartesian_prod(x1, x2)  # a grid over the plane, spacing 0.1
+density = p_decoder(plane, sigma=0.3).reshape(len(x1), len(x2))
+print(f"integral of p_X over the plane (sigma = 0.3): {torch.trapezoid(torch.trapezoid(density, x2), x1).item():.3f}")
+on_curve = torch.tensor([[1.0, 0.5]], dtype=torch.float64)  # g(1), a point on the curve
+for sigma in (0.3, 0.1, 0.03):
+    print(f"sigma = {sigma:<4}: p_X at a point of the curve = {p_decoder(on_curve, sigma).item():.2f}")
+
+# %% [markdown]
+# With noise, the density integrates to one like any other. As $\sigma$ shrinks, its value on
+# the curve grows like $1/\sigma$: in the limit of a deterministic generator all the mass sits
+# on the curve, a set of zero area, and no density is left. With a latent of many dimensions
+# the grid over $z$ is out of reach, which is why a VAE trains on a bound instead.
 
 # %% tags=["nbval-ignore-output"]
 z_picture = torch.randn(N_PICTURE, generator=torch.Generator().manual_seed(2))
@@ -283,10 +323,14 @@ plt.show()
 # | --- | --- | --- |
 # | **00** generative models (this one) | sampling vs density, the families and the trilemma, maximum likelihood, why invertibility | 1D |
 # | **01** change of variables in 1D | $p_X(x) = p_Z(f(x))\,\lvert df/dx\rvert$ made visual; monotone maps learned by maximum likelihood | 1D |
-# | **02** planar and radial flows | the first deep flows (Rezende & Mohamed 2015), built in the generative direction; the determinant lemma | 2D toys |
+# | **02** planar and radial flows | the flows that made the name known in machine learning (Rezende & Mohamed 2015), built in the generative direction; the determinant lemma | 2D toys |
 # | **03** NICE | additive coupling: a triangular Jacobian with determinant 1, reversible blocks (Dinh et al. 2014) | 2D toys, then digits |
 # | **04** RealNVP | affine coupling, masks, multi-scale architecture, dequantization (Dinh et al. 2016) | images |
 # | **05** Glow | ActNorm, invertible 1x1 convolutions, temperature and interpolation (Kingma & Dhariwal 2018) | images |
+#
+# The order is by difficulty, not by date: NICE (Dinh, Krueger & Bengio, arXiv 2014) appeared
+# about seven months before the planar and radial flows (arXiv 2015), and the idea of a density
+# made of invertible maps goes back to Tabak & Vanden-Eijnden (2010).
 #
 # The 2D toys come first because there the exact density is known, so we can *measure* how well
 # a flow fits; images come once the layers are trusted. Every lecture uses the library
@@ -295,10 +339,11 @@ plt.show()
 #
 # ## Running the notebooks
 #
-# * **CPU** (laptop, Binder): everything runs top to bottom in `"quick"` mode, a few minutes per
-#   notebook at most. On Binder, save your work before it idles out.
-# * **GPU**: `MODE` turns to `"full"` by itself when `torch.cuda.is_available()`; the image
-#   lectures then train to the sizes of the papers. The same code runs on both.
-# * **Tests**: `pytest --nbval` runs each notebook and compares the outputs that are stable facts
-#   (shapes, numbers rounded as printed, tables) with the ones saved here; pictures and timings
-#   are marked to be ignored. The README at the top of the repository has the exact commands.
+# * **CPU** (laptop, Binder): every notebook runs top to bottom with `FULL = False`. On Binder,
+#   save your work before it idles out.
+# * **GPU**: `FULL` turns true by itself when `torch.cuda.is_available()`; the models then
+#   train for more steps, with the same architectures and sizes as on a CPU. The same code runs
+#   on both.
+#
+# The README at the top of the repository says how to install the course and how its
+# notebooks are tested.
