@@ -116,10 +116,11 @@ def randomize_last_layer(net: MLP, std: float, generator: torch.Generator) -> ML
 # coordinates, and nobody ever needs to invert it. The inverse comes for free, because $z_1$
 # hands us $x_1$ back, and with it the shift:
 # $$x_1 = z_1, \qquad x_2 = z_2 - m(z_1).$$
-# Inverting costs exactly one evaluation of $m$, the same as the forward pass. (The slides
-# write the same block in the generative direction, $y_1 = x_1 + F(x_2)$, $y_2 = x_2$; the
-# roles of the halves and the direction are a matter of convention. In this course $f$
-# always maps data to latent.)
+# Inverting costs exactly one evaluation of $m$, the same as the forward pass. (Other texts
+# write the same block with other roles or in the other direction: half of a RevNet block
+# (Gomez et al., 2017, section 6 here) reads $y_1 = x_1 + F(x_2)$, $y_2 = x_2$, and the review
+# of Papamakarios et al. (2021) writes flows in the generative direction, from latent to data.
+# These are conventions. In this course, as in the NICE paper, $f$ maps data to latent.)
 #
 # **Three parts of one layer.** It pays to see this block as three separate choices
 # (Papamakarios et al., 2021, sections 3 and 4). The *structure* says which coordinates
@@ -224,8 +225,10 @@ print(f"det = {float(torch.linalg.det(J)):.3f}")
 # model. The cure is to stack blocks and swap the roles of the halves from one to the next
 # ($z_1 = x_1 + m_2(x_2)$ next time), so every coordinate is transformed by every other
 # block. The composition stays invertible (invert the blocks in reverse order) and the
-# determinants multiply: $1 \cdot 1 \cdots 1$ is still $1$. NICE alternates between odd and
-# even coordinates for vectors and uses a checkerboard pattern for images.
+# determinants multiply: $1 \cdot 1 \cdots 1$ is still $1$. NICE alternates between the odd
+# and the even coordinates, and treats an image the same way, as a flattened vector of pixels
+# (Dinh et al., 2015, section 5.1). The checkerboard masks that flowlib uses for images
+# (section 4) come from RealNVP (Dinh et al., 2017), lecture 4.
 
 # %% [markdown]
 # ## 2. Volume preservation, and why NICE needs a scaling layer
@@ -341,14 +344,12 @@ torch.manual_seed(1)
 volume_preserving = without_scaling(nice(2, couplings=4, hidden=32, layers=2))
 print("parameters with scaling:", count_parameters(with_scaling), "| without:", count_parameters(volume_preserving))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for model in (volume_preserving, with_scaling):
     fit(model, x_wide, steps=WIDE_STEPS, batch_size=256, lr=2e-2, device=DEVICE, seed=1)
     model.cpu()
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 kl_gen = torch.Generator().manual_seed(2)
 kl_vp = kl_divergence_estimate(wide, volume_preserving, n=KL_SAMPLES, generator=kl_gen)
 kl_nice = kl_divergence_estimate(wide, with_scaling, n=KL_SAMPLES, generator=kl_gen)
@@ -408,8 +409,7 @@ for name in TOY_NAMES:
 print("layers:", [type(f).__name__ for f in toy_models["two_moons"].flow.flows])
 print("parameters per model:", count_parameters(toy_models["two_moons"]))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 toy_results = {}
 for name in TOY_NAMES:
     print(name)
@@ -464,8 +464,7 @@ flow_steps_figure(toy_models, toy_data)
 # $\mathrm{KL}(p_\text{data}\,\|\,p_X) = \mathbb{E}_{x\sim p_\text{data}}[\log p_\text{data}(x) - \log p_X(x)]$
 # by Monte Carlo (`flowlib.metrics.kl_divergence_estimate`): zero for a perfect model, in nats.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for name in TOY_NAMES:
     kl = kl_divergence_estimate(toys[name], toy_models[name], n=KL_SAMPLES, generator=torch.Generator().manual_seed(5))
     print(f"{name:>16}: KL(data || NICE) = {kl.value:.3f} +- {kl.stderr:.3f} nats")
@@ -552,8 +551,7 @@ print("couplings:", sum(isinstance(m, AdditiveCoupling) for m in digit_model.mod
 # **test** split scored, once. Using the test split to choose anything (the step, the model
 # size) would make its figure optimistic.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 digit_result = fit(digit_model, x_train.float(), val_data=x_val.float(), test_data=x_test.float(),
                    steps=DIGIT_STEPS, batch_size=128, lr=2e-3, eval_every=max(DIGIT_STEPS // 30, 5),
                    device=DEVICE, seed=0)
@@ -603,10 +601,10 @@ plt.show()
 # all 64 pixel positions, a strong prior that also fits unseen digits.
 #
 # The NICE of the paper had no such prior: its conditioners were fully connected networks on
-# the flattened image. We build one from the same flowlib pieces (checkerboard masks,
-# `AdditiveCoupling`, `Scaling`, the logit and the dequantisation of `ImageFlowModel`), with
-# an MLP of two hidden layers of 512 units as each conditioner, and train it with a constant
-# learning rate, which makes what happens easy to see.
+# the flattened image. We build one from the same flowlib pieces (RealNVP's checkerboard masks
+# where the paper split odd from even pixels, `AdditiveCoupling`, `Scaling`, the logit and the
+# dequantisation of `ImageFlowModel`), with an MLP of two hidden layers of 512 units as each
+# conditioner, and train it with a constant learning rate, which makes what happens easy to see.
 
 # %%
 def fully_connected_nice(shape: tuple[int, int, int] = (1, 8, 8), couplings: int = 4,
@@ -628,8 +626,7 @@ torch.manual_seed(0)
 mlp_model = fully_connected_nice()
 print(f"parameters: {count_parameters(mlp_model):,}, for {x_train.shape[0]} training images of 64 pixels")
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 mlp_result = fit(mlp_model, x_train.float(), val_data=x_val.float(), test_data=x_test.float(),
                  steps=MLP_STEPS, batch_size=128, lr=1e-3, schedule="constant",
                  eval_every=max(MLP_STEPS // 30, 5), device=DEVICE, seed=0)
@@ -670,22 +667,21 @@ plt.show()
 # ## 5. MNIST, from a shipped checkpoint
 #
 # NICE was introduced on MNIST, $28 \times 28$ pixels with 256 grey levels. Training it there
-# takes far longer than a lecture should wait, so the course ships a small trained NICE in
-# `flowlib/checkpoints/nice_mnist.pt`, written by `scripts/train_image_flow.py` together with
-# what the run measured (test bits/dim, parameters, training time, machine;
-# `flowlib/checkpoints/README.md` has the exact command). `flowlib.pretrained` reads it:
-# `checkpoint_info("nice_mnist")` returns everything but the weights,
-# `load_pretrained("nice_mnist")` rebuilds the model (both also take the path of a file of
-# your own). The file holds only plain values and tensors and is read with
-# `torch.load(..., weights_only=True)`, so loading it runs no code.
+# takes far longer than a lecture should wait, so the course ships a small trained NICE
+# together with what its training run measured (test bits/dim, parameters, training time,
+# machine). `flowlib.pretrained` reads it: `checkpoint_info("nice_mnist")` returns the
+# measurements, `load_pretrained("nice_mnist")` rebuilds the model (both also take the path of
+# a model you trained yourself).
 #
 # Read its figure honestly: it is a short run of a small model on a laptop-class CPU, far
 # from the figures of papers that trained much larger models for days. If the file is
 # missing, or MNIST itself is not available offline, the cells below say what to do and the
 # lecture goes on with the digits.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
+# The shipped file is flowlib/checkpoints/nice_mnist.pt, written by scripts/train_image_flow.py
+# (flowlib/checkpoints/README.md has the command). It holds only plain values and tensors and is
+# read with torch.load(..., weights_only=True), so loading it runs no code.
 NICE_MNIST_COMMAND = ("python scripts/train_image_flow.py --model nice --data mnist --minutes 10 --lr 3e-3 "
                       "--set hidden=16 --out flowlib/checkpoints/nice_mnist.pt")
 mnist_model, mnist_info = None, None
@@ -728,8 +724,7 @@ except DatasetError as err:
 # on 500 test images with one dequantisation draw each (the recorded figure used several
 # draws on all 10000, so the two agree to a few hundredths).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if mnist_model is not None:
     torch.manual_seed(4)
     panels = [(f"NICE samples, T = {t}", mnist_model.sample_levels(36, temperature=t)) for t in (1.0, 0.7)]
@@ -846,8 +841,7 @@ ax.set_title("activation memory of one training step", fontsize=10)
 ax.legend(frameon=False)
 plt.show()
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print("depth | saved MiB: plain  memory-saving | time per step: plain  memory-saving")
 for i, depth in enumerate(DEPTHS):
     print(f"{depth:>5} | {memory['plain'][i]:>15.2f} {memory['memory-saving'][i]:>14.3f} | "
