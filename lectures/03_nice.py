@@ -227,7 +227,7 @@ print(f"det = {float(torch.linalg.det(J)):.3f}")
 # block. The composition stays invertible (invert the blocks in reverse order) and the
 # determinants multiply: $1 \cdot 1 \cdots 1$ is still $1$. NICE alternates between the odd
 # and the even coordinates, and treats an image the same way, as a flattened vector of pixels
-# (Dinh et al., 2015, section 5.1). The checkerboard masks that flowlib uses for images
+# (Dinh et al., 2015, in its experiments). The checkerboard masks that flowlib uses for images
 # (section 4) come from RealNVP (Dinh et al., 2017), lecture 4.
 
 # %% [markdown]
