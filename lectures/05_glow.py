@@ -33,14 +33,14 @@
 #    alone, and see why batch normalisation does not suit a density model;
 # 2. build the **invertible 1x1 convolution**, compute its log-determinant
 #    $h \cdot w \cdot \log|\det W|$, and make it cheap with an **LU decomposition**
-#    ($O(c)$ instead of $O(c^3)$), checking both against `slogdet`;
+#    (a log-determinant in $O(c)$ instead of $O(c^3)$), checking both against `slogdet`;
 # 3. put them together with the affine coupling into one **step of flow**, and collect the
 #    three layers in **the step table** (function, inverse, log-determinant);
 # 4. train a small Glow on the 8x8 digits, then **sample at temperature** $T$, **interpolate**
 #    between two real digits in latent space, and **add a direction** (thin to thick strokes)
 #    to a digit;
-# 5. compare NICE, RealNVP and Glow trained with the same budget, then the course's own MNIST
-#    models next to the published MNIST figures, and use the shipped MNIST Glow for
+# 5. compare NICE, RealNVP and Glow trained with the same budget, then look at the course's
+#    own MNIST models and their recorded figures, and use the shipped MNIST Glow for
 #    temperature and interpolation at full size;
 # 6. write four pieces yourself: ActNorm's inverse, the 1x1 convolution's log-determinant, the
 #    LU version, and sampling at temperature $T$.
@@ -55,7 +55,8 @@
 # ## Settings
 # The one place where sizes are chosen. With the environment variable `CI` set, every cell
 # still runs, with the shortest training that exercises it; on a GPU the models train longer.
-# The model sizes are the same in every mode (the checked outputs depend on them).
+# The model sizes are the same in every mode: only the number of training steps and the number
+# of MNIST test images re-scored in section 11 change.
 
 # %%
 import os
@@ -94,7 +95,7 @@ from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale, squeeze
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
 from flowlib.train import fit
-from flowlib.transformers import Affine
+from flowlib.transformers import Affine, soft_clamp
 from flowlib.viz import image_grid, plot_training_curve
 from flowlib.widgets import PAPER_TEMPERATURES, LatentInterpolation, TemperatureGrid
 
@@ -185,9 +186,9 @@ plt.show()
 # whole batch, which does not even depend on $x$. The inverse is just as simple:
 # $x = (y - b)/s$.
 #
-# One practical detail: the "already initialised" flag is saved with the weights (flowlib
-# keeps it in a buffer), so a model loaded from a checkpoint is never re-initialised on its
-# first batch, a classic bug of Glow ports.
+# One practical detail: whether ActNorm has been initialised is part of the saved model, so a
+# trained model that is loaded again keeps its learned $b$ and $s$ instead of re-initialising
+# them from its first batch.
 #
 # ### Exercise 1: ActNorm's inverse and log-determinant
 #
@@ -321,7 +322,7 @@ for _seed in range(70, 75):
 print("ex2 passed")
 
 # %% [markdown]
-# ### The LU trick: $O(c)$ instead of $O(c^3)$
+# ### The LU trick: a log-determinant in $O(c)$ instead of $O(c^3)$
 #
 # $\det W$ costs $O(c^3)$ operations (a decomposition of $W$), and so does $W^{-1}$. For the
 # handful of channels of an 8x8 digit that is nothing, but Glow's large models have tens to hundreds
@@ -336,7 +337,9 @@ print("ex2 passed")
 #
 # $$\log|\det W| = \sum_{k=1}^{c} \log|s_k|,$$
 #
-# an $O(c)$ sum. The inverse needs no general inversion either: two triangular solves. $P$ and
+# an $O(c)$ sum. That saving is the determinant's. The inverse still costs more than a sum: it
+# needs no general inversion, but two triangular solves, $O(c^2)$ for each pixel, the same order
+# as applying $W$ itself. $P$ and
 # the signs of $s$ are drawn once (from the LU decomposition of a random rotation) and fixed;
 # $L$, $U$ and $\log|s|$ are trained. flowlib's `InvertibleLinearLU` does exactly this. First
 # the check that nothing is lost, then the cost.
@@ -354,8 +357,7 @@ print("LU logdet == h*w*sum(log|s|):", bool(torch.allclose(logdet, 16 * lu.log_s
 print("LU logdet == h*w*log|det W| (slogdet):", bool(torch.allclose(logdet, 16 * torch.linalg.slogdet(W_lu)[1])))
 print("inverse round trip < 1e-10:", bool((lu.inverse(y)[0] - x).abs().max() < 1e-10))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def best_time(fn, repeats: int = 5) -> float:
     """The fastest of a few runs, in milliseconds (the least disturbed by other jobs)."""
     times = []
@@ -447,13 +449,23 @@ print("ex3 passed")
 # $\sum \log s$ over the transformed half, and the inverse only evaluates $\mathrm{NN}$
 # forwards. Two details from the paper:
 #
-# * the network's last convolution is **initialised to zero**, so every coupling starts as
-#   the identity and a deep Glow starts as the identity map too, which makes early training
-#   stable;
+# * the network's last convolution is **initialised to zero**, so at the start $h = 0$: the
+#   shift is zero and every coupling applies the same fixed scale to its transformed half,
+#   which makes early training stable;
 # * Glow's code bounds the scale with $s = \mathrm{sigmoid}(h + 2)$, which lies in $(0, 1)$.
-#   flowlib uses $s = \exp(\mathrm{softclamp}(h))$ instead (lecture 4): the same identity at
-#   the start, and scales bounded on both sides, in $(e^{-2}, e^{2})$.
-#
+#   At $h = 0$ that is $\mathrm{sigmoid}(2) \approx 0.88$, not 1: Glow's couplings start as a
+#   mild contraction, not as the identity. flowlib uses $s = \exp(\mathrm{softclamp}(h))$
+#   instead (lecture 4), which at $h = 0$ is exactly 1, so flowlib's couplings do start as the
+#   identity, and whose scales are bounded on both sides, in $(e^{-2}, e^{2})$. The cell below
+#   evaluates both at $h = 0$.
+
+# %%
+h0 = torch.zeros(3)
+print(f"Glow's code at h = 0: sigmoid(h + 2) = {torch.sigmoid(h0 + 2)[0]:.3f}")
+print(f"flowlib at h = 0: exp(soft_clamp(h, 2)) = {torch.exp(soft_clamp(h0, 2.0))[0]:.3f}")
+print(f"bounds of flowlib's scale with clamp 2: ({math.exp(-2):.3f}, {math.exp(2):.3f})")
+
+# %% [markdown]
 # Since the 1x1 convolution already mixes the channels, the coupling can always split them the
 # same simple way (first half, second half); flowlib still alternates the halves from step to
 # step. In flowlib this is the same `Coupling` as for NICE and RealNVP: a structure (which
@@ -546,8 +558,7 @@ with torch.no_grad():
 # figure of that model. Lecture 4 explains why bits/dim on the digits carry a
 # $\log_2 17 = 4.09$ ceiling: that is what a uniform model scores.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 t0, c0 = time.perf_counter(), time.process_time()
 glow_result = fit(glow, x_train.float(), val_data=x_val.float(), test_data=x_test.float(), steps=STEPS,
                   batch_size=BATCH, lr=LR, eval_every=50, seed=0, device=DEVICE)
@@ -613,8 +624,7 @@ print("spread across samples grows with T:", all(a < b for a, b in zip(spread[:-
 # grows from 0? Around which $T$ do the digits stop looking like digits? (With a longer
 # training, on a GPU, that point moves up towards 1.)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 temperature_widget = TemperatureGrid(glow, n=100, temperature=0.7)
 temperature_widget
 
@@ -696,8 +706,7 @@ print("halfway, the spherical path keeps |z| larger than the straight line:",
 # The widget puts $\alpha$ under a slider (the red frame marks the nearest image of the strip)
 # and lets you switch between the two paths.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 interpolation
 
 # %% [markdown]
@@ -706,8 +715,10 @@ interpolation
 # Glow's most striking demonstration was **attribute manipulation** on faces: take the mean
 # latent of the images *with* an attribute (smiling, say) and of those *without*, call the
 # difference a direction $d$, and move any face along it, $x' = f^{-1}(f(x) + \lambda d)$.
-# No labels were used in training; the direction is found afterwards from a few labelled
-# examples.
+# No labels were used in training; the directions were computed afterwards from the attribute
+# labels of the whole training set (CelebA-HQ's), as the difference between the average latent
+# of the labelled images with the attribute and that of the images without it (Kingma &
+# Dhariwal, 2018, the semantic-manipulation experiment on CelebA-HQ).
 #
 # The digits have no labels for "smiling", but they do have one attribute we can measure
 # without any annotation: how much **ink** a digit uses, i.e. its mean grey level. We split the
@@ -738,8 +749,7 @@ plt.show()
 print("lambda = 0 gives back the real digits (< 1e-4):",
       bool(torch.allclose(edited[:, lambdas.index(0.0)], to_unit(picked), atol=1e-4)))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 with torch.no_grad():
     z_all = glow.encode(to_unit(x_test))
     ink_after = [float(glow.decode(z_all + lam * direction).clamp(0, 1).mean()) for lam in lambdas]
@@ -765,8 +775,7 @@ for lam, v in zip(lambdas, ink_after, strict=True):
 # of the validation-selected weights. The figures change a little from run to run and machine
 # to machine, so this cell's output is not checked by the tests.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 builders = {
     "NICE": lambda: nice_image((1, 8, 8), couplings=4, hidden=32, blocks=1, grey_levels=GREY_LEVELS),
     "RealNVP": lambda: realnvp_image((1, 8, 8), scales=2, depth=4, hidden=32, blocks=1, grey_levels=GREY_LEVELS),
@@ -800,17 +809,15 @@ display(Markdown("\n".join(table) + f"\n\nTrained on {DEVICE}, {BATCH} images pe
 # they cannot be compared with the digits' numbers above, which have 64 pixels and 17 grey levels.
 # The course ships a small RealNVP and a small Glow trained on MNIST on a CPU (read with
 # `flowlib.pretrained`, as in lecture 4, section 7); the next cell puts the figures recorded
-# with their weights next to the published ones:
+# with their weights next to one published figure, that of a multi-scale flow in Lippe's UvA
+# Deep Learning tutorial 11: 1.020 bits/dim (hours of GPU training). Neither the RealNVP paper
+# nor the Glow paper reports an MNIST figure (their image results are on CIFAR-10, ImageNet,
+# LSUN and CelebA), so the table has no row for them.
 #
-# * RealNVP (Dinh et al., 2017): 1.06 bits/dim, and Glow (Kingma & Dhariwal, 2018): 1.05, the
-#   figures usually quoted, e.g. in the comparison table of Grathwohl et al. (2019);
-# * a multi-scale flow in Lippe's UvA Deep Learning tutorial 11: 1.020 (hours of GPU training).
-#
-# Without shipped checkpoints the table holds the published rows only, and the cell says how
+# Without shipped checkpoints the table holds the published row only, and the cell says how
 # to train one.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 MODEL_NAMES = {"nice_image": "NICE", "realnvp_image": "RealNVP", "glow_image": "Glow"}
 shipped = shipped_checkpoints()  # {name: path} for flowlib/checkpoints/*.pt
 mnist_info = {}
@@ -832,9 +839,7 @@ for stem, info in sorted(mnist_info.items(), key=lambda item: -item[1].get("metr
                  f"{'?' if bpd is None else f'{bpd:.3f}'} | {metrics.get('parameters', 0):,} | "
                  f"{'?' if seconds is None else f'{seconds / 60:.0f} min'}, {metrics.get('steps', '?')} steps | "
                  f"{info.get('hardware', '?')} |")
-table += ["| RealNVP (Dinh et al., 2017) | 1.06 | | | GPUs; as quoted by Grathwohl et al. (2019) |",
-          "| Glow (Kingma & Dhariwal, 2018) | 1.05 | | | GPUs; as quoted by Grathwohl et al. (2019) |",
-          "| multi-scale flow (Lippe, UvA tutorial 11) | 1.020 | | hours | a GPU |",
+table += ["| multi-scale flow (Lippe, UvA tutorial 11) | 1.020 | | hours | a GPU |",
           f"| uniform over the 256 grey levels | {math.log2(MNIST_GREY_LEVELS):.3f} | 0 | | |"]
 display(Markdown("\n".join(table)))
 if "glow_mnist" not in mnist_info:
@@ -847,8 +852,8 @@ if "glow_mnist" not in mnist_info:
 
 # %% [markdown]
 # Read the course's rows honestly. The shipped models are small (the parameters column) and
-# were trained for minutes on one CPU thread; the published figures come from much larger
-# models trained far longer on GPUs, so a gap of half a bit per dimension or more is what one
+# were trained for minutes on a CPU; the published figure comes from a much larger model
+# trained for hours on a GPU, so a gap of half a bit per dimension or more is what one
 # should expect. The shipped runs also had different time budgets (the training column), so
 # the difference between them is not a clean comparison of the architectures: for that, see
 # the same-budget table on the digits above. All of them are far from the 8 bits/dim of a
@@ -861,8 +866,7 @@ if "glow_mnist" not in mnist_info:
 # `FLOWLIB_DATA`, from the cache, or, with `download=True`, fetched once), and score the
 # model again on the first test images as a check that the weights came back intact.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 mnist_glow, mnist_pad = None, None
 if "glow_mnist" in mnist_info:
     try:
@@ -893,8 +897,7 @@ if mnist_glow is not None and mnist_test is not None:
 # %% [markdown]
 # Samples from one fixed $\varepsilon$ at three temperatures, next to real test digits:
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if mnist_glow is not None:
     mnist_eps = torch.randn(36, *mnist_glow.event_shape, generator=torch.Generator().manual_seed(7))
     grey_levels = mnist_glow.grey_levels  # grey level k is shown at the centre of its bin, (k + 1/2) / 256
@@ -915,8 +918,7 @@ else:
 # 784 pixels per image, a grid at a temperature not seen before takes a fraction of a second
 # on a CPU (the cell measures it).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if mnist_glow is not None:
     mnist_temperature = TemperatureGrid(mnist_glow, n=100, temperature=0.7)
     slider, redraw_ms = mnist_temperature.controls["temperature"], []
@@ -935,8 +937,7 @@ else:
 # the great circle in latent space. The ends are the real digits again, exactly: $f$ is
 # invertible whatever its training.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 if mnist_glow is not None and mnist_test is not None:
     mnist_walk = LatentInterpolation(mnist_glow, mnist_test[mnist_labels == 2][0], mnist_test[mnist_labels == 7][0],
                                      frames=9)
@@ -958,7 +959,8 @@ else:
 #   standardised; unlike batch norm, it treats each image on its own, in training and at test.
 # * The 1x1 convolution learns how to mix channels, generalising the fixed permutations of
 #   NICE and RealNVP; its log-determinant is $h w \log|\det W|$, and with
-#   $W = PL(U + \operatorname{diag}(s))$ it becomes $h w \sum\log|s|$, $O(c)$ instead of $O(c^3)$.
+#   $W = PL(U + \operatorname{diag}(s))$ it becomes $h w \sum\log|s|$, $O(c)$ instead of $O(c^3)$
+#   (the inverse becomes two triangular solves per pixel).
 # * Sampling at temperature $T < 1$ (all latents, split priors included) trades diversity for
 #   clean samples; $T = 0$ gives the mode.
 # * An exact encoder makes the latent space usable: interpolations start and end at the real
@@ -973,12 +975,9 @@ else:
 # * L. Dinh, D. Krueger, Y. Bengio (2015). *NICE: Non-linear Independent Components Estimation*. ICLR workshop.
 # * S. Ioffe, C. Szegedy (2015). *Batch normalization: accelerating deep network training by reducing
 #   internal covariate shift*. ICML.
-# * W. Grathwohl, R. T. Q. Chen, J. Bettencourt, I. Sutskever, D. Duvenaud (2019). *FFJORD: Free-form
-#   continuous dynamics for scalable reversible generative models*. ICLR.
 # * P. Lippe. *UvA Deep Learning Tutorials, tutorial 11: Normalizing flows for image modeling*.
 #   University of Amsterdam.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print(f"notebook ran in {time.perf_counter() - T_START:.0f} s wall-clock, {time.process_time():.0f} s of CPU "
       f"(SMOKE={SMOKE}, device={DEVICE})")
