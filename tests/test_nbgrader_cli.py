@@ -1,0 +1,155 @@
+"""nbgrader's own command-line tools grade every lecture with exercises, as an instructor would.
+
+For each lecture ``lectures/NN_*.ipynb`` with graded cells (found from its nbgrader metadata),
+in a course folder of its own made by ``scripts/make_assignments.py --course``:
+
+1. ``nbgrader generate_assignment <lecture>`` writes the gradebook and ``release/``;
+2. two students hand in: ``blank`` submits the released student version unchanged, ``solved``
+   submits the released version with every solution cell filled in from the lecture;
+3. ``nbgrader autograde <lecture>`` runs both submissions (``CI=true``, so training is short)
+   with the instructor's test cells put back, hidden tests included;
+4. ``nbgrader generate_feedback <lecture>`` writes each student's feedback page.
+
+The gradebook must then hold exactly 0 points for ``blank`` and the full score for ``solved``,
+cell by cell, the full score being the sum of the lecture's ``points``; both feedback pages
+must exist. This is what :mod:`tests.test_assignments` checks with nbclient, done here with
+the tools an instructor actually runs, database and checksums included.
+
+Each lecture gets its own course folder (and so its own SQLite gradebook): the tests do not
+share state and could run in any order or in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat import NotebookNode
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "make_assignments.py"
+LECTURES = sorted((REPO / "lectures").glob("[0-9][0-9]_*.ipynb"))
+
+pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements.txt installs it)")
+
+#: Seconds a single cell may run under autograde. nbgrader's default (30 s) is shorter than
+#: the training cells of the image lectures even at CI sizes; this only has to stop a hang.
+CELL_TIMEOUT_S = 600
+#: The two submissions, by student id.
+BLANK, SOLVED = "blank", "solved"
+SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+
+
+def read(path: Path) -> NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def nbgrader_meta(cell: NotebookNode) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def graded_points(nb: NotebookNode) -> dict[str, float]:
+    """``grade_id -> points`` of the graded (autograded test) cells."""
+    return {nbgrader_meta(c)["grade_id"]: float(nbgrader_meta(c)["points"])
+            for c in nb.cells if nbgrader_meta(c).get("grade")}
+
+
+GRADED_LECTURES = [p for p in LECTURES if graded_points(read(p))]
+
+
+def nbgrader_env() -> dict[str, str]:
+    """This environment, with ``CI=true`` and the venv's ``bin`` first on ``PATH``.
+
+    nbgrader creates its gradebook by running ``alembic``, installed beside it, as a command;
+    the kernels it starts inherit ``CI`` (the notebooks shorten their training) and whatever
+    conftest.py set (``FLOWLIB_DATA``, ``MPLBACKEND=Agg``, the thread count).
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "CI": "true", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m nbgrader <args>`` in the course folder; fails the test on a non-zero exit."""
+    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=nbgrader_env(),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, (f"nbgrader {' '.join(args)} exited with {run.returncode}:\n"
+                                 f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}")
+    return run
+
+
+def solved_version(released: NotebookNode, lecture: NotebookNode) -> NotebookNode:
+    """The released notebook with each solution cell's source taken from the lecture.
+
+    That is what a student who found the reference answer would hand in: the locked cells are
+    the released ones (with their checksums), only the answer cells differ. The solution
+    markers are left out, as a student would not type them.
+    """
+    answers = {nbgrader_meta(c)["grade_id"]: c.source
+               for c in lecture.cells if nbgrader_meta(c).get("solution")}
+    solved = nbformat.from_dict(released)
+    for cell in solved.cells:
+        meta = nbgrader_meta(cell)
+        if meta.get("solution"):
+            lines = answers[meta["grade_id"]].split("\n")
+            cell.source = "\n".join(line for line in lines if line.strip() not in SOLUTION_MARKERS)
+    return solved
+
+
+def submit(course: Path, student: str, assignment: str, nb: NotebookNode, name: str) -> None:
+    target = course / "submitted" / student / assignment / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+
+
+@pytest.mark.parametrize("lecture", GRADED_LECTURES, ids=lambda p: p.stem)
+def test_nbgrader_cli_grades_blank_zero_and_solved_full(lecture: Path, tmp_path: Path) -> None:
+    from nbgrader.api import Gradebook
+
+    assignment = lecture.stem
+    course = tmp_path / "course"
+    subprocess.run([sys.executable, str(SCRIPT), "--course", str(course), assignment], check=True,
+                   cwd=REPO, capture_output=True, text=True)
+    source = course / "source" / assignment / lecture.name
+    assert source.is_file(), f"make_assignments.py --course did not write {source}"
+    assert read(source) == read(lecture), "the course's source notebook should be the lecture, unchanged"
+
+    nbgrader(course, "generate_assignment", assignment)
+    released = read(course / "release" / assignment / lecture.name)
+    submit(course, BLANK, assignment, released, lecture.name)
+    submit(course, SOLVED, assignment, solved_version(released, read(lecture)), lecture.name)
+
+    nbgrader(course, "autograde", assignment, f"--Execute.timeout={CELL_TIMEOUT_S}")
+    nbgrader(course, "generate_feedback", assignment)
+
+    points = graded_points(read(lecture))
+    maximum = sum(points.values())
+    notebook_id = lecture.stem
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        assert gradebook.find_assignment(assignment).max_score == maximum
+        scores = {}
+        for student in (BLANK, SOLVED):
+            submission = gradebook.find_submission_notebook(notebook_id, assignment, student)
+            scores[student] = (submission.score, submission.max_score,
+                               {g.name: (g.score, g.max_score) for g in submission.grades})
+    expected = {BLANK: dict.fromkeys(points, 0.0), SOLVED: points}  # per graded cell
+    for student, expected_cells in expected.items():
+        score, max_score, cells = scores[student]
+        assert max_score == maximum, f"{student}: max score {max_score}, the points add to {maximum}"
+        assert set(cells) == set(points), f"{student}: graded cells {sorted(cells)}, not {sorted(points)}"
+        wrong = {name: got for name, got in cells.items() if got[0] != expected_cells[name]}
+        assert not wrong, f"{student}: cells scored (score, max) {wrong}, expected {expected_cells}"
+        assert score == sum(expected_cells.values()), f"{student}: score {score} of {maximum}"
+        page = course / "feedback" / student / assignment / f"{lecture.stem}.html"
+        assert page.is_file() and page.stat().st_size > 0, f"no feedback page {page}"
+        assert assignment in page.read_text(encoding="utf-8"), f"{page} does not name the assignment"
+
+
+def test_every_lecture_with_exercises_is_graded() -> None:
+    """The list above comes from the metadata: a lecture whose graded cells were lost would
+    silently drop out of it, so its exercises are counted here from the source text too."""
+    with_markers = [p for p in LECTURES if "### BEGIN SOLUTION" in p.read_text(encoding="utf-8")]
+    assert with_markers == GRADED_LECTURES, "lectures with solutions but no graded cells, or the reverse"
