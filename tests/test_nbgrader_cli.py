@@ -15,8 +15,9 @@ cell by cell, the full score being the sum of the lecture's ``points``; both fee
 must exist. This is what :mod:`tests.test_assignments` checks with nbclient, done here with
 the tools an instructor actually runs, database and checksums included.
 
-Each lecture gets its own course folder (and so its own SQLite gradebook): the tests do not
-share state and could run in any order or in parallel.
+Each lecture gets its own course folder (and so its own SQLite gradebook), so the lectures
+are graded side by side, ``PARALLEL_LECTURES`` at a time: one after the other they take
+about 10 minutes on a busy 2-core machine at CI sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -39,6 +41,10 @@ pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements.
 #: Seconds a single cell may run under autograde. nbgrader's default (30 s) is shorter than
 #: the training cells of the image lectures even at CI sizes; this only has to stop a hang.
 CELL_TIMEOUT_S = 600
+#: Lectures graded at the same time (each round is nbgrader and a kernel, one core's worth of
+#: work at CI sizes). Two halve the wall time on an idle 2-core machine; ``FLOWLIB_NBGRADER_JOBS``
+#: overrides it (1: one lecture after the other).
+PARALLEL_LECTURES = max(1, int(os.environ.get("FLOWLIB_NBGRADER_JOBS", "2")))
 #: The two submissions, by student id.
 BLANK, SOLVED = "blank", "solved"
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
@@ -105,12 +111,12 @@ def submit(course: Path, student: str, assignment: str, nb: NotebookNode, name: 
     nbformat.write(nb, target)
 
 
-@pytest.mark.parametrize("lecture", GRADED_LECTURES, ids=lambda p: p.stem)
-def test_nbgrader_cli_grades_blank_zero_and_solved_full(lecture: Path, tmp_path: Path) -> None:
+def grade(lecture: Path, course: Path) -> dict:
+    """The whole instructor's round on one lecture in ``course``; returns, read from the
+    gradebook, each student's ``(score, max_score, {grade_id: (score, max_score)})``."""
     from nbgrader.api import Gradebook
 
     assignment = lecture.stem
-    course = tmp_path / "course"
     subprocess.run([sys.executable, str(SCRIPT), "--course", str(course), assignment], check=True,
                    cwd=REPO, capture_output=True, text=True)
     source = course / "source" / assignment / lecture.name
@@ -125,16 +131,37 @@ def test_nbgrader_cli_grades_blank_zero_and_solved_full(lecture: Path, tmp_path:
     nbgrader(course, "autograde", assignment, f"--Execute.timeout={CELL_TIMEOUT_S}")
     nbgrader(course, "generate_feedback", assignment)
 
-    points = graded_points(read(lecture))
-    maximum = sum(points.values())
-    notebook_id = lecture.stem
+    scores: dict = {"course": course}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        assert gradebook.find_assignment(assignment).max_score == maximum
-        scores = {}
+        scores["assignment max"] = gradebook.find_assignment(assignment).max_score
         for student in (BLANK, SOLVED):
-            submission = gradebook.find_submission_notebook(notebook_id, assignment, student)
+            submission = gradebook.find_submission_notebook(lecture.stem, assignment, student)
             scores[student] = (submission.score, submission.max_score,
                                {g.name: (g.score, g.max_score) for g in submission.grades})
+    return scores
+
+
+@pytest.fixture(scope="module")
+def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """Every selected lecture graded, PARALLEL_LECTURES at a time, each in its own course folder.
+
+    All rounds start when the first test asks, so the lectures grade side by side; each test
+    then waits for its own. A failed round re-raises in its lecture's test only.
+    """
+    selected = {item.callspec.params["lecture"] for item in request.session.items
+                if item.module is sys.modules[__name__] and hasattr(item, "callspec")}
+    pool = ThreadPoolExecutor(max_workers=PARALLEL_LECTURES)  # threads: the work is in subprocesses
+    request.addfinalizer(lambda: pool.shutdown(wait=True, cancel_futures=True))
+    return {lecture.stem: pool.submit(grade, lecture, tmp_path_factory.mktemp(lecture.stem) / "course")
+            for lecture in GRADED_LECTURES if lecture in selected}
+
+
+@pytest.mark.parametrize("lecture", GRADED_LECTURES, ids=lambda p: p.stem)
+def test_nbgrader_cli_grades_blank_zero_and_solved_full(lecture: Path, graded: dict[str, Future]) -> None:
+    scores = graded[lecture.stem].result()
+    points = graded_points(read(lecture))
+    maximum = sum(points.values())
+    assert scores["assignment max"] == maximum, f"gradebook max {scores['assignment max']}, points {maximum}"
     expected = {BLANK: dict.fromkeys(points, 0.0), SOLVED: points}  # per graded cell
     for student, expected_cells in expected.items():
         score, max_score, cells = scores[student]
@@ -143,9 +170,9 @@ def test_nbgrader_cli_grades_blank_zero_and_solved_full(lecture: Path, tmp_path:
         wrong = {name: got for name, got in cells.items() if got[0] != expected_cells[name]}
         assert not wrong, f"{student}: cells scored (score, max) {wrong}, expected {expected_cells}"
         assert score == sum(expected_cells.values()), f"{student}: score {score} of {maximum}"
-        page = course / "feedback" / student / assignment / f"{lecture.stem}.html"
+        page = scores["course"] / "feedback" / student / lecture.stem / f"{lecture.stem}.html"
         assert page.is_file() and page.stat().st_size > 0, f"no feedback page {page}"
-        assert assignment in page.read_text(encoding="utf-8"), f"{page} does not name the assignment"
+        assert lecture.stem in page.read_text(encoding="utf-8"), f"{page} does not name the assignment"
 
 
 def test_every_lecture_with_exercises_is_graded() -> None:
