@@ -149,7 +149,7 @@ def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     then waits for its own. A failed round re-raises in its lecture's test only.
     """
     selected = {item.callspec.params["lecture"] for item in request.session.items
-                if item.module is sys.modules[__name__] and hasattr(item, "callspec")}
+                if getattr(item, "module", None) is sys.modules[__name__] and hasattr(item, "callspec")}
     pool = ThreadPoolExecutor(max_workers=PARALLEL_LECTURES)  # threads: the work is in subprocesses
     request.addfinalizer(lambda: pool.shutdown(wait=True, cancel_futures=True))
     return {lecture.stem: pool.submit(grade, lecture, tmp_path_factory.mktemp(lecture.stem) / "course")
