@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import choice, event_shape, inputs_checked, integer, renamed
-from flowlib._modules import evaluating, training
+from flowlib._modules import evaluating, placement, training
 from flowlib.actnorm import ActNorm
 from flowlib.convnets import GlowConditioner, ResNetConditioner
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel
@@ -134,11 +134,10 @@ class ImageFlowModel(FlowModel):
             raise FlowInputError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.event_shape):
             raise FlowInputError(f"{where}: expected images of shape {want}, got {tuple(x.shape)}")
-        device = self.device
+        device, dtype = placement(self)
         if x.device.type != device.type:
             raise FlowInputError(f"{where}: the data is on {x.device} but the model is on {device}; "
                                  f"move one of them, e.g. x.to({str(device)!r})")
-        dtype = next((p.dtype for p in self.parameters()), torch.get_default_dtype())
         levels = as_levels(x, self.grey_levels, where).to(dtype) if self.checks_inputs else x.to(dtype)
         self._check_initialising_batch(levels, where)
         return levels
