@@ -13,9 +13,12 @@ preprocessors. Here we check, for every lecture ``lectures/NN_*.ipynb``:
   graded test cell, and in no other cell (see :func:`test_student_version_runs` for the rule);
 * the lecture itself (with the solutions) passes every graded test cell.
 
-The rule for the lectures that makes the last two checks sharp: **no cell other than a graded
-test cell uses a function the student writes**. Otherwise an unsolved exercise would break
-the rest of the lecture for the student, and errors there could not be told apart from bugs.
+The rule for the lectures that makes the last two checks sharp: **outside the graded test
+cells, a function the student writes is used only through**
+``flowlib.grading.yours_or_reference(student_fn, reference, "Exercise N")``. So a later section
+runs the student's answer (a wrong one shows in its figures), and an unsolved exercise does not
+break the rest of the lecture: the wrapper says so and runs flowlib's reference instead. Any
+other use would make errors of an unsolved exercise impossible to tell apart from bugs.
 """
 
 from __future__ import annotations
@@ -93,6 +96,23 @@ def python_only(source: str) -> str:
 
 def names_used(source: str) -> set[str]:
     return {n.id for n in ast.walk(ast.parse(python_only(source))) if isinstance(n, ast.Name)}
+
+
+#: The one door through which a plain cell may use a student's function (see the module docstring).
+WRAPPER = "yours_or_reference"
+
+
+def names_used_unwrapped(source: str) -> set[str]:
+    """The names a cell uses, except a name that is the first argument of ``yours_or_reference(...)``."""
+    tree = ast.parse(python_only(source))
+    wrapped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == WRAPPER:
+                wrapped.add(id(node.args[0]))
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in wrapped}
 
 
 def cut_regions(source: str, begin: str, end: str, replacement: list[str]) -> str:
@@ -197,18 +217,26 @@ def test_markers_sit_in_the_right_cells(lecture: Path) -> None:
 
 
 @pytest.mark.parametrize("lecture", LECTURES, ids=lecture_id)
-def test_no_plain_cell_uses_an_exercise(lecture: Path) -> None:
-    """Only graded test cells may use what the student writes (see the module docstring)."""
+def test_no_plain_cell_uses_an_exercise_directly(lecture: Path) -> None:
+    """Outside graded test cells, the student's functions only go through yours_or_reference."""
     nb = read(lecture)
     names = exercise_names(nb)
     offenders = [
-        f"cell {i} uses {sorted(names_used(c.source) & names)}: {c.source.splitlines()[0][:70]!r}"
+        f"cell {i} uses {sorted(names_used_unwrapped(c.source) & names)}: {c.source.splitlines()[0][:70]!r}"
         for i, c in enumerate(nb.cells)
-        if c.cell_type == "code" and not is_solution(c) and not is_graded(c) and names_used(c.source) & names
+        if c.cell_type == "code" and not is_solution(c) and not is_graded(c)
+        and names_used_unwrapped(c.source) & names
     ]
     assert not offenders, (
-        f"{lecture.name}: cells outside the graded tests call the student's functions, so an "
-        "unsolved exercise breaks them; use flowlib's reference there instead:\n" + "\n".join(offenders))
+        f"{lecture.name}: cells outside the graded tests call the student's functions directly, so an "
+        f"unsolved exercise breaks them; wrap them: {WRAPPER}(student_fn, reference, 'Exercise N'):\n"
+        + "\n".join(offenders))
+
+
+def test_wrapper_recognised() -> None:
+    source = ("a = yours_or_reference(mine, ref, 'Exercise 1')\n"
+              "b = grading.yours_or_reference(other, ref, 'x')\nc = mine(1)")
+    assert names_used_unwrapped(source) & {"mine", "other"} == {"mine"}
 
 
 @pytest.mark.parametrize("lecture", LECTURES, ids=lecture_id)
@@ -312,11 +340,13 @@ def test_student_version_runs(student_dir: Path, lecture: Path, monkeypatch: pyt
       check that fails before the stub is reached): a test that passes without the student's
       code tests nothing;
     * a solution cell must run cleanly: it only defines functions, the stub is in their bodies;
-    * any other cell must run cleanly. The one failure that would be understandable there,
-      NotImplementedError from a cell that calls an unsolved exercise's function, is tolerated
-      here only to keep this report precise; such cells are forbidden anyway by
-      :func:`test_no_plain_cell_uses_an_exercise`. Any other error (a NameError because a later
-      cell needs something only a failing test cell defines, say) is a bug of the lecture.
+    * any other cell must run cleanly: one that builds on an exercise goes through
+      ``yours_or_reference`` and runs flowlib's reference while the exercise is unsolved. The
+      one failure that would be understandable there, NotImplementedError from a cell that calls
+      an unsolved exercise's function directly, is tolerated here only to keep this report
+      precise; such cells are forbidden anyway by :func:`test_no_plain_cell_uses_an_exercise_directly`.
+      Any other error (a NameError because a later cell needs something only a failing test
+      cell defines, say) is a bug of the lecture.
     """
     monkeypatch.setenv("CI", "true")  # the lectures shorten their training
     nb = run_notebook(student_path(student_dir, lecture))
@@ -335,7 +365,7 @@ def test_student_version_runs(student_dir: Path, lecture: Path, monkeypatch: pyt
                 problems.append(f"{where}: the test fails with {error.ename}: {error.evalue}, expected "
                                 f"one of {sorted(EXPECTED_FAILURES)}")
         elif error is not None:
-            calls_exercise = not is_solution(cell) and names_used(cell.source) & names
+            calls_exercise = not is_solution(cell) and names_used_unwrapped(cell.source) & names
             if not (calls_exercise and error.ename == "NotImplementedError"):
                 first_line = cell.source.splitlines()[0][:70]
                 problems.append(f"{where}: {error.ename}: {error.evalue} in {first_line!r}")
