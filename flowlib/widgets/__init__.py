@@ -9,6 +9,7 @@ through their public API (``encode``, ``decode``, ``base.latent``), and never ch
   :mod:`flowlib.elementwise`, its samples and its integral read live.
 * :class:`PlanarFlow2D` (lecture 2): planar and radial flows (Rezende & Mohamed, 2015) stacked
   1..K times, their density on a grid, and what happens when a planar layer is not invertible.
+* :class:`ShearAndScale2D` (lecture 3): an additive coupling shearing a shape, area kept; NICE's scaling.
 * :class:`TemperatureGrid` (lecture 5): samples x = f^{-1}(z) at temperature T from fixed noise.
 * :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
 """
@@ -19,11 +20,13 @@ from flowlib.widgets.canvas import Canvas, ControlledUpdates
 from flowlib.widgets.change_of_variables import ChangeOfVariables1D
 from flowlib.widgets.interpolation import LatentInterpolation
 from flowlib.widgets.planar import PlanarFlow2D
+from flowlib.widgets.shear import ShearAndScale2D
 from flowlib.widgets.temperature import PAPER_TEMPERATURES, TemperatureGrid
 
 __all__ = [
     "ChangeOfVariables1D",
     "PlanarFlow2D",
+    "ShearAndScale2D",
     "TemperatureGrid",
     "LatentInterpolation",
     "PAPER_TEMPERATURES",
