@@ -9,6 +9,7 @@ Every layer follows one contract (see :mod:`flowlib.core`)::
 
 from flowlib import (
     actnorm,
+    autoregressive,
     convnets,
     coupling,
     dequantize,
@@ -23,6 +24,7 @@ from flowlib import (
     permutations,
     planar,
     reversible,
+    splines,
     transformers,
 )
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel, Inverse
@@ -49,6 +51,7 @@ __all__ = [
     "Inverse",
     "StandardNormal",
     "actnorm",
+    "autoregressive",
     "convnets",
     "coupling",
     "dequantize",
@@ -63,5 +66,6 @@ __all__ = [
     "permutations",
     "planar",
     "reversible",
+    "splines",
     "transformers",
 ]

@@ -345,3 +345,39 @@ def _channels(g: torch.Generator | None) -> tuple[Flow, Tensor]:
 @case(AffineCoupling, identity=lambda: _channels(None))
 def affine_coupling(g: torch.Generator) -> tuple[Flow, Tensor]:
     return _channels(g)
+
+
+# -- autoregressive layers (MADE conditioner); the spline transformer's own corner cases are in
+# tests/test_splines.py ------------------------------------------------------------------------
+
+from flowlib.autoregressive import MADE, InverseAutoregressive, MaskedAutoregressive  # noqa: E402
+from flowlib.splines import RationalQuadraticSpline  # noqa: E402
+
+
+def _made(features: int, params: int, g: torch.Generator | None, order: list[int]) -> MADE:
+    made = MADE(features, params, hidden=12, layers=2, order=order)
+    if g is not None:
+        perturb(made, g)  # the last layer starts at zero
+    return made
+
+
+def _maf_spline(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    spline = RationalQuadraticSpline(bins=5, bound=3.0)
+    layer = MaskedAutoregressive(_made(4, spline.params, g, [2, 0, 3, 1]), spline)
+    return layer, torch.randn(5, 4, generator=g)
+
+
+@case(MaskedAutoregressive, identity=lambda: _maf_spline(None), tails=1e2)
+def masked_autoregressive(g: torch.Generator) -> tuple[Flow, Tensor]:
+    return _maf_spline(g)
+
+
+def _iaf_affine(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    transformer = AffineTransformer(clamp=2.0)
+    layer = InverseAutoregressive(_made(3, transformer.params, g, [1, 2, 0]), transformer)
+    return layer, torch.randn(5, 3, generator=g)
+
+
+@case(InverseAutoregressive, identity=lambda: _iaf_affine(None), tails=1e2)
+def inverse_autoregressive(g: torch.Generator) -> tuple[Flow, Tensor]:
+    return _iaf_affine(g)
