@@ -10,6 +10,8 @@ through their public API (``encode``, ``decode``, ``base.latent``), and never ch
 * :class:`PlanarFlow2D` (lecture 2): planar and radial flows (Rezende & Mohamed, 2015) stacked
   1..K times, their density on a grid, and what happens when a planar layer is not invertible.
 * :class:`ShearAndScale2D` (lecture 3): an additive coupling shearing a shape, area kept; NICE's scaling.
+* :class:`MasksAndSqueeze` (lecture 4): a coupling's mask and the squeeze, which pixels condition which.
+* :class:`DequantizationBound` (lecture 4): noise width vs the bound on the discrete log-likelihood.
 * :class:`TemperatureGrid` (lecture 5): samples x = f^{-1}(z) at temperature T from fixed noise.
 * :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
 """
@@ -18,7 +20,9 @@ from flowlib.viz import tile_images
 from flowlib.widgets.bases_1d import BASES_1D, MAPS_1D, Base1D, Map1D
 from flowlib.widgets.canvas import Canvas, ControlledUpdates
 from flowlib.widgets.change_of_variables import ChangeOfVariables1D
+from flowlib.widgets.dequantization import DequantizationBound
 from flowlib.widgets.interpolation import LatentInterpolation
+from flowlib.widgets.masks import MasksAndSqueeze
 from flowlib.widgets.planar import PlanarFlow2D
 from flowlib.widgets.shear import ShearAndScale2D
 from flowlib.widgets.temperature import PAPER_TEMPERATURES, TemperatureGrid
@@ -27,6 +31,8 @@ __all__ = [
     "ChangeOfVariables1D",
     "PlanarFlow2D",
     "ShearAndScale2D",
+    "MasksAndSqueeze",
+    "DequantizationBound",
     "TemperatureGrid",
     "LatentInterpolation",
     "PAPER_TEMPERATURES",
