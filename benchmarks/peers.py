@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from flowlib.models import glow_vector, realnvp_vector
+from flowlib.models import glow_vector, maf, nsf, realnvp_vector
 
 PEERS = ("zuko", "nflows", "normflows")
 
@@ -160,10 +160,17 @@ def _normflows(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn
 
 
 def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.Module:
-    """flowlib's own builders: ``realnvp_vector`` (affine couplings that slice the vector) and
-    ``glow_vector`` (ActNorm, LU linear map, affine coupling)."""
+    """flowlib's own builders: ``realnvp_vector`` (affine couplings that slice the vector),
+    ``glow_vector`` (ActNorm, LU linear map, affine coupling), ``maf`` (affine MADE layers) and
+    ``nsf`` (rational-quadratic splines in couplings, or in MADE layers: ``nsf-ar``)."""
     if kind == "realnvp":
         return realnvp_vector(dim, couplings=depth, hidden=hidden, layers=2)
+    if kind == "maf":
+        return maf(dim, layers=depth, hidden=hidden, made_layers=2)
+    if kind == "nsf":
+        return nsf(dim, structure="coupling", layers=depth, hidden=hidden, mlp_layers=2)
+    if kind == "nsf-ar":
+        return nsf(dim, structure="autoregressive", layers=depth, hidden=hidden, mlp_layers=2)
     return glow_vector(dim, couplings=depth, hidden=hidden, layers=2)
 
 
@@ -171,6 +178,9 @@ def _flowlib(kind: str, dim: int, depth: int, hidden: int, data: Tensor) -> nn.M
 VECTOR_SYSTEMS: dict[str, tuple[str, Callable[..., nn.Module], str, str]] = {
     "flowlib RealNVP": ("flowlib", _flowlib, "realnvp", "affine"),
     "flowlib Glow": ("flowlib", _flowlib, "glow", "affine"),
+    "flowlib MAF": ("flowlib", _flowlib, "maf", "affine"),
+    "flowlib NSF": ("flowlib", _flowlib, "nsf", "spline"),
+    "flowlib NSF (AR)": ("flowlib", _flowlib, "nsf-ar", "spline"),
     "zuko MAF": ("zuko", _zuko, "maf", "affine"),
     "zuko NSF": ("zuko", _zuko, "nsf", "spline"),
     "nflows RealNVP": ("nflows", _nflows, "realnvp", "affine"),
