@@ -77,6 +77,7 @@ from flowlib.grading import (
     check_own_work,
     check_vectorised,
     hint,
+    torch_calls,
     yours_or_reference,
 )
 from flowlib.train import fit
@@ -1135,6 +1136,9 @@ HINT_5_FIT = ("Section 5's table: which layer makes several bumps, which one ske
 def _train_and_score(seed: int, heldout: Tensor) -> float:
     """Train design_flow() with the budget of Exercise 5; its held-out NLL minus the true density's."""
     with hint(HINT_5):
+        # Building a few layers takes a few dozen torch operations; training them takes thousands.
+        assert torch_calls(design_flow) < 1000, (
+            f"design_flow() should build the layers (and may set their initial values), not train them. {HINT_5}")
         flow = design_flow()
         assert isinstance(flow, Compose), f"design_flow() returned a {type(flow).__name__}. {HINT_5}"
         wrong = [type(layer).__name__ for layer in flow
