@@ -381,3 +381,20 @@ def _iaf_affine(g: torch.Generator | None) -> tuple[Flow, Tensor]:
 @case(InverseAutoregressive, identity=lambda: _iaf_affine(None), tails=1e2)
 def inverse_autoregressive(g: torch.Generator) -> tuple[Flow, Tensor]:
     return _iaf_affine(g)
+
+
+# -- the transformer autoregressive flow on image patches ---------------------------------------
+
+from flowlib.tarflow import TransformerAutoregressive  # noqa: E402
+
+
+def _tarflow(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    layer = TransformerAutoregressive((2, 4, 4), patch=2, width=8, layers=1, heads=2, reverse=True)
+    if g is not None:
+        perturb(layer, g)  # the output head starts at zero
+    return layer, torch.randn(3, 2, 4, 4, generator=g)
+
+
+@case(TransformerAutoregressive, identity=lambda: _tarflow(None), tails=1e2)
+def transformer_autoregressive(g: torch.Generator) -> tuple[Flow, Tensor]:
+    return _tarflow(g)
