@@ -94,3 +94,30 @@ def test_builders_refuse_bad_arguments() -> None:
     with pytest.raises(grading.FlowInputError, match="d >= 2"):
         nsf(1)
     assert nsf(1, structure="autoregressive", layers=2, hidden=8).sample(3).shape == (3, 1)
+
+
+def test_tarflow_learns_the_digits_and_samples() -> None:
+    """The transformer flow trains on the 8x8 digits (17 grey levels) below the uniform model's
+    log2(17) = 4.09 bits/dim within 100 steps (measured: 2.78 in about 1.5 CPU-seconds), and samples
+    grey levels by T passes per block."""
+    from flowlib.data.images import load_digits
+    from flowlib.tarflow import tarflow_image
+
+    torch.manual_seed(0)
+    train, _ = load_digits("train")
+    test, _ = load_digits("test")
+    model = tarflow_image((1, 8, 8), patch=2, blocks=2, width=32, layers=1, heads=2, grey_levels=17)
+    model.initialize(train[:256])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        batch = train[torch.randint(0, len(train), (64,), generator=g)]
+        loss = model.bits_per_dim(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        test_bpd = float(model.bits_per_dim(test).mean())
+        levels = model.sample_levels(4, temperature=0.7)
+    assert test_bpd < 3.2, test_bpd
+    assert levels.shape == (4, 1, 8, 8) and int(levels.min()) >= 0 and int(levels.max()) <= 16
