@@ -14,6 +14,7 @@ through their public API (``encode``, ``decode``, ``base.latent``), and never ch
 * :class:`DequantizationBound` (lecture 4): noise width vs the bound on the discrete log-likelihood.
 * :class:`TemperatureGrid` (lecture 5): samples x = f^{-1}(z) at temperature T from fixed noise.
 * :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
+* :class:`SplineKnots` (lecture 6): a spline's knots and slopes under sliders, its derivative and density.
 """
 
 from flowlib.viz import tile_images
@@ -25,6 +26,7 @@ from flowlib.widgets.interpolation import LatentInterpolation
 from flowlib.widgets.masks import MasksAndSqueeze
 from flowlib.widgets.planar import PlanarFlow2D
 from flowlib.widgets.shear import ShearAndScale2D
+from flowlib.widgets.spline import SplineKnots
 from flowlib.widgets.temperature import PAPER_TEMPERATURES, TemperatureGrid
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "DequantizationBound",
     "TemperatureGrid",
     "LatentInterpolation",
+    "SplineKnots",
     "PAPER_TEMPERATURES",
     "BASES_1D",
     "MAPS_1D",
