@@ -31,9 +31,9 @@
 #
 # 1. meet **ActNorm**, a normalisation layer that is initialised from data and then left
 #    alone, and see why batch normalisation does not suit a density model;
-# 2. build the **invertible 1x1 convolution**, compute its log-determinant
-#    $h \cdot w \cdot \log|\det W|$, and make it cheap with an **LU decomposition**
-#    (a log-determinant in $O(c)$ instead of $O(c^3)$), checking both against `slogdet`;
+# 2. build the **invertible 1x1 convolution**, derive its log-determinant, and make that
+#    cheap with an **LU decomposition** (a log-determinant in $O(c)$ instead of $O(c^3)$),
+#    checking both against autograd and `slogdet`;
 # 3. put them together with the affine coupling into one **step of flow**, and collect the
 #    three layers in **the step table** (function, inverse, log-determinant);
 # 4. train a small Glow on the 8x8 digits, then **sample at temperature** $T$, **interpolate**
@@ -42,8 +42,11 @@
 # 5. compare NICE, RealNVP and Glow trained with the same budget, then look at the course's
 #    own MNIST models and their recorded figures, and use the shipped MNIST Glow for
 #    temperature and interpolation at full size;
-# 6. write four pieces yourself: ActNorm's inverse, the 1x1 convolution's log-determinant, the
-#    LU version, and sampling at temperature $T$.
+# 6. along the way, do eight exercises: repair a faulty ActNorm, derive the log-determinants
+#    of the 1x1 convolution and of its LU form, write the temperature sampler that draws this
+#    lecture's sample grids, work out what temperature does to the density, predict what the
+#    two widgets will show before you move their sliders, and design a small Glow that reaches
+#    a target on the digits within a fixed budget.
 #
 # Notation as in every lecture: $x$ data, $z$ latent, $f$ the map $x \mapsto z$ (the
 # normalizing direction), $p_Z$ the base density and
@@ -85,12 +88,14 @@ import numpy as np
 from IPython.display import Markdown, display
 from torch import Tensor, nn
 
+from flowlib import grading
 from flowlib.actnorm import ActNorm
 from flowlib.convnets import ResNetConditioner
 from flowlib.core import Compose
 from flowlib.coupling import Coupling, channel_mask
 from flowlib.data import DIGITS_GREY_LEVELS, MNIST_GREY_LEVELS, DatasetError, load_digits, load_mnist, pad_to
-from flowlib.image_models import count_parameters, glow_image, nice_image, realnvp_image
+from flowlib.grading import autograd_logabsdet, yours_or_reference
+from flowlib.image_models import ImageFlowModel, count_parameters, glow_image, nice_image, realnvp_image
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.multiscale import MultiScale, squeeze
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints
@@ -190,16 +195,72 @@ plt.show()
 # trained model that is loaded again keeps its learned $b$ and $s$ instead of re-initialising
 # them from its first batch.
 #
-# ### Exercise 1: ActNorm's inverse and log-determinant
+# ### Exercise 1 (debugging): a faulty ActNorm
 #
-# With flowlib's parameterisation $y = (x + b)\,e^{\log s}$ per channel, write the inverse
-# $x = y\,e^{-\log s} - b$ for an image batch $(B, c, h, w)$, and its log-determinant
-# $\log|\det \partial x/\partial y|$, one value per image (shape $(B,)$). `bias` and
-# `log_scale` have shape $(c,)$.
+# A colleague wrote ActNorm by hand in flowlib's parameterisation, $y = (x + b)\,e^{\log s}$
+# per channel, for image batches $(B, c, h, w)$, with $b$ and $\log s$ of shape $(c,)$. Their
+# `forward` is correct. Their `inverse` is not: a model built with it would decode latents to
+# the wrong images and report wrong densities for its samples. The cell after the class runs
+# the two checks every flow layer should pass: the **round trip** $f^{-1}(f(x)) = x$, and each
+# direction's log-determinant against the one **autograd** computes from the full Jacobian
+# (`flowlib.grading.autograd_logabsdet`).
+
+# %%
+class SuspectActNorm(nn.Module):
+    """A hand-written ActNorm, y = (x + b) * exp(log_s) per channel; the inverse is under suspicion."""
+
+    def __init__(self, bias: Tensor, log_scale: Tensor) -> None:
+        super().__init__()
+        self.bias, self.log_scale = bias, log_scale
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, log_s = self.bias.view(1, -1, 1, 1), self.log_scale.view(1, -1, 1, 1)
+        h, w = x.shape[-2:]
+        return (x + b) * torch.exp(log_s), (h * w * self.log_scale.sum()).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        b, log_s = self.bias.view(1, -1, 1, 1), self.log_scale.view(1, -1, 1, 1)
+        x = (y - b) * torch.exp(-log_s)
+        return x, (-self.log_scale.sum()).expand(y.shape[0])
+
+
+# %%
+def check_layer(forward, inverse, x: Tensor) -> None:
+    """Print the round trip's error and both log-determinants next to autograd's (float64 inputs)."""
+    y, ld_forward = forward(x)
+    x_back, ld_inverse = inverse(y)
+    print(f"round trip: max |f^-1(f(x)) - x| = {float((x_back - x).abs().max()):.2e}")
+    by_autograd = autograd_logabsdet(lambda v: forward(v)[0], x)
+    print(f"forward log-det: layer {float(ld_forward[0]):+.4f}, autograd {float(by_autograd[0]):+.4f}")
+    by_autograd = autograd_logabsdet(lambda v: inverse(v)[0], y)
+    print(f"inverse log-det: layer {float(ld_inverse[0]):+.4f}, autograd {float(by_autograd[0]):+.4f}")
+
+
+suspect = SuspectActNorm(bias=torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
+                         log_scale=torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64))
+x = torch.randn(2, 3, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+check_layer(suspect, suspect.inverse, x)
+
+# %% [markdown]
+# Two of the three lines are off. Find out why in the code of `inverse`, then
+#
+# 1. write the corrected inverse, `actnorm_inverse(y, bias, log_scale)`: it returns $x$ with
+#    $f(x) = y$ for the `forward` above, and $\log|\det \partial x/\partial y|$, one value per
+#    image, shape $(B,)$; for any $c$, $h$, $w$, with torch operations on the whole batch at
+#    once (no Python loop over the images), not with flowlib's `ActNorm`;
+# 2. name the faults of `SuspectActNorm`: `actnorm_bugs()` returns the letters of the
+#    statements that are true, e.g. `"bd"`:
+#    * (a) `inverse` undoes the shift and the scale in the wrong order;
+#    * (b) the log-determinant of `inverse` has the wrong sign;
+#    * (c) the log-determinant of `inverse` counts each channel's scale once, not once per pixel;
+#    * (d) the log-determinant of `forward` is wrong.
+#
+# You can run `check_layer(suspect, lambda y: actnorm_inverse(y, suspect.bias, suspect.log_scale), x)`
+# on a float64 batch `x` to try your version.
 
 # %% nbgrader={"grade": false, "grade_id": "05-ex1-actnorm-inverse", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def actnorm_inverse(y: Tensor, bias: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """x = y * exp(-log_scale) - bias per channel, and log|det dx/dy| per image, shape (B,)."""
+    """The inverse of y = (x + bias) * exp(log_scale) per channel, and log|det dx/dy| per image, (B,)."""
     ### BEGIN SOLUTION
     b, c, h, w = y.shape
     x = y * torch.exp(-log_scale).view(1, c, 1, 1) - bias.view(1, c, 1, 1)
@@ -208,32 +269,74 @@ def actnorm_inverse(y: Tensor, bias: Tensor, log_scale: Tensor) -> tuple[Tensor,
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "05-ex1-actnorm-inverse-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_actnorm(seed: int) -> None:
+def actnorm_bugs() -> str:
+    """The letters of the true statements about SuspectActNorm, e.g. "bd"."""
+    ### BEGIN SOLUTION
+    return "ac"
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex1-actnorm-inverse-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+def _actnorm_case(seed: int, c: int, h: int, w: int, n: int = 3) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """bias, log_scale, x and y = f(x) for the correct forward map, written out here."""
     g = torch.Generator().manual_seed(seed)
-    c = int(torch.randint(1, 7, (1,), generator=g))
-    layer = ActNorm(c).train()
-    layer(3.0 + 2.0 * torch.randn(16, c, 3, 5, generator=g))  # data-dependent initialisation
-    with torch.no_grad():
-        layer.log_scale.add_(0.3 * torch.randn(c, generator=g))  # and a random step away from it
-    y = torch.randn(4, c, 3, 5, generator=g)
-    with torch.no_grad():
-        x_ref, ld_ref = layer.inverse(y)
-    x, ld = actnorm_inverse(y, layer.bias.detach(), layer.log_scale.detach())
-    assert x.shape == y.shape, f"x should have the shape of y, {tuple(y.shape)}; got {tuple(x.shape)}"
-    assert torch.allclose(x, x_ref, atol=1e-5), (
-        f"Not yet: with c={c}, your x differs from flowlib's ActNorm.inverse by "
-        f"{float((x - x_ref).abs().max()):.3g}. Divide by the scale first, then subtract the bias.")
-    assert tuple(torch.as_tensor(ld).shape) == (4,), "return one log-determinant per image, shape (B,)"
-    assert torch.allclose(ld, ld_ref, atol=1e-4), (
-        f"Not yet: your log-determinant is {float(ld[0]):.4f}, flowlib's {float(ld_ref[0]):.4f}. "
-        f"Each channel's scale acts on h * w pixels, and the inverse divides.")
+    bias = torch.randn(c, generator=g, dtype=torch.float64)
+    log_scale = 0.6 * torch.randn(c, generator=g, dtype=torch.float64)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    return bias, log_scale, x, (x + bias.view(1, c, 1, 1)) * torch.exp(log_scale.view(1, c, 1, 1))
 
 
-_check_actnorm(seed=5)
+def _check_actnorm_inverse(seed: int, c: int, h: int, w: int) -> None:
+    bias, log_scale, x, y = _actnorm_case(seed, c, h, w)
+    where = f"(c={c}, h={h}, w={w})"
+    with grading.hint(f"actnorm_inverse(y, bias, log_scale) should return (x, logdet) for y of shape "
+                      f"{tuple(y.shape)}, bias and log_scale of shape ({c},) {where}"):
+        x_back, logdet = actnorm_inverse(y, bias, log_scale)
+    grading.check_close(x_back, x, f"Not yet {where}: x = f^-1(y) should give back the x with f(x) = y. "
+                        f"f adds the bias first, then scales: undo the last step first.", atol=1e-10)
+    with grading.hint(f"the log-determinant should be a tensor, one value per image {where}"):
+        expected = grading.autograd_logabsdet(lambda v: actnorm_inverse(v, bias, log_scale)[0], y)
+        logdet = torch.as_tensor(logdet)
+    grading.check_close(logdet, expected, f"Not yet {where}: log|det dx/dy| differs from autograd's. Each "
+                        f"channel's scale acts on every one of its h * w pixels, and the inverse divides.",
+                        atol=1e-8)
+
+
+_check_actnorm_inverse(seed=5, c=3, h=2, w=3)  # images, h * w = 6
+_check_actnorm_inverse(seed=6, c=2, h=4, w=1)
+grading.check_own_work(actnorm_inverse, torch.randn(3, 2, 2, 2), torch.zeros(2), torch.zeros(2),
+                       message="Write the inverse with torch operations, not with flowlib's ActNorm.")
+grading.check_vectorised(lambda v: actnorm_inverse(v, torch.zeros(2), torch.zeros(2)),
+                         lambda n: (torch.randn(n, 2, 3, 3),), "Work on the whole batch at once.")
+with grading.hint("actnorm_bugs() should return a string of letters, e.g. \"bd\""):
+    _letters = "".join(sorted(set(actnorm_bugs().strip().lower())))
+assert _letters and set(_letters) <= set("abcd"), (
+    f"actnorm_bugs() should return some of the letters a, b, c, d, got {actnorm_bugs()!r}")
 ### BEGIN HIDDEN TESTS
-for _seed in range(50, 55):
-    _check_actnorm(_seed)
+for _seed, (_c, _h, _w) in zip(range(50, 55), [(1, 1, 1), (5, 3, 2), (4, 1, 5), (7, 2, 2), (2, 6, 3)], strict=True):
+    _check_actnorm_inverse(_seed, _c, _h, _w)
+
+
+def _suspect_faults() -> str:
+    """Which statements hold, measured on SuspectActNorm itself (not typed in)."""
+    bias, _, x, _ = _actnorm_case(8, 3, 2, 3)
+    layer = SuspectActNorm(bias, torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64))  # sum of log s: 0.6
+    y = layer(x)[0]
+    x_back, ld_inverse = layer.inverse(layer(x)[0])
+    true_inverse = autograd_logabsdet(lambda v: layer.inverse(v)[0], y)
+    faults = "a" if not torch.allclose(x_back, x) else ""
+    if torch.allclose(ld_inverse, -true_inverse):
+        faults += "b"
+    if not torch.allclose(ld_inverse, true_inverse) and torch.allclose(ld_inverse * 6, true_inverse):
+        faults += "c"
+    if not torch.allclose(layer(x)[1], autograd_logabsdet(lambda v: layer(v)[0], x)):
+        faults += "d"
+    return faults
+
+
+assert _letters == _suspect_faults(), (
+    "Not yet: the faults of SuspectActNorm are not these. Run check_layer on it and compare each "
+    "line of inverse with the forward map it should undo.")
 ### END HIDDEN TESTS
 print("ex1 passed")
 
@@ -246,19 +349,80 @@ print("ex1 passed")
 # vector by a permutation matrix, the same matrix at every pixel: that is a convolution with a
 # $1 \times 1$ kernel. Glow's idea is to **learn the matrix**:
 #
-# $$y_{i,j} = W\, x_{i,j} \quad\text{at every pixel } (i, j), \qquad W \in \mathbb{R}^{c \times c} \text{ invertible}.$$
+# $$y_{i,j} = W\, x_{i,j} \quad\text{at every pixel } (i, j), \qquad W \in \mathbb{R}^{c \times c} \text{ invertible},
+# \qquad x_{i,j} = W^{-1} y_{i,j}.$$
 #
-# Seen as a map of the whole image (all $c h w$ numbers), its Jacobian is block diagonal with
-# $h w$ copies of $W$, so
+# As a flow layer it also needs its log-determinant, and that is the first thing to work out:
+# the layer is a map of the whole image, all $c h w$ numbers at once, not of one pixel.
 #
-# $$\log\left|\det \frac{\partial y}{\partial x}\right| = h \cdot w \cdot \log|\det W|, \qquad x_{i,j} = W^{-1} y_{i,j}.$$
+# ### Exercise 2 (derivation): the 1x1 convolution's log-determinant
 #
-# flowlib starts $W$ as a random rotation ($\log|\det W| = 0$, so the layer changes no volume
-# until it learns to) and computes $\log|\det W|$ and $W^{-1}$ in float64, because in float32
-# they drift as $W$ is trained. The check below perturbs $W$ away from the rotation, reads the
-# layer's log-determinant for a batch of $(16, 4, 4)$ images, and compares it with $h w$ times
-# `torch.linalg.slogdet` of the matrix, and with the full $256 \times 256$ Jacobian computed by
-# autograd.
+# Derive $\log|\det \partial y/\partial x|$ of the 1x1 convolution for one image of shape
+# $(c, h, w)$, as a function of $W$, $h$ and $w$. (Write the $c h w$ numbers pixel by pixel,
+# the $c$ channels of pixel $(1, 1)$ first, then those of $(1, 2)$, and so on: what does the
+# Jacobian look like in that order? Reordering the numbers changes no $|\det|$.) Then write
+# `conv1x1_forward(x, weight)`: it applies $W$ to the channel vector of every pixel of a
+# batch $(B, c, h, w)$ and returns $y$ and your log-determinant, one value per image, shape
+# $(B,)$, computed with torch operations on the whole batch (`torch.einsum`, or
+# `torch.nn.functional.conv2d` with the kernel `W.reshape(c, c, 1, 1)`;
+# `torch.linalg.slogdet(W)` returns the sign and $\log|\det W|$), not with flowlib's layers.
+# The test compares your log-determinant with the one autograd computes from the full
+# $chw \times chw$ Jacobian, on small images of several sizes.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex2-conv1x1-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def conv1x1_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """y_ij = W x_ij at every pixel of x (B, c, h, w), and log|det dy/dx| per image, shape (B,)."""
+    ### BEGIN SOLUTION
+    b, c, h, w = x.shape
+    y = torch.einsum("ij,bjhw->bihw", weight, x)
+    logdet = h * w * torch.linalg.slogdet(weight)[1]
+    return y, logdet.expand(b)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex2-conv1x1-logdet-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _check_conv1x1(seed: int, c: int, h: int, w: int, n: int = 2) -> None:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(c, c, generator=g, dtype=torch.float64) + 1.5 * torch.eye(c, dtype=torch.float64)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    where = f"(c={c}, h={h}, w={w})"
+
+    def by_hand(v: Tensor) -> Tensor:  # W times the channel vector of every pixel, written out
+        return (weight @ v.permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1).permute(0, 3, 1, 2)
+
+    with grading.hint(f"conv1x1_forward(x, weight) should return (y, logdet) for x of shape {tuple(x.shape)} "
+                      f"and weight of shape ({c}, {c}) {where}"):
+        y, logdet = conv1x1_forward(x, weight)
+    grading.check_close(y, by_hand(x), f"Not yet {where}: y differs from W x_ij at some pixel. Row k of W "
+                        f"gives output channel k.", atol=1e-10)
+    with grading.hint(f"the log-determinant should be a tensor, one value per image {where}"):
+        logdet = torch.as_tensor(logdet)
+    grading.check_close(logdet, autograd_logabsdet(by_hand, x), f"Not yet {where}: your log-determinant "
+                        f"differs from autograd's. In the pixel-by-pixel order the Jacobian is block "
+                        f"diagonal: which blocks, and how many?", atol=1e-8)
+
+
+_check_conv1x1(seed=7, c=3, h=2, w=3)  # 18 numbers per image, h * w = 6
+_check_conv1x1(seed=8, c=4, h=1, w=2)
+grading.check_own_work(conv1x1_forward, torch.randn(2, 3, 2, 2), torch.eye(3) + 0.1,
+                       message="Write the layer with torch operations, not with flowlib's InvertibleLinear.")
+grading.check_vectorised(lambda v: conv1x1_forward(v, torch.eye(3) + 0.1), lambda n: (torch.randn(n, 3, 2, 2),),
+                         "Work on the whole batch at once.")
+### BEGIN HIDDEN TESTS
+for _seed, (_c, _h, _w) in zip(range(70, 76), [(2, 1, 1), (5, 2, 2), (1, 3, 4), (6, 1, 3), (3, 4, 1), (2, 3, 3)], strict=True):
+    _check_conv1x1(_seed, _c, _h, _w)
+### END HIDDEN TESTS
+print("ex2 passed")
+
+# %% [markdown]
+# In the pixel-by-pixel order the Jacobian is block diagonal with $h w$ copies of $W$, so
+# $\log|\det \partial y/\partial x| = h \cdot w \cdot \log|\det W|$: the same number for every
+# image, as for ActNorm. flowlib's `InvertibleLinear` starts $W$ as a random rotation
+# ($\log|\det W| = 0$, so the layer changes no volume until it learns to) and computes
+# $\log|\det W|$ and $W^{-1}$ in float64, because in float32 they drift as $W$ is trained. The
+# check below perturbs $W$ away from the rotation, reads the layer's log-determinant for a
+# batch of $(16, 4, 4)$ images, and compares it with $h w$ times `torch.linalg.slogdet` of the
+# matrix, and with the full $256 \times 256$ Jacobian computed by autograd.
 
 # %%
 g = torch.Generator().manual_seed(2)
@@ -274,75 +438,117 @@ print("full Jacobian:", tuple(J.shape), "| its slogdet agrees:", bool(torch.allc
 print("inverse round trip < 1e-10:", bool((conv.inverse(y)[0] - x).abs().max() < 1e-10))
 
 # %% [markdown]
-# ### Exercise 2: the 1x1 convolution and its log-determinant
-#
-# Apply $W$ to the channel vector of every pixel of a batch $(B, c, h, w)$ and return the
-# log-determinant $h \cdot w \cdot \log|\det W|$ per image. (Hint: `torch.einsum` or
-# `torch.nn.functional.conv2d` with the kernel `W.reshape(c, c, 1, 1)`; `torch.linalg.slogdet`
-# returns the sign and $\log|\det|$.)
-
-# %% nbgrader={"grade": false, "grade_id": "05-ex2-conv1x1-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def conv1x1_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """y_ij = W x_ij at every pixel of x (B, c, h, w), and log|det dy/dx| per image, shape (B,)."""
-    ### BEGIN SOLUTION
-    b, c, h, w = x.shape
-    y = torch.einsum("ij,bjhw->bihw", weight, x)
-    logdet = h * w * torch.linalg.slogdet(weight)[1]
-    return y, logdet.expand(b)
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "05-ex2-conv1x1-logdet-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_conv1x1(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    c = int(torch.randint(2, 9, (1,), generator=g))
-    h, w = (int(v) for v in torch.randint(1, 6, (2,), generator=g))
-    layer = InvertibleLinear(c, generator=g).double()
-    with torch.no_grad():
-        layer.weight.add_(0.5 * torch.randn(c, c, generator=g, dtype=torch.float64))
-    x = torch.randn(3, c, h, w, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y_ref, ld_ref = layer(x)
-    y, ld = conv1x1_forward(x, layer.weight.detach())
-    assert y.shape == x.shape, f"y should have the shape of x, {tuple(x.shape)}; got {tuple(y.shape)}"
-    assert torch.allclose(y, y_ref, atol=1e-10), (
-        f"Not yet: y differs from flowlib's by {float((y - y_ref).abs().max()):.3g} (c={c}). "
-        f"Row i of W gives output channel i.")
-    assert tuple(torch.as_tensor(ld).shape) == (3,), "return one log-determinant per image, shape (B,)"
-    assert torch.allclose(ld, ld_ref, atol=1e-8), (
-        f"Not yet: for h={h}, w={w} your log-determinant is {float(ld[0]):.5f}, flowlib's "
-        f"{float(ld_ref[0]):.5f}. Did you multiply log|det W| by the number of pixels?")
-
-
-_check_conv1x1(seed=7)
-### BEGIN HIDDEN TESTS
-for _seed in range(70, 75):
-    _check_conv1x1(_seed)
-### END HIDDEN TESTS
-print("ex2 passed")
-
-# %% [markdown]
-# ### The LU trick: a log-determinant in $O(c)$ instead of $O(c^3)$
+# ### The LU trick: a cheaper log-determinant
 #
 # $\det W$ costs $O(c^3)$ operations (a decomposition of $W$), and so does $W^{-1}$. For the
-# handful of channels of an 8x8 digit that is nothing, but Glow's large models have tens to hundreds
-# of channels in dozens of steps, and the determinant is needed at every training step.
-# Kingma & Dhariwal therefore parameterise $W$ directly in factored form,
+# handful of channels of an 8x8 digit that is nothing, but Glow's large models have tens to
+# hundreds of channels in dozens of steps, and the determinant is needed at every training
+# step. Kingma & Dhariwal therefore parameterise $W$ directly in factored form,
 #
 # $$W = P\, L\, \big(U + \operatorname{diag}(s)\big),$$
 #
 # with $P$ a fixed permutation matrix, $L$ lower triangular with ones on the diagonal, $U$
-# strictly upper triangular, and $s$ a vector. A triangular matrix has its diagonal product as
-# determinant, so $\det L = 1$, $|\det P| = 1$ and
+# strictly upper triangular (zeros on the diagonal), and $s$ a vector. $P$ and the signs of
+# $s$ are drawn once (from the LU decomposition of a random rotation) and fixed; $L$, $U$ and
+# $\log|s|$ are trained. flowlib's `InvertibleLinearLU` stores exactly these pieces: a
+# permutation matrix, two full $c \times c$ tensors `lower` and `upper` of which only the part
+# below (above) the diagonal is used, the signs $\sigma = \pm 1$ of $s$ and $\log|s|$, so that
+# $s = \sigma \odot e^{\log|s|}$.
+#
+# ### Exercise 3 (derivation): the LU weight and its log-determinant in $O(c)$
+#
+# Derive $\log|\det W|$ for this form without computing any determinant of a $c \times c$
+# matrix. (What is the determinant of a triangular matrix? Of a permutation matrix? Of a
+# product?) Then write `lu_weight_and_logdet(permutation, lower, upper, sign_s, log_s)`: it
+# builds $W$ from the stored pieces, using only the strictly lower part of `lower` (plus ones
+# on the diagonal) and only the strictly upper part of `upper` (`torch.tril(..., -1)`,
+# `torch.triu(..., 1)`), and returns it with your $\log|\det W|$, a scalar tensor. The
+# log-determinant must cost $O(c)$: the test refuses any call of `torch.linalg`, `det`,
+# `logdet`, `slogdet`, `inverse` or a matrix decomposition, and compares your value with
+# `slogdet` of the $W$ it builds by hand.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex3-lu-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def lu_weight_and_logdet(permutation: Tensor, lower: Tensor, upper: Tensor, sign_s: Tensor,
+                         log_s: Tensor) -> tuple[Tensor, Tensor]:
+    """W = P L (U + diag(sign_s * exp(log_s))) from the stored pieces, and log|det W|, a scalar."""
+    ### BEGIN SOLUTION
+    c = log_s.shape[0]
+    eye = torch.eye(c, dtype=log_s.dtype)
+    L = torch.tril(lower, -1) + eye
+    U = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
+    return permutation @ L @ U, log_s.sum()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex3-lu-logdet-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+from torch.overrides import TorchFunctionMode
+
+
+class _LinalgWatch(TorchFunctionMode):
+    """Records the torch functions a call makes that compute a determinant, an inverse or a decomposition."""
+
+    NAMES = {"det", "logdet", "slogdet", "inverse", "pinverse", "lu", "lu_factor", "lu_unpack", "svd", "qr",
+             "eig", "cholesky", "solve", "triangular_solve", "matrix_exp"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if "linalg" in str(getattr(func, "__module__", "")) or name in self.NAMES:
+            self.used.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _lu_pieces(seed: int, c: int) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    permutation = torch.eye(c, dtype=torch.float64)[torch.randperm(c, generator=g)]
+    lower = torch.randn(c, c, generator=g, dtype=torch.float64)  # full matrices: the masks matter
+    upper = torch.randn(c, c, generator=g, dtype=torch.float64)
+    sign_s = torch.where(torch.rand(c, generator=g) < 0.5, -1.0, 1.0).double()
+    log_s = 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
+    return permutation, lower, upper, sign_s, log_s
+
+
+def _check_lu(seed: int, c: int) -> None:
+    permutation, lower, upper, sign_s, log_s = pieces = _lu_pieces(seed, c)
+    W_hand = permutation @ (torch.tril(lower, -1) + torch.eye(c, dtype=torch.float64)) @ (
+        torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s)))
+    with grading.hint(f"lu_weight_and_logdet(permutation, lower, upper, sign_s, log_s) should return "
+                      f"(W, logdet) for c={c}"), _LinalgWatch() as watch:
+        W, logdet = lu_weight_and_logdet(*pieces)
+    assert not watch.used, (f"Your function calls {sorted(set(watch.used))}: the log-determinant of the LU "
+                            f"form needs no determinant, inverse or decomposition of a c x c matrix.")
+    grading.check_close(W, W_hand, f"Not yet (c={c}): W differs from P L (U + diag(s)). Check the masks "
+                        f"(strictly lower / strictly upper), the unit diagonal of L, s = sign_s * exp(log_s) "
+                        f"and the order P @ L @ (...).", atol=1e-10)
+    with grading.hint(f"the log-determinant should be a scalar tensor (c={c})"):
+        logdet = torch.as_tensor(logdet).reshape(())
+    grading.check_close(logdet, torch.linalg.slogdet(W_hand)[1], f"Not yet (c={c}): your log|det W| differs "
+                        f"from slogdet(W). Which factors of W have |det| = 1?", atol=1e-10)
+
+
+_check_lu(seed=9, c=4)
+_check_lu(seed=10, c=7)
+grading.check_own_work(lu_weight_and_logdet, *_lu_pieces(11, 3),
+                       message="Build W with torch operations, not with flowlib's InvertibleLinearLU.")
+### BEGIN HIDDEN TESTS
+for _seed, _c in zip(range(90, 96), [1, 2, 3, 5, 9, 16], strict=True):
+    _check_lu(_seed, _c)
+### END HIDDEN TESTS
+print("ex3 passed")
+
+# %% [markdown]
+# A triangular matrix has the product of its diagonal as determinant, so $\det L = 1$,
+# $|\det P| = 1$ and
 #
 # $$\log|\det W| = \sum_{k=1}^{c} \log|s_k|,$$
 #
 # an $O(c)$ sum. That saving is the determinant's. The inverse still costs more than a sum: it
-# needs no general inversion, but two triangular solves, $O(c^2)$ for each pixel, the same order
-# as applying $W$ itself. $P$ and
-# the signs of $s$ are drawn once (from the LU decomposition of a random rotation) and fixed;
-# $L$, $U$ and $\log|s|$ are trained. flowlib's `InvertibleLinearLU` does exactly this. First
-# the check that nothing is lost, then the cost.
+# needs no general inversion, but two triangular solves, $O(c^2)$ for each pixel, the same
+# order as applying $W$ itself. First the check that nothing is lost in flowlib's
+# `InvertibleLinearLU`, then the cost.
 
 # %%
 g = torch.Generator().manual_seed(3)
@@ -390,55 +596,6 @@ print("sum ms:    ", [f"{t:.3f}" for t in lu_ms])
 # determinant climbs with the cube while the sum stays flat. In Glow the real bill of a step
 # is the coupling's network anyway, and the LU form makes sure the 1x1 convolution never
 # becomes part of it.
-#
-# ### Exercise 3: the LU weight and its log-determinant
-#
-# Build $W = P\,L\,(U + \operatorname{diag}(\sigma \odot e^{\log|s|}))$ from flowlib's stored
-# pieces and return it with $\log|\det W| = \sum_k \log|s_k|$. The raw `lower` and `upper`
-# tensors may hold any values: use only the strictly lower part of `lower` (plus ones on the
-# diagonal) and only the strictly upper part of `upper` (`torch.tril(..., -1)`,
-# `torch.triu(..., 1)`). `sign_s` $= \sigma$ holds the fixed signs $\pm 1$ of $s$.
-
-# %% nbgrader={"grade": false, "grade_id": "05-ex3-lu-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def lu_weight_and_logdet(permutation: Tensor, lower: Tensor, upper: Tensor, sign_s: Tensor,
-                         log_s: Tensor) -> tuple[Tensor, Tensor]:
-    """W = P L (U + diag(sign_s * exp(log_s))) and log|det W| = sum(log_s), a scalar."""
-    ### BEGIN SOLUTION
-    c = log_s.shape[0]
-    eye = torch.eye(c, dtype=log_s.dtype)
-    L = torch.tril(lower, -1) + eye
-    U = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
-    return permutation @ L @ U, log_s.sum()
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "05-ex3-lu-logdet-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_lu(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    c = int(torch.randint(2, 10, (1,), generator=g))
-    layer = InvertibleLinearLU(c, generator=g).double()
-    with torch.no_grad():
-        for p in (layer.lower, layer.upper, layer.log_s):  # full random matrices: the masks matter
-            p.add_(0.4 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-        y_eye, ld_eye = layer(torch.eye(c, dtype=torch.float64))
-    W_ref, ld_ref = y_eye.T, ld_eye[0]
-    W, ld = lu_weight_and_logdet(layer.permutation, layer.lower.detach(), layer.upper.detach(),
-                                 layer.sign_s, layer.log_s.detach())
-    assert W.shape == (c, c), f"W should be {c} x {c}, got {tuple(W.shape)}"
-    assert torch.allclose(W, W_ref, atol=1e-10), (
-        f"Not yet: W differs from flowlib's by {float((W - W_ref).abs().max()):.3g} (c={c}). Check the "
-        f"masks (strictly lower / strictly upper), the unit diagonal of L and the order P @ L @ U.")
-    assert torch.allclose(torch.as_tensor(ld), ld_ref, atol=1e-10), (
-        f"Not yet: log|det W| should be {float(ld_ref):.5f}, you return {float(ld):.5f}.")
-    assert torch.allclose(torch.as_tensor(ld), torch.linalg.slogdet(W)[1], atol=1e-8), "and it must match slogdet(W)"
-
-
-_check_lu(seed=9)
-### BEGIN HIDDEN TESTS
-for _seed in range(90, 95):
-    _check_lu(_seed)
-### END HIDDEN TESTS
-print("ex3 passed")
 
 # %% [markdown]
 # ## 3. The affine coupling, and one step of flow
@@ -595,50 +752,20 @@ plt.show()
 #   split latents become $\mu(z_1) + T\,\sigma(z_1)\,\varepsilon_2$.
 # * **Fix the noise.** Draw $\varepsilon$ once and only change $T$: then each sample in the
 #   grid below is the *same* sample at another temperature, and we see what temperature does,
-#   not a fresh draw. At $T = 0$ every sample is $f^{-1}(0)$, the image of the base's mode,
-#   the same for all.
-
-# %%
-eps = torch.randn(36, 1, 8, 8, generator=torch.Generator().manual_seed(6))
-fig, axes = plt.subplots(1, len(PAPER_TEMPERATURES), figsize=(16, 2.9))
-spread = []
-with torch.no_grad():
-    for ax, T in zip(axes, PAPER_TEMPERATURES, strict=True):
-        x_T = glow.decode(T * eps).clamp(0, 1)  # the same eps in every panel
-        spread.append(float(x_T.std(dim=0).mean()))
-        image_grid(x_T, nrow=6, ax=ax, title=f"T = {T:g}")
-fig.suptitle("Glow samples x = f⁻¹(T·ε) with one fixed ε (Kingma & Dhariwal 2018's temperatures)", y=1.02)
-plt.show()
-
-# %%
-with torch.no_grad():
-    mode = glow.decode(0.0 * eps)
-print("T = 0: all 36 samples identical (the mode):", bool((mode - mode[0]).abs().max() < 1e-6))
-print("spread across samples grows with T:", all(a < b for a, b in zip(spread[:-1], spread[1:], strict=True)))
-
-# %% [markdown]
-# Now the same idea under a slider. `TemperatureGrid` draws $\varepsilon$ for a 10x10 grid
-# once, and on every move of the slider decodes $f^{-1}(T\varepsilon)$ and replaces the picture
-# (grids already seen come from a cache). The buttons jump to the paper's temperatures; "new
-# noise" draws another $\varepsilon$. Things to look at: which strokes appear first as $T$
-# grows from 0? Around which $T$ do the digits stop looking like digits? (With a longer
-# training, on a GPU, that point moves up towards 1.)
-
-# %% tags=["nbval-ignore-output"]
-temperature_widget = TemperatureGrid(glow, n=100, temperature=0.7)
-temperature_widget
-
-# %% [markdown]
-# ### Exercise 4: sampling at temperature $T$
+#   not a fresh draw.
 #
-# Given standard-normal noise `eps` of the model's latent shape, return the images
-# $x = f^{-1}(T\,\varepsilon)$, without gradients. `model.flow.inverse(z)` returns the pair
-# $(x, \log|\det \partial x/\partial z|)$. The test compares your samples with flowlib's
-# `model.sample(n, temperature=T)` fed with the same random numbers.
+# ### Exercise 4 (implementation, used below): sampling at temperature $T$
+#
+# Write `sample_at_temperature(model, eps, temperature)`: given standard-normal noise `eps` of
+# shape $(n, c, h, w)$, the model's latent shape, it returns the $n$ images $x = f^{-1}(z)$ of
+# the latents $z$ at temperature $T$, for any $n$ and any $T \ge 0$, without gradients, all
+# $n$ at once. `model.flow.inverse(z)` returns the pair $(x, \log|\det \partial x/\partial z|)$.
+# Write the temperature rule yourself: do not call the model's `base` or its `sample`. The
+# grids of this section are drawn with your function, so a mistake shows in them.
 
 # %% nbgrader={"grade": false, "grade_id": "05-ex4-sample-temperature", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sample_at_temperature(model: nn.Module, eps: Tensor, temperature: float) -> Tensor:
-    """x = f^{-1}(T * eps) for a flow model with a standard-normal base; eps: (n, c, h, w)."""
+    """The images x = f^{-1}(z) of the latents z at temperature T, for noise eps ~ N(0, I) of shape (n, c, h, w)."""
     ### BEGIN SOLUTION
     with torch.no_grad():
         x, _ = model.flow.inverse(temperature * eps)
@@ -647,27 +774,237 @@ def sample_at_temperature(model: nn.Module, eps: Tensor, temperature: float) -> 
 
 
 # %% nbgrader={"grade": true, "grade_id": "05-ex4-sample-temperature-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_temperature(seed: int, temperature: float) -> None:
-    torch.manual_seed(seed)
-    expected = glow.sample(8, temperature=temperature)
-    torch.manual_seed(seed)
-    eps = torch.randn(8, 1, 8, 8)  # the same numbers the base drew above
-    x = sample_at_temperature(glow, eps, temperature)
-    assert isinstance(x, Tensor) and x.shape == expected.shape, (
-        f"return images of shape {tuple(expected.shape)}, got {getattr(x, 'shape', type(x))}")
-    assert not x.requires_grad, "sample without gradients (torch.no_grad())"
-    assert torch.allclose(x, expected, atol=1e-5), (
-        f"Not yet: at T={temperature} your images differ from model.sample by "
-        f"{float((x - expected).abs().max()):.3g}. Scale the noise by T, then invert the flow.")
+def _check_temperature(model: nn.Module, seed: int, n: int, temperature: float) -> None:
+    eps = torch.randn(n, *model.event_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = model.flow.inverse(temperature * eps)[0]  # z ~ N(0, T^2 I) is z = T eps
+    with grading.hint(f"sample_at_temperature(model, eps, {temperature}) should return images of shape "
+                      f"{tuple(eps.shape)}"):
+        x = sample_at_temperature(model, eps, temperature)
+    grading.check_close(x, expected, f"Not yet: at T = {temperature} your images are not f^-1 of latents "
+                        f"z ~ N(0, T^2 I). What must happen to eps ~ N(0, I) first?", atol=1e-5)
+    assert not x.requires_grad, "Sample without gradients (torch.no_grad())."
 
 
-_check_temperature(seed=11, temperature=0.7)
-_check_temperature(seed=12, temperature=0.0)
+def _check_rule_is_yours(model: nn.Module) -> None:
+    reached = grading.calls_into_flowlib(sample_at_temperature, model, torch.randn(2, *model.event_shape), 0.5)
+    used = [name for name in reached if name.startswith("flowlib.distributions") or "sample" in name]
+    assert not used, (f"Write the temperature rule yourself: your function calls {used[:2]}, the base's "
+                      f"own rule or the model's sampler.")
+
+
+_check_temperature(glow, seed=11, n=8, temperature=0.7)
+_check_temperature(glow, seed=12, n=3, temperature=0.0)  # T = 0 too
+_check_rule_is_yours(glow)
+grading.check_vectorised(lambda e: sample_at_temperature(glow, e, 0.7), lambda n: (torch.randn(n, 1, 8, 8),),
+                         "Sample all n images at once.")
 ### BEGIN HIDDEN TESTS
-for _seed, _t in [(13, 1.0), (14, 0.25), (15, 0.9)]:
-    _check_temperature(_seed, _t)
+torch.manual_seed(3)
+_other = glow_image((2, 4, 4), scales=1, depth=2, hidden=8, blocks=1, grey_levels=5)  # another latent shape
+for _model, _seed, _n, _t in [(glow, 13, 5, 1.0), (glow, 14, 1, 0.25), (_other, 15, 6, 0.9), (_other, 16, 2, 0.0)]:
+    _check_temperature(_model, _seed, _n, _t)
+_check_rule_is_yours(_other)
 ### END HIDDEN TESTS
 print("ex4 passed")
+
+# %% [markdown]
+# ### Exercise 5 (prediction): the temperature grid at $T = 0$
+#
+# Below, the same 36 noise vectors $\varepsilon$ are decoded at the paper's temperatures, and
+# then the `TemperatureGrid` widget puts $T$ under a slider for a 10x10 grid. Before you look,
+# predict two things about the grid at $T = 0$; then move the slider to $T = 0$ and check.
+#
+# 1. How many *different* images does the 10x10 grid show at $T = 0$?
+# 2. Is the image (or are the images) at $T = 0$ the most probable image under the model, the
+#    $x$ that maximises $p_X(x) = p_Z(f(x))\,|\det \partial f/\partial x|$?
+#    * (a) yes: $T = 0$ decodes the mode of $p_Z$, so it maximises $p_X$;
+#    * (b) not in general: the factor $|\det \partial f/\partial x|$ can still grow as $x$ moves away.
+#
+# `predict_temperature_grid()` returns your two answers, a number and a letter, e.g. `(7, "a")`.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex5-predict-temperature", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predict_temperature_grid() -> tuple[int, str]:
+    """(how many different images the grid shows at T = 0, "a" or "b")."""
+    ### BEGIN SOLUTION
+    return 1, "b"
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The grids, drawn with your `sample_at_temperature` (Exercise 4):
+
+# %%
+sampler = yours_or_reference(sample_at_temperature, lambda model, e, t: model.decode(model.base.latent(e, t)),
+                             "Exercise 4")
+eps = torch.randn(36, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+fig, axes = plt.subplots(1, len(PAPER_TEMPERATURES), figsize=(16, 2.9))
+spread = []
+for ax, T in zip(axes, PAPER_TEMPERATURES, strict=True):
+    x_T = sampler(glow, eps, T).clamp(0, 1)  # the same eps in every panel
+    spread.append(float(x_T.std(dim=0).mean()))
+    image_grid(x_T, nrow=6, ax=ax, title=f"T = {T:g}")
+fig.suptitle("Glow samples x = f⁻¹(T·ε) with one fixed ε (Kingma & Dhariwal 2018's temperatures)", y=1.02)
+plt.show()
+print("spread across samples grows with T:", all(a < b for a, b in zip(spread[:-1], spread[1:], strict=True)))
+
+# %% [markdown]
+# Now the same idea under a slider. `TemperatureGrid` draws $\varepsilon$ for a 10x10 grid
+# once, and on every move of the slider decodes $f^{-1}(T\varepsilon)$ and replaces the picture
+# (grids already seen come from a cache). The buttons jump to the paper's temperatures; "new
+# noise" draws another $\varepsilon$. Move it to $T = 0$ to check your prediction. Then other
+# things to look at: which strokes appear first as $T$ grows from 0? Around which $T$ do the
+# digits stop looking like digits? (With a longer training, on a GPU, that point moves up
+# towards 1.)
+
+# %% tags=["nbval-ignore-output"]
+temperature_widget = TemperatureGrid(glow, n=100, temperature=0.7)
+temperature_widget
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex5-predict-temperature-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+with grading.hint("predict_temperature_grid() should return a pair: a whole number and a letter, e.g. (7, \"a\")"):
+    _count, _letter = predict_temperature_grid()
+    _count = int(_count)
+assert 1 <= _count <= 100, f"the grid has 100 images: between 1 and 100 of them differ, not {_count}"
+_letter = grading.check_choice(_letter, ["a", "b"], "the second answer is a letter")
+### BEGIN HIDDEN TESTS
+_grid0 = temperature_widget.samples(0.0).flatten(1)  # the grid at T = 0, read from the widget
+_distinct = []
+for _image in _grid0:
+    if not any(float((_image - _seen).abs().max()) < 1e-5 for _seen in _distinct):
+        _distinct.append(_image)
+assert _count == len(_distinct), (
+    "Not yet: move the slider to T = 0 and count. Every sample is f^-1(T eps): what is T eps at T = 0?")
+_x0 = glow.decode(temperature_widget.latent(0.0)[:1]).detach().requires_grad_(True)  # f^-1(0), not clamped
+_gradient = torch.autograd.grad(glow.log_prob_continuous(_x0).sum(), _x0)[0]
+assert _letter == ("b" if float(_gradient.norm()) > 1e-3 else "a"), (
+    "Not yet: at x = f^-1(0) the gradient of log p_Z(f(x)) vanishes, but log p_X(x) also holds "
+    "log|det df/dx|. Does its gradient vanish there?")
+### END HIDDEN TESTS
+print("ex5 passed")
+
+# %% [markdown]
+# At $T = 0$ every sample is $f^{-1}(0)$, the image of the base's mode, the same for all. It
+# is the most probable *latent*, decoded, but not the most probable *image*: $\log p_X$ also
+# holds $\log|\det \partial f/\partial x|$, whose gradient need not vanish at $f^{-1}(0)$. The
+# cell below measures the gradient of $\log p_X$ there: far from zero, so moving $x$ a little
+# away from $f^{-1}(0)$ makes it more probable.
+
+# %%
+x0 = glow.decode(torch.zeros(1, 1, 8, 8)).detach().requires_grad_(True)
+grad_x0 = torch.autograd.grad(glow.log_prob_continuous(x0).sum(), x0)[0]
+print("at x = f^-1(0), |grad log p_X(x)| > 1:", bool(grad_x0.norm() > 1))
+
+# %% [markdown]
+# ### Exercise 6 (derivation): what temperature does to the density
+#
+# The cooled model is a distribution of its own: $p_T$, the density of $x = f^{-1}(z)$ with
+# $z \sim \mathcal{N}(0, T^2 I)$, of which the model itself is $p_1 = p_X$. Work out on paper,
+# for an image $x$ with latent $z = f(x)$ of $D$ numbers:
+#
+# 1. the difference $\log p_T(x) - \log p_1(x)$, as a function of $z$, $T$ and $D$ only (what
+#    happens to the Jacobian factor of the flow?);
+# 2. the temperature $T^*(x) > 0$ at which $x$ is most probable, the $T$ that maximises
+#    $\log p_T(x)$.
+#
+# Then write `temperature_log_ratio(z, temperature)` and `best_temperature(z)`: for latents
+# $z$ of shape $(B, \dots)$ (images $(B, c, h, w)$ or vectors $(B, d)$), each returns one value
+# per point, shape $(B,)$, computed for the whole batch at once. The test compares them with
+# the two Gaussian densities written out, and with a search of $T^*$ over a fine grid.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex6-temperature-density", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def temperature_log_ratio(z: Tensor, temperature: float) -> Tensor:
+    """log p_T(x) - log p_1(x) for the latents z = f(x), shape (B, ...) -> (B,)."""
+    ### BEGIN SOLUTION
+    d = z[0].numel()
+    squared = z.flatten(1).pow(2).sum(1)
+    return -d * math.log(temperature) - 0.5 * squared * (1 / temperature**2 - 1)
+    ### END SOLUTION
+
+
+def best_temperature(z: Tensor) -> Tensor:
+    """The T > 0 that maximises log p_T(x), for the latents z = f(x), shape (B, ...) -> (B,)."""
+    ### BEGIN SOLUTION
+    return z.flatten(1).norm(dim=1) / math.sqrt(z[0].numel())
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex6-temperature-density-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _log_normal(z: Tensor, sigma: float) -> Tensor:
+    """log N(z; 0, sigma^2 I) per point, written out."""
+    return torch.distributions.Normal(0.0, sigma).log_prob(z).flatten(1).sum(1)
+
+
+def _check_temperature_density(seed: int, shape: tuple[int, ...], spread: float) -> None:
+    z = spread * torch.randn(4, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    where = f"(latents of shape {tuple(z.shape)})"
+    for t in (0.3, 0.7, 1.0, 1.6):
+        with grading.hint(f"temperature_log_ratio(z, {t}) should return one value per point {where}"):
+            ratio = torch.as_tensor(temperature_log_ratio(z, t))
+        grading.check_close(ratio, _log_normal(z, t) - _log_normal(z, 1.0), f"Not yet {where}: at T = {t} "
+                            f"your log p_T(x) - log p_1(x) is off. Both densities share f's Jacobian; the "
+                            f"latent's density is N(0, T^2 I) in D dimensions.", atol=1e-8)
+    grid = torch.linspace(0.05, 4.0, 7901, dtype=torch.float64)  # steps of 0.0005
+    searched = grid[torch.stack([_log_normal(z, float(t)) for t in grid]).argmax(0)]
+    with grading.hint(f"best_temperature(z) should return one temperature per point {where}"):
+        best = torch.as_tensor(best_temperature(z))
+    grading.check_close(best, searched, f"Not yet {where}: the grid search finds other best temperatures. "
+                        f"Set the derivative of log p_T(x) with respect to T to zero.", atol=1e-3)
+
+
+_check_temperature_density(seed=21, shape=(1, 4, 4), spread=0.8)  # images
+_check_temperature_density(seed=22, shape=(5,), spread=1.2)  # vectors
+for _fn in (lambda v: temperature_log_ratio(v, 0.7), best_temperature):
+    grading.check_vectorised(_fn, lambda n: (torch.randn(n, 1, 4, 4),), "Work on the whole batch at once.")
+### BEGIN HIDDEN TESTS
+for _seed, _shape, _spread in [(23, (2, 3, 3), 0.5), (24, (1, 8, 8), 1.0), (25, (3,), 2.0), (26, (4, 2, 2), 0.3)]:
+    _check_temperature_density(_seed, _shape, _spread)
+### END HIDDEN TESTS
+print("ex6 passed")
+
+# %% [markdown]
+# The Jacobian factor is the same in $p_T$ and $p_1$, so it cancels:
+# $\log p_T(x) - \log p_1(x) = -D \log T - \tfrac12 \lVert z\rVert^2 (T^{-2} - 1)$, and setting
+# its derivative $-D/T + \lVert z\rVert^2/T^3$ to zero gives $T^*(x) = \lVert f(x)\rVert/\sqrt{D}$.
+# So $T^*$ reads how far out in latent space an image lies. For the model's own samples at
+# temperature $T$, $T^* = T\lVert\varepsilon\rVert/\sqrt{D}$ is close to $T$, since
+# $\lVert\varepsilon\rVert^2$ has mean $D$ and $\lVert\varepsilon\rVert/\sqrt{D}$ a spread of
+# about $1/\sqrt{2D}$ (about 0.09 for $D = 64$). If the model fitted the data perfectly, the
+# latents of real (dequantised) test digits would be standard normal as well, and their $T^*$
+# would cluster near 1 in the same way. The histograms below, computed with your
+# `best_temperature` (Exercise 6), compare the test digits with samples at $T = 1$ and
+# $T = 0.7$.
+
+# %% tags=["nbval-ignore-output"]
+temperature_of = yours_or_reference(best_temperature, lambda z: z.flatten(1).norm(dim=1) / math.sqrt(z[0].numel()),
+                                    "Exercise 6")
+g = torch.Generator().manual_seed(8)
+eps_many = torch.randn(len(x_test), 1, 8, 8, generator=g)
+x_dequantised = (x_test.float() + torch.rand(x_test.shape, generator=g)) / GREY_LEVELS  # as in training
+with torch.no_grad():
+    t_test = temperature_of(glow.encode(x_dequantised))
+groups = {"test digits": t_test, "samples at T = 1": temperature_of(eps_many),
+          "samples at T = 0.7": temperature_of(0.7 * eps_many)}
+fig, ax = plt.subplots(figsize=(6, 3))
+for label, values in groups.items():
+    ax.hist(values.numpy(), bins=40, range=(0.3, 2.0), histtype="step", lw=1.5, label=label)
+ax.set(xlabel="best temperature T*(x) = |f(x)| / √D", ylabel="images")
+ax.legend(frameon=False, fontsize=8)
+plt.show()
+for label, values in groups.items():
+    print(f"{label:>20}: median T* = {float(values.median()):.3f}, "
+          f"middle 90% in [{float(values.quantile(0.05)):.3f}, {float(values.quantile(0.95)):.3f}]")
+side = "closer to the origin" if float(t_test.median()) < float(groups["samples at T = 1"].median()) else "further out"
+print(f"the test digits' latents lie {side} than the model's own samples at T = 1")
+
+# %% [markdown]
+# The samples sit where the derivation says, at $T^* \approx T$. Where the test digits sit
+# tells how far this small model is from a perfect fit. When they lie closer to the origin
+# than the samples at $T = 1$ do, the data fill a smaller region of the latent space than the
+# model's own samples; the median $T^*$ of the test digits is then one data-driven guess at a
+# sampling temperature. When they lie
+# further out, real digits sit where the model's density is lower than that of its typical
+# samples. The printed line says which holds for the model trained above; it depends on how
+# long it was trained (the settings at the top).
 
 # %% [markdown]
 # ## 8. Interpolating between two real digits
@@ -679,17 +1016,47 @@ print("ex4 passed")
 # $$x(\alpha) = f^{-1}\big((1 - \alpha)\, f(x_a) + \alpha\, f(x_b)\big), \qquad \alpha \in [0, 1].$$
 #
 # Because $f$ is invertible, the path starts and ends *exactly* at the real images. (Lippe's
-# UvA Deep Learning tutorial 11 shows the same experiment with a flow trained on MNIST.)
-# A caveat from high dimensions: a typical latent from $\mathcal{N}(0, I)$ lies near the sphere
-# of radius $\sqrt{D}$, and the midpoint of a straight line between two such points lies well
-# inside it, closer to the mode, so middles look smoother ("colder") than the ends. Walking
-# along the great circle instead (**spherical** interpolation, *slerp*) keeps the norm.
+# UvA Deep Learning tutorial 11 shows the same experiment with a flow trained on MNIST.) The
+# `LatentInterpolation` widget puts $\alpha$ under a slider, for a 3 and an 8 of the test set.
 
 # %%
 x_a = x_test[y_test == 3][0]
 x_b = x_test[y_test == 8][0]
 interpolation = LatentInterpolation(glow, x_a, x_b, frames=9)
 alphas = interpolation.alphas
+
+# %% [markdown]
+# ### Exercise 7 (prediction): halfway between a 3 and an 8
+#
+# Before you look at the strips below, predict what happens at $\alpha = \tfrac12$ on the
+# straight-line path; then move the widget's slider to $\alpha = 0.5$ and check.
+#
+# 1. The image $x(\tfrac12)$ is
+#    * (a) the cross-fade $(x_a + x_b)/2$, the two digits on top of each other at half intensity;
+#    * (b) some other image;
+#    * (c) $x_a$ or $x_b$ itself.
+# 2. The norm of the latent halfway, $\lVert z(\tfrac12)\rVert$, compared with the mean of
+#    $\lVert f(x_a)\rVert$ and $\lVert f(x_b)\rVert$, is
+#    * (a) larger; (b) about the same (within 3 %); (c) smaller.
+#
+# `predict_interpolation()` returns your two letters, e.g. `("a", "b")`.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex7-predict-interpolation", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predict_interpolation() -> tuple[str, str]:
+    """(the letter for the image x(1/2), the letter for the norm of z(1/2)) on the linear path."""
+    ### BEGIN SOLUTION
+    return "b", "c"
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The two strips show the linear path and a second one. A caveat from high dimensions: a
+# typical latent from $\mathcal{N}(0, I)$ lies near the sphere of radius $\sqrt{D}$, and the
+# midpoint of a straight line between two such points lies inside it, closer to the mode, so
+# middles look smoother ("colder") than the ends. Walking along the great circle instead
+# (**spherical** interpolation, *slerp*) keeps the norm.
+
+# %%
 fig, axes = plt.subplots(2, 1, figsize=(10, 2.8))
 for ax, path in zip(axes, LatentInterpolation.PATHS, strict=True):
     image_grid(interpolation.decode(alphas, path), nrow=len(alphas), ax=ax)
@@ -704,10 +1071,33 @@ print("halfway, the spherical path keeps |z| larger than the straight line:",
 
 # %% [markdown]
 # The widget puts $\alpha$ under a slider (the red frame marks the nearest image of the strip)
-# and lets you switch between the two paths.
+# and lets you switch between the two paths. Set $\alpha = 0.5$ on the linear path to check
+# your predictions of Exercise 7.
 
 # %% tags=["nbval-ignore-output"]
 interpolation
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex7-predict-interpolation-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+with grading.hint("predict_interpolation() should return a pair of letters, e.g. (\"a\", \"b\")"):
+    _image_letter, _norm_letter = predict_interpolation()
+_image_letter = grading.check_choice(_image_letter, ["a", "b", "c"], "the first answer is a letter")
+_norm_letter = grading.check_choice(_norm_letter, ["a", "b", "c"], "the second answer is a letter")
+### BEGIN HIDDEN TESTS
+_middle = interpolation.decode([0.5], "linear")[0]  # read from the widget
+_cross_fade = (interpolation.x_a[0] + interpolation.x_b[0]).cpu() / 2
+_off_ends = min(float((_middle - interpolation.x_a[0].cpu()).abs().max()),
+                float((_middle - interpolation.x_b[0].cpu()).abs().max()))
+_expected = "a" if float((_middle - _cross_fade).abs().max()) < 0.02 else ("c" if _off_ends < 0.02 else "b")
+assert _image_letter == _expected, (
+    "Not yet: set alpha = 0.5 on the linear path and compare the middle panel with the two ends. "
+    "The average is taken in latent space, and f is not linear.")
+_ratio = float(interpolation.latents([0.5], "linear").norm()) / (
+    (float(interpolation.z_a.norm()) + float(interpolation.z_b.norm())) / 2)
+assert _norm_letter == ("c" if _ratio < 0.97 else ("a" if _ratio > 1.03 else "b")), (
+    "Not yet: compare |z_a + z_b| / 2 with (|z_a| + |z_b|) / 2 (the triangle inequality), for two "
+    "latents that are far from parallel.")
+### END HIDDEN TESTS
+print("ex7 passed")
 
 # %% [markdown]
 # ## 9. Latent arithmetic: from thin to thick strokes
@@ -805,6 +1195,73 @@ display(Markdown("\n".join(table) + f"\n\nTrained on {DEVICE}, {BATCH} images pe
 # permutation; Glow's gains appear with many channels and long training, as in the paper. A
 # Glow step also costs more time than a RealNVP step (one more layer, and the split priors).
 #
+# ### Exercise 8 (design): a Glow for the digits on a budget
+#
+# Design a Glow that reaches **test bits/dim below 2.20** on the 8x8 digits with
+#
+# * at most **25,000 parameters** (`count_parameters`; the Glow above has 169,920),
+# * **400 optimizer steps** of **64 images**, with `fit`'s schedule (linear warm-up, cosine
+#   decay) and a peak learning rate you choose, at most 0.02,
+#
+# the test figure being that of the validation-selected weights, as everywhere in this
+# lecture. `design_glow()` returns `(model, lr)`: a new, untrained image flow for
+# $(1, 8, 8)$ images with 17 grey levels (an `ImageFlowModel`, e.g. from `glow_image` with
+# settings of your choice; read its docstring for what they do), and the learning rate. The
+# test builds your model, initialises ActNorm on 512 training digits as in section 5,
+# trains it with exactly this budget and checks the target; the budget is the same in every
+# mode of this notebook (the settings at the top do not change it). One run takes 10 to 30 CPU-seconds, depending on your
+# design. Things worth weighing: depth against width under the parameter cap, the cost of a
+# step, and what a short schedule asks of the learning rate.
+
+# %% nbgrader={"grade": false, "grade_id": "05-ex8-design-glow", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def design_glow() -> tuple[ImageFlowModel, float]:
+    """A new, untrained image flow for (1, 8, 8) digits with 17 grey levels, and the peak learning rate."""
+    ### BEGIN SOLUTION
+    # The paper's three-convolution conditioner costs fewer parameters and less time per step
+    # than a ResNet at the same width; a short run needs a high peak learning rate.
+    model = glow_image((1, 8, 8), scales=2, depth=4, hidden=24, conditioner="glow", grey_levels=GREY_LEVELS)
+    return model, 1e-2
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "05-ex8-design-glow-test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false} tags=["nbval-ignore-output"]
+DESIGN_PARAMETERS, DESIGN_STEPS, DESIGN_BATCH, DESIGN_MAX_LR, DESIGN_TARGET = 25_000, 400, 64, 0.02, 2.20
+
+
+def _train_design(seed: int) -> float:
+    """Build the student's design with this seed, check the budget, train it, return test bits/dim."""
+    torch.manual_seed(seed)
+    with grading.hint("design_glow() should return a pair (model, lr)"):
+        model, lr = design_glow()
+        lr = float(lr)
+    assert isinstance(model, ImageFlowModel) and tuple(model.event_shape) == (1, 8, 8), (
+        "design_glow() should return an ImageFlowModel for (1, 8, 8) images, e.g. from glow_image((1, 8, 8), ...)")
+    assert model.grey_levels == GREY_LEVELS, f"the digits have {GREY_LEVELS} grey levels, the model {model.grey_levels}"
+    assert not any(isinstance(m, ActNorm) and m.is_initialized for m in model.modules()), (
+        "return a new, untrained model: the test initialises and trains it")
+    assert count_parameters(model) <= DESIGN_PARAMETERS, (
+        f"Over budget: your model has {count_parameters(model):,} parameters, at most {DESIGN_PARAMETERS:,} allowed.")
+    assert 0 < lr <= DESIGN_MAX_LR, f"the peak learning rate must be in (0, {DESIGN_MAX_LR}], got {lr}"
+    with grading.hint("your model could not be initialised and trained"):
+        model.initialize(x_train[:512].float())
+        result = fit(model, x_train.float(), val_data=x_val.float(), test_data=x_test.float(), steps=DESIGN_STEPS,
+                     batch_size=DESIGN_BATCH, lr=lr, eval_every=100, seed=seed)
+    print(f"seed {seed}: {count_parameters(model):,} parameters, test {result.test:.3f} bits/dim "
+          f"(target < {DESIGN_TARGET:.2f})")
+    assert math.isfinite(result.test) and result.test < DESIGN_TARGET, (
+        f"Not yet: {result.test:.3f} bits/dim on the test digits, the target is below {DESIGN_TARGET:.2f}. Which "
+        f"conditioner gives the most capacity for the parameters and the steps? Is the learning rate high "
+        f"enough for a run this short?")
+    return result.test
+
+
+_train_design(seed=0)
+### BEGIN HIDDEN TESTS
+_train_design(seed=1)  # the design, not one lucky initialisation
+### END HIDDEN TESTS
+print("ex8 passed")
+
+# %% [markdown]
 # **MNIST** (28x28 pixels, 256 grey levels) is where published flows report their figures;
 # they cannot be compared with the digits' numbers above, which have 64 pixels and 17 grey levels.
 # The course ships a small RealNVP and a small Glow trained on MNIST on a CPU (read with
@@ -895,7 +1352,8 @@ if mnist_glow is not None and mnist_test is not None:
           f"{recorded['test_bpd']:.3f} recorded on {recorded.get('test_images', '?')}")
 
 # %% [markdown]
-# Samples from one fixed $\varepsilon$ at three temperatures, next to real test digits:
+# Samples from one fixed $\varepsilon$ at three temperatures, drawn with your
+# `sample_at_temperature` (Exercise 4), next to real test digits:
 
 # %% tags=["nbval-ignore-output"]
 if mnist_glow is not None:
@@ -903,7 +1361,7 @@ if mnist_glow is not None:
     grey_levels = mnist_glow.grey_levels  # grey level k is shown at the centre of its bin, (k + 1/2) / 256
     panels = [("test digits", (mnist_test[:36].float() + 0.5) / grey_levels)] if mnist_test is not None else []
     with torch.no_grad():
-        panels += [(f"T = {T:g}", mnist_glow.decode(T * mnist_eps).clamp(0, 1)) for T in (1.0, 0.7, 0.5)]
+        panels += [(f"T = {T:g}", sampler(mnist_glow, mnist_eps, T).clamp(0, 1)) for T in (1.0, 0.7, 0.5)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
     for ax, (title, images) in zip(axes, panels, strict=True):
         image_grid(images, nrow=6, ax=ax, title=title)
@@ -962,7 +1420,10 @@ else:
 #   $W = PL(U + \operatorname{diag}(s))$ it becomes $h w \sum\log|s|$, $O(c)$ instead of $O(c^3)$
 #   (the inverse becomes two triangular solves per pixel).
 # * Sampling at temperature $T < 1$ (all latents, split priors included) trades diversity for
-#   clean samples; $T = 0$ gives the mode.
+#   clean samples; $T = 0$ gives $f^{-1}(0)$, the decoded mode of the base, which is not the
+#   mode of $p_X$. Cooling changes the log-density by
+#   $-D\log T - \tfrac12\lVert z\rVert^2(T^{-2} - 1)$, the same for every flow, and an image
+#   is most probable at $T^* = \lVert f(x)\rVert/\sqrt{D}$.
 # * An exact encoder makes the latent space usable: interpolations start and end at the real
 #   images, and differences of mean latents give directions that edit an attribute.
 #
