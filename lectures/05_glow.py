@@ -1420,8 +1420,8 @@ else:
 #   $W = PL(U + \operatorname{diag}(s))$ it becomes $h w \sum\log|s|$, $O(c)$ instead of $O(c^3)$
 #   (the inverse becomes two triangular solves per pixel).
 # * Sampling at temperature $T < 1$ (all latents, split priors included) trades diversity for
-#   clean samples; $T = 0$ gives $f^{-1}(0)$, the decoded mode of the base, which is not the
-#   mode of $p_X$. Cooling changes the log-density by
+#   clean samples; $T = 0$ gives $f^{-1}(0)$, the decoded mode of the base, which in general
+#   is not the mode of $p_X$ (for the Glow above it is not). Cooling changes the log-density by
 #   $-D\log T - \tfrac12\lVert z\rVert^2(T^{-2} - 1)$, the same for every flow, and an image
 #   is most probable at $T^* = \lVert f(x)\rVert/\sqrt{D}$.
 # * An exact encoder makes the latent space usable: interpolations start and end at the real
