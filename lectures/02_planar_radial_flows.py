@@ -32,13 +32,15 @@
 # 1. see $|\det \partial f/\partial x|$ as the factor by which $f$ changes small volumes, and
 #    measure how quickly a general determinant becomes expensive;
 # 2. derive the planar flow's log-determinant in $O(d)$ with the matrix determinant lemma and
-#    check it against automatic differentiation;
-# 3. break a planar flow on purpose (it folds the plane) and repair it with the
-#    reparameterisation $\hat u$;
-# 4. meet the radial flow, which contracts or expands space around a point;
-# 5. fit planar flows with 2, 8 and 32 layers to the four energy densities of the paper by
-#    minimising the *reverse* KL divergence, which needs no data at all;
-# 6. play with a widget, and write the key formulas yourself in three exercises.
+#    check your derivation against automatic differentiation;
+# 3. break a planar flow on purpose (it folds the plane) and find the repair, the
+#    reparameterisation $\hat u$, yourself;
+# 4. meet the radial flow, which contracts or expands space around a point, derive its
+#    determinant, and hunt down a bug in a stack of layers;
+# 5. fit planar flows with 2, 8 and 32 layers, running your own formulas, to the four energy
+#    densities of the paper by minimising the *reverse* KL divergence, which needs no data at
+#    all; then design a flow of your own under a fixed budget;
+# 6. predict what a widget will show, then check by moving its sliders.
 #
 # Notation as in lecture 1: $x$ data, $z$ latent, $f$ the map from data to latent
 # ($z = f(x)$), $p_Z$ the base density (a standard normal), $p_X$ the model's density of the
@@ -80,8 +82,9 @@ from matplotlib.colors import TwoSlopeNorm
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from flowlib import Compose, FlowInputError, FlowModel, StandardNormal
+from flowlib import Compose, FlowInputError, FlowModel, StandardNormal, grading
 from flowlib.data.toys import get_toy
+from flowlib.grading import yours_or_reference
 from flowlib.metrics import integrate_density_2d
 from flowlib.models import planar_flow
 from flowlib.planar import Planar, Radial
@@ -332,19 +335,18 @@ plt.show()
 # %% [markdown]
 # ### The log-determinant in $O(d)$: the matrix determinant lemma
 #
-# Differentiate $g(z) = z + u\,h(w^\top z + b)$: the Jacobian is the identity plus a
-# **rank-one** matrix,
-# $$\frac{\partial g}{\partial z} = I + h'(w^\top z + b)\, u\, w^\top .$$
-# The *matrix determinant lemma* says that for an invertible $A$ and vectors $a, c$,
+# Look at how $g(z) = z + u\,h(w^\top z + b)$ depends on $z$: every point is moved along the
+# *same* vector $u$, by an amount that depends on $z$ only through the single number
+# $w^\top z$. So the Jacobian $\partial g/\partial z$ is the identity plus a matrix whose
+# columns are all multiples of $u$: a **rank-one** matrix, an outer product $a\,c^\top$ of two
+# vectors. The *matrix determinant lemma* says that for an invertible $A$ and vectors $a, c$,
 # $$\det\left(A + a\,c^\top\right) = \left(1 + c^\top A^{-1} a\right)\det A .$$
 # (Proof sketch: factor $A + a c^\top = A\,(I + A^{-1} a\, c^\top)$; the matrix
 # $I + v c^\top$ has eigenvalue $1 + c^\top v$ along $v$ and eigenvalue $1$ on the
-# $(d-1)$-dimensional space orthogonal to $c$.) With $A = I$, $a = h'(\cdot)\,u$ and $c = w$:
-# $$\det \frac{\partial g}{\partial z} = 1 + h'(w^\top z + b)\; w^\top u,
-#   \qquad
-#   \log p_X(x) = \log p_Z(z) - \log\left|1 + h'(w^\top z + b)\, w^\top u\right| .$$
-# One dot product and one scalar: $O(d)$ instead of $O(d^3)$. Below, flowlib's log-determinant
-# for a random planar layer in $d = 5$ is compared with the brute-force one.
+# $(d-1)$-dimensional space orthogonal to $c$.) With $A = I$ the determinant of an
+# identity-plus-rank-one Jacobian is one dot product and one scalar: $O(d)$ instead of
+# $O(d^3)$. Which $a$ and $c$, and hence which determinant, is Exercise 1. First, flowlib's
+# log-determinant for a random planar layer in $d = 5$, compared with the brute-force one.
 
 # %%
 gen = torch.Generator().manual_seed(2)
@@ -362,16 +364,26 @@ print("matrix determinant lemma == autograd + slogdet (< 1e-10):",
       bool((logdet_flowlib - logdet_brute).abs().max() < 1e-10))
 
 # %% [markdown]
-# ### Exercise 1: the planar log-determinant
+# ### Exercise 1 (derivation): the planar log-determinant
 #
-# Write $\log|\det \partial g/\partial z| = \log\left|1 + h'(w^\top z + b)\,w^\top u\right|$
-# for a batch of points, with $h = \tanh$ and $h'(a) = 1 - \tanh^2(a)$. Here `u` is the vector
-# actually used in the map (the test passes flowlib's $\hat u$, which you meet in section 3).
-# Vectorise over the batch: no Python loop over points.
+# Differentiate $g(z) = z + u\,h(w^\top z + b)$, with $h = \tanh$ and $h' = 1 - \tanh^2$
+# (the chain rule through the scalar $w^\top z + b$), write the Jacobian in the form
+# $I + a\,c^\top$, and apply the lemma. Then implement your result,
+# $\log|\det \partial g/\partial z|$, for a batch of points:
+#
+# * `z` has shape $(n, d)$ for any $d \ge 1$; `w` and `u` have shape $(d,)$, `b` is a scalar
+#   tensor; return one value per point, shape $(n,)$, with no Python loop over the points;
+# * `u` is the vector the map actually uses, whatever it is: for $w^\top u < -1$ (section 3)
+#   the determinant is negative at some points, so take its absolute value before the log;
+# * write it with torch operations, not with flowlib's `Planar`: section 5 trains its planar
+#   flows with your function (a mistake will show in its pictures).
+#
+# The test compares your values with the log-determinant of the Jacobian that automatic
+# differentiation computes from the map itself (`grading.autograd_logabsdet`).
 
 # %% nbgrader={"grade": false, "grade_id": "02-ex1-planar-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def planar_logdet(z: Tensor, w: Tensor, u: Tensor, b: Tensor) -> Tensor:
-    """log|det dg/dz| for g(z) = z + u tanh(w.z + b); z (n, d), w and u (d,), b scalar -> (n,)."""
+    """log|det dg/dz| of g(z) = z + u tanh(w.z + b) at each row of z; z (n, d), w and u (d,), b scalar -> (n,)."""
     ### BEGIN SOLUTION
     h_prime = 1 - torch.tanh(z @ w + b) ** 2
     return torch.log(torch.abs(1 + h_prime * torch.dot(w, u)))
@@ -379,30 +391,45 @@ def planar_logdet(z: Tensor, w: Tensor, u: Tensor, b: Tensor) -> Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "02-ex1-planar-logdet-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_planar_logdet(seed: int, dim: int) -> None:
+def _planar_map(z: Tensor, w: Tensor, u: Tensor, b: Tensor) -> Tensor:
+    return z + torch.tanh(z @ w + b).unsqueeze(1) * u
+
+
+def _planar_case(seed: int, dim: int, wu: float | None = None, n: int = 16) -> tuple[Tensor, ...]:
+    """Random z, w, u, b in float64; with wu given, u is moved along w so that w.u = wu."""
     g = torch.Generator().manual_seed(seed)
-    layer = Planar(dim).double()
-    with torch.no_grad():
-        layer.w.copy_(torch.randn(dim, generator=g, dtype=torch.float64))
-        layer.u.copy_(torch.randn(dim, generator=g, dtype=torch.float64))
-        layer.b.fill_(float(torch.randn((), generator=g)))
-        z = 2 * torch.randn(32, dim, generator=g, dtype=torch.float64)
-        _, expected = layer.inverse(z)
-        w, u_hat, b = layer.w.clone(), layer.u_hat().clone(), layer.b.clone()
-        mine = planar_logdet(z, w, u_hat, b)
-    assert isinstance(mine, Tensor) and mine.shape == expected.shape, (
-        f"return one value per point, shape {tuple(expected.shape)}; got {getattr(mine, 'shape', type(mine))}")
-    worst = int((mine - expected).abs().argmax())
-    assert torch.allclose(mine, expected, atol=1e-8), (
-        f"Not yet: in d={dim}, for the point z={z[worst].numpy().round(3)} you return "
-        f"{float(mine[worst]):.6f}, Planar.inverse says {float(expected[worst]):.6f}. "
-        f"Is h' evaluated at w.z + b, and is the determinant 1 + h' (w.u)?")
+    w = torch.randn(dim, generator=g, dtype=torch.float64)
+    u = torch.randn(dim, generator=g, dtype=torch.float64)
+    if wu is not None:
+        u = u + (wu - w @ u) * w / (w @ w)
+    b = torch.randn((), generator=g, dtype=torch.float64)
+    z = 1.5 * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return z, w, u, b
+
+
+def _check_planar_logdet(seed: int, dim: int, wu: float | None = None) -> None:
+    z, w, u, b = _planar_case(seed, dim, wu)
+    expected = grading.autograd_logabsdet(lambda v: _planar_map(v, w, u, b), z)
+    with grading.hint(f"planar_logdet(z, w, u, b) with z of shape {tuple(z.shape)} and w, u of shape "
+                      f"({dim},) should return one value per point, shape ({z.shape[0]},)"):
+        mine = planar_logdet(z.clone(), w.clone(), u.clone(), b.clone())
+    grading.check_close(mine, expected, (
+        f"Not yet (d = {dim}, w.u = {float(w @ u):.2f}): your values differ from log|det| of the autograd "
+        f"Jacobian. Is h' evaluated at w.z + b for each point, which vector does the chain rule bring out "
+        f"of tanh(w.z + b), and did you take the absolute value before the log?"), atol=1e-8, rtol=1e-8)
 
 
 _check_planar_logdet(seed=1, dim=2)
+_check_planar_logdet(seed=2, dim=5, wu=-3.0)  # w.u < -1: the determinant changes sign
+_z, _w, _u, _b = _planar_case(3, 4)
+grading.check_vectorised(planar_logdet, lambda n: (torch.randn(n, 4, dtype=torch.float64), _w, _u, _b),
+                         "planar_logdet: compute all points at once (a matrix product z @ w, broadcasting)")
+grading.check_own_work(planar_logdet, _z, _w, _u, _b,
+                       message="Exercise 1 asks for your own formula, written with torch operations.")
 ### BEGIN HIDDEN TESTS
-for _seed, _dim in [(10, 1), (11, 3), (12, 7), (13, 50)]:
-    _check_planar_logdet(_seed, _dim)
+for _seed, _dim, _wu in [(10, 1, None), (11, 3, None), (12, 10, 4.0), (13, 50, None), (14, 3, -6.0),
+                         (15, 1, -1.5), (16, 7, -0.99)]:
+    _check_planar_logdet(_seed, _dim, _wu)
 ### END HIDDEN TESTS
 print("ex1 passed")
 
@@ -416,8 +443,10 @@ print("ex1 passed")
 # and project $x = g(z)$ onto $w$:
 # $$w^\top x = a + (w^\top u)\, h(a + b) =: s(a).$$
 # If the scalar function $s$ is increasing, we can recover $a$ from $w^\top x$, then
-# $z = x - u\,h(a + b)$: the map is invertible. Its slope is
-# $s'(a) = 1 + (w^\top u)\,h'(a + b)$ with $0 < h' \le 1$ (and $h'(0) = 1$), so
+# $z = x - u\,h(a + b)$: the map is invertible. Differentiate $s$: its slope $s'(a)$ is
+# exactly the determinant you found in Exercise 1, at the points $z$ with $w^\top z = a$. Since
+# $h' = 1 - \tanh^2$ takes every value in $(0, 1]$ (it is $1$ at $a = -b$ and tends to $0$ far
+# from it), that slope is positive for every $a$ exactly when
 # $$\boxed{\;s \text{ is increasing} \iff w^\top u \ge -1 .\;}$$
 # When $w^\top u < -1$, the slope is negative near $a = -b$: $s$ goes up, down, and up again,
 # and the map **folds** the plane over itself. Let us build such a map in flowlib, with
@@ -479,20 +508,25 @@ except FlowInputError as error:
 #
 # During training, gradient steps move $u$ and $w$ freely, so nothing stops them from crossing
 # into $w^\top u < -1$. Rezende & Mohamed (2015, appendix A) avoid it by never using $u$
-# directly. They map it to
-# $$\hat u = u + \big(m(w^\top u) - w^\top u\big)\,\frac{w}{\|w\|^2},
-#   \qquad m(s) = -1 + \log(1 + e^{s}) = -1 + \mathrm{softplus}(s).$$
-# Only the component of $u$ along $w$ changes, and it changes so that
-# $w^\top \hat u = m(w^\top u) > -1$ for **every** value of the parameters. The function $m$ is
-# smooth, increasing, close to the identity for large $s$ and flattens out just above $-1$ for
-# very negative $s$, so gradient descent can never reach the forbidden region. flowlib's
-# `Planar` does this by default; here is the same $u$ and $w$ as above with the repair on.
+# directly. The map uses instead a vector $\hat u$ built from $u$ and $w$ with two properties:
+#
+# 1. only the component of $u$ along $w$ changes: $\hat u - u$ is a multiple of $w$;
+# 2. along $w$ it obeys $w^\top \hat u = m(w^\top u)$, with
+#    $m(s) = -1 + \log(1 + e^{s}) = -1 + \mathrm{softplus}(s)$.
+#
+# So $w^\top \hat u = m(w^\top u) > -1$ for **every** value of the parameters. The function
+# $m$ is smooth, increasing, close to the identity for large $s$ and flattens out just above
+# $-1$ for very negative $s$, so gradient descent can never reach the forbidden region (the
+# left panel below). flowlib's `Planar` does this by default; here is the same $u$ and $w$ as
+# above with the repair on.
 
 # %%
 repaired = planar_layer(w=(1.0, 0.0), u=(-2.5, 0.0), b=0.0)  # enforce_invertibility=True (the default)
 with torch.no_grad():
     print("u = ({:.4f}, {:.4f})".format(*repaired.u.tolist()), "  u_hat = ({:.4f}, {:.4f})".format(*repaired.u_hat().tolist()))
-print(textwrap.fill(repaired.invertibility_report(), 100))
+    wu = float(repaired.w @ repaired.u)
+print(f"w.u = {wu:.4f}, w.u_hat = {repaired.w_dot_u_hat():.4f}, "
+      f"m(w.u) = {-1 + math.log1p(math.exp(wu)):.4f}; invertible: {repaired.is_invertible()}")
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
 s = torch.linspace(-5, 4, 300)
@@ -516,15 +550,21 @@ plt.show()
 # never folds it: the density is a true density again.
 
 # %% [markdown]
-# ### Exercise 2: the reparameterisation $\hat u$
+# ### Exercise 2 (derivation): find $\hat u$
 #
-# Implement $\hat u = u + \big(m(w^\top u) - w^\top u\big)\,w/\|w\|^2$ with
-# $m(s) = -1 + \mathrm{softplus}(s)$ (`torch.nn.functional.softplus`). The test compares with
-# flowlib's `Planar.u_hat()` and checks $w^\top \hat u > -1$ on random parameters.
+# Derive $\hat u$ from its two properties above: property 1 says $\hat u = u + \lambda\,w$ for
+# some number $\lambda$ (it depends on $w$ and $u$); property 2 fixes $\lambda$. Then implement
+# `u_hat(w, u)` for vectors of shape $(d,)$, any $d \ge 1$ and $w \ne 0$, with torch operations
+# (`torch.nn.functional.softplus` for $m$), not with flowlib's `Planar`. Section 5 trains its
+# planar flows with your $\hat u$, so gradients must pass through it to $w$ and $u$ (they do,
+# as long as you stay with torch operations on the tensors you are given).
+#
+# The test checks the two properties themselves on random $w$ and $u$, with $w^\top u$ far
+# below $-1$ (the case the repair exists for) as well as above it, and that gradients flow.
 
 # %% nbgrader={"grade": false, "grade_id": "02-ex2-u-hat", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def u_hat(w: Tensor, u: Tensor) -> Tensor:
-    """The reparameterised u of a planar flow, with w . u_hat = -1 + softplus(w . u) > -1; w, u (d,)."""
+    """The vector a planar layer uses in place of u: u_hat - u is a multiple of w, w.u_hat = m(w.u); (d,) -> (d,)."""
     ### BEGIN SOLUTION
     wu = torch.dot(w, u)
     m = -1 + torch.nn.functional.softplus(wu)
@@ -533,31 +573,51 @@ def u_hat(w: Tensor, u: Tensor) -> Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "02-ex2-u-hat-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def _check_u_hat(seed: int, dim: int, shift: float) -> None:
+def _check_u_hat(seed: int, dim: int, wu: float) -> None:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(dim, generator=g, dtype=torch.float64)
-    # shift pushes w.u far below -1 (the case the repair exists for) or above it.
-    u = torch.randn(dim, generator=g, dtype=torch.float64) + shift * w / w.dot(w)
-    layer = Planar(dim).double()
-    with torch.no_grad():
-        layer.w.copy_(w)
-        layer.u.copy_(u)
-        expected = layer.u_hat()
+    u = torch.randn(dim, generator=g, dtype=torch.float64)
+    u = u + (wu - w @ u) * w / (w @ w)  # now w.u = wu
+    with grading.hint(f"u_hat(w, u) takes two vectors of shape ({dim},) and returns one of the same shape"):
         mine = u_hat(w.clone(), u.clone())
-    assert isinstance(mine, Tensor) and mine.shape == (dim,), (
-        f"return a vector of shape ({dim},); got {getattr(mine, 'shape', type(mine))}")
-    assert float(torch.dot(w, mine)) > -1, (
-        f"w . u_hat = {float(torch.dot(w, mine)):.4f} is not > -1 (w . u = {float(torch.dot(w, u)):.3f}): "
-        f"is m(s) = -1 + softplus(s)?")
-    assert torch.allclose(mine, expected, rtol=1e-7, atol=1e-9), (
-        f"Not yet: with w.u = {float(torch.dot(w, u)):.3f} you return u_hat = {mine.numpy().round(4)}, "
-        f"Planar.u_hat() gives {expected.numpy().round(4)}. Only the component along w should change.")
+    if not isinstance(mine, Tensor) or tuple(mine.shape) != (dim,):
+        raise AssertionError(f"u_hat(w, u) should return a tensor of shape ({dim},), "
+                             f"got {tuple(mine.shape) if isinstance(mine, Tensor) else type(mine).__name__}")
+    change = mine.detach() - u
+    across = change - (change @ w) / (w @ w) * w  # the part of u_hat - u orthogonal to w
+    grading.check_close(across, torch.zeros(dim, dtype=torch.float64), (
+        f"Property 1 fails (d = {dim}, w.u = {wu}): u_hat - u has a part orthogonal to w; only the "
+        f"component of u along w may change, u_hat = u + lambda w."), atol=1e-9)
+    m = -1 + torch.nn.functional.softplus(torch.tensor(wu, dtype=torch.float64))
+    grading.check_close((w @ mine.detach()).reshape(1), m.reshape(1), (
+        f"Property 2 fails (d = {dim}, w.u = {wu}): w.u_hat should be m(w.u) = -1 + softplus(w.u) = "
+        f"{float(m):.6g}. Take the dot product of u + lambda w with w and solve for lambda."),
+        atol=1e-9, rtol=1e-9)
 
 
-_check_u_hat(seed=1, dim=2, shift=-3.0)
+def _check_u_hat_gradients(dim: int) -> None:
+    g = torch.Generator().manual_seed(dim)
+    w = torch.randn(dim, generator=g, dtype=torch.float64).requires_grad_()
+    u = torch.randn(dim, generator=g, dtype=torch.float64).requires_grad_()
+    with grading.hint("u_hat must pass gradients to w and u (section 5 trains with it): use torch "
+                      "operations on w and u, no .item(), float() or .detach()"):
+        (u_hat(w, u) @ torch.arange(1.0, dim + 1, dtype=torch.float64)).backward()
+    assert w.grad is not None and u.grad is not None, (
+        "no gradient reached w or u: u_hat must be computed from w and u with torch operations")
+    assert bool(torch.isfinite(w.grad).all() & torch.isfinite(u.grad).all()), "the gradients are not finite"
+
+
+_check_u_hat(seed=1, dim=2, wu=-3.0)
+_check_u_hat(seed=2, dim=5, wu=2.0)
+_check_u_hat_gradients(dim=3)
+grading.check_own_work(u_hat, torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 0.5]),
+                       message="Exercise 2 asks for your own u_hat, written with torch operations.")
 ### BEGIN HIDDEN TESTS
-for _seed, _dim, _shift in [(20, 1, -5.0), (21, 3, 0.0), (22, 5, 4.0), (23, 40, -10.0)]:
-    _check_u_hat(_seed, _dim, _shift)
+for _seed, _dim, _wu in [(20, 1, -5.0), (21, 3, 0.0), (22, 10, 4.0), (23, 50, -10.0), (24, 2, -30.0),
+                         (25, 7, 25.0), (26, 1, 0.7)]:
+    _check_u_hat(_seed, _dim, _wu)
+_check_u_hat_gradients(dim=1)
+_check_u_hat_gradients(dim=20)
 ### END HIDDEN TESTS
 print("ex2 passed")
 
@@ -572,12 +632,8 @@ print("ex2 passed")
 # fades with the distance. With $\beta > 0$ the neighbourhood of $z_0$ is blown up (a hole in
 # the density); with $\beta < 0$ it is sucked in (a peak).
 #
-# **Its determinant**, by the same lemma. With $v = z - z_0$ and $h' = \partial h/\partial r =
-# -1/(\alpha + r)^2$, the Jacobian is a multiple of the identity plus a rank-one matrix,
-# $$\frac{\partial g}{\partial z} = (1 + \beta h)\,I + \beta h'\,\frac{v\,v^\top}{r},
-#   \qquad\text{so}\qquad
-#   \det\frac{\partial g}{\partial z} = (1 + \beta h)^{d-1}\,\big(1 + \beta h + \beta h' r\big),$$
-# again $O(d)$. Along the ray $r \mapsto r\,(1 + \beta h)$ must increase, which holds for
+# **Its determinant** is again cheap, by the same lemma: you will derive it in Exercise 3.
+# **Its inverse**: along the ray, $r \mapsto r\,(1 + \beta h)$ must increase, which holds for
 # $\beta \ge -\alpha$; flowlib keeps $\alpha = \mathrm{softplus}(\cdot) > 0$ and
 # $\beta = -\alpha + \mathrm{softplus}(\cdot)$, so every parameter value is invertible. (Unlike
 # the planar flow, the radial flow can even be inverted in closed form: $\|x - z_0\|$ determines
@@ -621,63 +677,192 @@ print("Radial.inverse: logdet == autograd + slogdet (< 1e-10):",
 print("Radial.forward (closed form) recovers z (< 1e-10):", bool((z_back - z_r).abs().max() < 1e-10))
 
 # %% [markdown]
-# ### Exercise 3: the radial map and its log-determinant
+# ### Exercise 3 (derivation): the radial log-determinant
 #
-# Implement the generative map of the radial flow and its log-determinant, for a batch of
-# points in $d$ dimensions:
-# $x = z + \beta h (z - z_0)$ and
-# $\log|\det| = (d-1)\log(1 + \beta h) + \log(1 + \beta h + \beta h' r)$, with
-# $h = 1/(\alpha + r)$, $h' = -1/(\alpha + r)^2$, $r = \|z - z_0\|$. The test compares with
-# `Radial.inverse` on random layers.
+# Derive $\det \partial g/\partial z$ for the radial map $g(z) = z + \beta\,h(\alpha, r)\,(z - z_0)$.
+# Hints: with $v = z - z_0$, differentiate $h(\alpha, r)$ through $r$ (using
+# $\partial r/\partial z = v^\top / r$ and $h' = \partial h/\partial r$); you should find a
+# multiple of the identity plus a rank-one matrix, $c\,I + a\,v\,v^\top$ for two numbers $c$
+# and $a$ that depend on $r$. Then apply the matrix determinant lemma of section 2 with
+# $A = c\,I$ (so $\det A = c^d$ and $A^{-1} = I/c$), and simplify.
+#
+# Implement `radial_logdet(z, z0, alpha, beta)`, $\log|\det \partial g/\partial z|$ at each
+# point: `z` of shape $(n, d)$ for any $d \ge 1$, `z0` of shape $(d,)$, `alpha` $> 0$ and
+# `beta` $\ge -\alpha$ Python numbers; return shape $(n,)$, with torch operations (not
+# flowlib's `Radial`) and no Python loop over the points. The test compares with the
+# autograd Jacobian of the map in $d = 2$ and $d = 5$ (and, when graded, in other dimensions).
 
-# %% nbgrader={"grade": false, "grade_id": "02-ex3-radial-map", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def radial_map(z: Tensor, z0: Tensor, alpha: float, beta: float) -> tuple[Tensor, Tensor]:
-    """x = z + beta (z - z0)/(alpha + r) and log|det dx/dz|; z (n, d), z0 (d,) -> x (n, d), logdet (n,)."""
+# %% nbgrader={"grade": false, "grade_id": "02-ex3-radial-logdet", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def radial_logdet(z: Tensor, z0: Tensor, alpha: float, beta: float) -> Tensor:
+    """log|det dg/dz| of g(z) = z + beta (z - z0)/(alpha + ||z - z0||) at each row of z; (n, d) -> (n,)."""
     ### BEGIN SOLUTION
     d = z.shape[1]
-    v = z - z0
-    r = v.norm(dim=1)
+    r = (z - z0).norm(dim=1)
     h = 1 / (alpha + r)
     h_prime = -(h**2)
-    x = z + (beta * h).unsqueeze(1) * v
-    logdet = (d - 1) * torch.log(1 + beta * h) + torch.log(1 + beta * h + beta * h_prime * r)
+    return (d - 1) * torch.log(1 + beta * h) + torch.log(1 + beta * h + beta * h_prime * r)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "02-ex3-radial-logdet-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+def _radial_map(z: Tensor, z0: Tensor, alpha: float, beta: float) -> Tensor:
+    v = z - z0
+    return z + beta / (alpha + v.norm(dim=1, keepdim=True)) * v
+
+
+def _radial_case(seed: int, dim: int, ratio: float | None = None, n: int = 16) -> tuple:
+    """Random z (around z0), z0, alpha in (0.2, 1.7) and beta = ratio * alpha, ratio in (-0.9, 3) unless given."""
+    g = torch.Generator().manual_seed(seed)
+    z0 = torch.randn(dim, generator=g, dtype=torch.float64)
+    alpha = 0.2 + 1.5 * float(torch.rand((), generator=g, dtype=torch.float64))
+    if ratio is None:
+        ratio = -0.9 + 3.9 * float(torch.rand((), generator=g, dtype=torch.float64))
+    z = z0 + 1.5 * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return z, z0, alpha, ratio * alpha
+
+
+def _check_radial_logdet(seed: int, dim: int, ratio: float | None = None) -> None:
+    z, z0, alpha, beta = _radial_case(seed, dim, ratio)
+    expected = grading.autograd_logabsdet(lambda v: _radial_map(v, z0, alpha, beta), z)
+    with grading.hint(f"radial_logdet(z, z0, alpha, beta) with z of shape {tuple(z.shape)}, z0 of shape "
+                      f"({dim},) and two numbers should return one value per point, shape ({z.shape[0]},)"):
+        mine = radial_logdet(z.clone(), z0.clone(), alpha, beta)
+    grading.check_close(mine, expected, (
+        f"Not yet (d = {dim}, alpha = {alpha:.3f}, beta = {beta:.3f}): your values differ from log|det| of the "
+        f"autograd Jacobian. How many eigenvalues does c I + a v v^T have on the directions orthogonal to v, "
+        f"and which one along v?"), atol=1e-8, rtol=1e-8)
+
+
+_check_radial_logdet(seed=1, dim=2)
+_check_radial_logdet(seed=2, dim=5)
+_z, _z0, _alpha, _beta = _radial_case(3, 4)
+grading.check_vectorised(radial_logdet, lambda n: (torch.randn(n, 4, dtype=torch.float64), _z0, _alpha, _beta),
+                         "radial_logdet: compute all points at once (norms along dim=1, broadcasting)")
+grading.check_own_work(radial_logdet, _z, _z0, _alpha, _beta,
+                       message="Exercise 3 asks for your own formula, written with torch operations.")
+### BEGIN HIDDEN TESTS
+for _seed, _dim, _ratio in [(30, 1, None), (31, 3, None), (32, 10, None), (33, 50, None), (34, 2, -0.95),
+                            (35, 3, 5.0), (36, 1, -0.5), (37, 50, 2.0)]:
+    _check_radial_logdet(_seed, _dim, _ratio)
+### END HIDDEN TESTS
+print("ex3 passed")
+
+# %% [markdown]
+# ### Exercise 4 (debugging): a stack that gets the volume wrong
+#
+# A flow stacks layers, and section 1 showed that their log-determinants add. Below, a
+# colleague's hand-written generative pass through a stack $g_1, \dots, g_K$ (listed in the
+# order in which $z$ meets them), with a three-layer stack to try it on. It runs, and it returns
+# numbers of the right shapes; but something in it is wrong. Test it before you read it closely,
+# with a check that does not trust its formula:
+#
+# * the autograd Jacobian of its map:
+#   `grading.autograd_logabsdet(lambda v: buggy_stack_inverse(stack, v)[0], z)` against the
+#   log-determinant it returns;
+# * or the check of section 1: push small squares through its map and compare their measured
+#   area ratios with the $|\det|$ it claims,
+#   `_, ratio, det = cell_area_ratios(lambda p: buggy_stack_inverse(stack, p), -3, 3, 48)`.
+#
+# Try the first layer alone, then the first two, then all three (`stack[:1]`, `stack[:2]`): when
+# does it go wrong? Then
+#
+# * **(a)** say which bug it is: `bug_in_stack()` returns one letter:
+#   * `"a"`: the layers' log-determinants should be subtracted, not added, because `inverse`
+#     reports $\log|\det \partial x/\partial z|$;
+#   * `"b"`: each layer's log-determinant is evaluated at $z$ instead of at the point that this
+#     layer receives;
+#   * `"c"`: the layers are applied in the wrong order;
+#   * `"d"`: an absolute value is missing;
+# * **(b)** write the corrected `stack_inverse(layers, z)`, for layers of any dimension $d$,
+#   calling each layer's `inverse` yourself (not flowlib's `Compose`).
+
+# %%
+def buggy_stack_inverse(layers, z: Tensor) -> tuple[Tensor, Tensor]:
+    """The generative pass x = g_K(... g_1(z)) and log|det dx/dz|, the layers g_1, ..., g_K in order."""
+    x = z
+    logdet = torch.zeros(z.shape[0], dtype=z.dtype)
+    for layer in layers:
+        logdet = logdet + layer.inverse(z)[1]
+        x = layer.inverse(x)[0]
+    return x, logdet
+
+
+stack = [planar_layer(w=(1.5, 1.0), u=(0.8, 0.4), b=0.0).double(),
+         radial_layer((0.5, 0.3), alpha=0.5, beta=1.5).double(),
+         planar_layer(w=(0.0, 2.0), u=(1.0, -0.5), b=0.5).double()]
+z_stack = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+with torch.no_grad():
+    x_stack, logdet_stack = buggy_stack_inverse(stack, z_stack)
+print("x of shape", tuple(x_stack.shape), "and log|det dx/dz| of shape", tuple(logdet_stack.shape))
+
+# %% nbgrader={"grade": false, "grade_id": "02-ex4-stack", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def bug_in_stack() -> str:
+    """The letter of the bug in buggy_stack_inverse: "a", "b", "c" or "d"."""
+    ### BEGIN SOLUTION
+    return "b"
+    ### END SOLUTION
+
+
+def stack_inverse(layers, z: Tensor) -> tuple[Tensor, Tensor]:
+    """The generative pass x = g_K(... g_1(z)) and log|det dx/dz|, the layers g_1, ..., g_K in order."""
+    ### BEGIN SOLUTION
+    x = z
+    logdet = torch.zeros(z.shape[0], dtype=z.dtype)
+    for layer in layers:
+        x, layer_logdet = layer.inverse(x)
+        logdet = logdet + layer_logdet
     return x, logdet
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "02-ex3-radial-map-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-def _check_radial(seed: int, dim: int) -> None:
+# %% nbgrader={"grade": true, "grade_id": "02-ex4-stack-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+def _random_stack(seed: int, dim: int, k: int) -> list:
+    """k layers in float64, planar and radial in turn, with random parameters."""
     g = torch.Generator().manual_seed(seed)
-    layer = Radial(dim).double()
+    layers = []
+    for i in range(k):
+        layer = (Planar(dim) if i % 2 == 0 else Radial(dim)).double().requires_grad_(False)
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        layers.append(layer)
+    return layers
+
+
+def _check_stack(seed: int, dim: int, k: int) -> None:
+    layers = _random_stack(seed, dim, k)
+    z = torch.randn(12, dim, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
+
+    def through(v: Tensor) -> Tensor:
+        for layer in layers:
+            v = layer.inverse(v)[0]
+        return v
+
+    with grading.hint(f"stack_inverse(layers, z) with {k} layers and z of shape {tuple(z.shape)} should "
+                      f"return a pair (x, logdet) of shapes {tuple(z.shape)} and ({z.shape[0]},)"):
+        x, logdet = stack_inverse(layers, z.clone())
     with torch.no_grad():
-        layer.z0.copy_(torch.randn(dim, generator=g, dtype=torch.float64))
-        layer.alpha_raw.fill_(float(torch.randn((), generator=g)))
-        layer.beta_raw.fill_(float(torch.randn((), generator=g)))
-        alpha, beta = (float(t) for t in layer.alpha_beta())
-        z = 2 * torch.randn(32, dim, generator=g, dtype=torch.float64)
-        x_expected, logdet_expected = layer.inverse(z)
-        out = radial_map(z, layer.z0.clone(), alpha, beta)
-    assert isinstance(out, tuple) and len(out) == 2, "return a pair (x, logdet)"
-    x, logdet = out
-    assert x.shape == z.shape and logdet.shape == (z.shape[0],), (
-        f"expected x of shape {tuple(z.shape)} and logdet of shape ({z.shape[0]},); "
-        f"got {tuple(x.shape)} and {tuple(logdet.shape)}")
-    assert torch.allclose(x, x_expected, atol=1e-9), (
-        f"Not yet: the map x differs from Radial.inverse by up to {float((x - x_expected).abs().max()):.3g} "
-        f"(alpha={alpha:.3f}, beta={beta:.3f}). Each point moves by beta/(alpha + r) times (z - z0).")
-    worst = int((logdet - logdet_expected).abs().argmax())
-    assert torch.allclose(logdet, logdet_expected, atol=1e-9), (
-        f"Not yet: in d={dim} the log-determinant at r={float((z[worst] - layer.z0).norm()):.3f} is "
-        f"{float(logdet[worst]):.6f}, Radial.inverse says {float(logdet_expected[worst]):.6f}. "
-        f"Check the power d - 1 and the sign of h'.")
+        x_expected = through(z)
+    grading.check_close(x, x_expected, f"stack_inverse: x is not g_K(... g_1(z)) ({k} layers, d = {dim})",
+                        atol=1e-10)
+    grading.check_close(logdet, grading.autograd_logabsdet(through, z), (
+        f"stack_inverse: the log-determinant differs from the autograd one ({k} layers, d = {dim}). Run the "
+        f"same check on the first layer alone, then on the first two: where does it go wrong?"), atol=1e-8)
 
 
-_check_radial(seed=1, dim=2)
+_choice = grading.check_choice(bug_in_stack(), ["a", "b", "c", "d"], "bug_in_stack() should return one letter")
+_check_stack(seed=1, dim=2, k=3)
+_check_stack(seed=2, dim=4, k=2)
+grading.check_own_work(stack_inverse, _random_stack(3, 2, 3), torch.zeros(5, 2, dtype=torch.float64),
+                       allowed=("flowlib.planar", "flowlib.core.Flow."),
+                       message="Exercise 4 asks you to call each layer's inverse yourself, not flowlib's Compose.")
 ### BEGIN HIDDEN TESTS
-for _seed, _dim in [(30, 1), (31, 3), (32, 10), (33, 64)]:
-    _check_radial(_seed, _dim)
+assert _choice == "b", (
+    f"({_choice}) is not the bug. Was the log-determinant right for one layer? For two? One layer's "
+    f"log-determinant depends on the point where it is evaluated.")
+for _seed, _dim, _k in [(40, 1, 5), (41, 2, 1), (42, 10, 4), (43, 3, 6)]:
+    _check_stack(_seed, _dim, _k)
 ### END HIDDEN TESTS
-print("ex3 passed")
+print("ex4 passed")
 
 # %% [markdown]
 # ## 5. Fitting a density known up to a constant: the reverse KL
@@ -701,8 +886,10 @@ plt.show()
 # The flow $q$ pushes $z \sim N(0, I)$ through planar layers, $x = g(z)$, so both *sampling*
 # $x$ and *scoring* it are closed form (this is why the planar flow was defined in the
 # generative direction):
-# $$\log q(x) = \log p_Z(z) - \sum_{k=1}^{K} \log\left|1 + h'(w_k^\top z_{k-1} + b_k)\,w_k^\top
-#   \hat u_k\right|.$$
+# $$\log q(x) = \log p_Z(z) - \sum_{k=1}^{K} \log\left|\det \frac{\partial g_k}{\partial z_{k-1}}
+#   (z_{k-1})\right|, \qquad z_0 = z,\; z_k = g_k(z_{k-1}),\; x = z_K,$$
+# each term the planar log-determinant of Exercise 1 at the point the layer receives, with the
+# $\hat u_k$ of Exercise 2 in place of $u_k$.
 # We cannot compute $\mathrm{KL}(p\,\|\,q)$ (that needs samples of $p$), but the **reverse** KL
 # needs only samples of $q$ and the energy:
 # $$\mathrm{KL}(q\,\|\,p) = \mathbb{E}_{x \sim q}\big[\log q(x) - \log p(x)\big]
@@ -746,9 +933,55 @@ log_z = {name: math.log(integrate_density_2d(lambda x, toy=toy: -boxed_energy(to
 for name, toy in targets.items():
     print(f"{name}: log Z in the box (flowlib) = {toy.log_normalizer:.3f}, with the soft wall = {log_z[name]:.3f}")
 
+# %% [markdown]
+# The planar layers trained here run **your** Exercises 1 and 2: below, `YourPlanar` is flowlib's
+# `Planar` with its generative pass (sampling, and the log-density of the samples: all that
+# training uses) computed from your `u_hat` and your `planar_logdet`. Only the density pictures
+# go the other way, $x \to z$, through flowlib's numerical inverse, fed with your $\hat u$. So a
+# mistake in either exercise shows in the pictures and in the KL numbers (a KL estimate that
+# comes out clearly negative is impossible: a wrong log-density). While an exercise is not
+# done yet, flowlib's own version runs in its place, and a line says so.
+
+# %%
+def flowlib_planar_with(w: Tensor, u: Tensor, b: Tensor, enforce_invertibility: bool = True) -> Planar:
+    """A flowlib Planar layer that uses the given tensors as its w, u and b (gradients reach them)."""
+    layer = Planar(w.shape[0], enforce_invertibility=enforce_invertibility)
+    for name, value in (("w", w), ("u", u), ("b", b)):
+        delattr(layer, name)  # drop the layer's own parameter ...
+        setattr(layer, name, value)  # ... and hold the given tensor in its place
+    return layer
+
+
+your_u_hat = yours_or_reference(u_hat, lambda w, u: flowlib_planar_with(w, u, w.new_zeros(())).u_hat(),
+                                "Exercise 2")
+your_planar_logdet = yours_or_reference(
+    planar_logdet, lambda z, w, u, b: flowlib_planar_with(w, u, b, enforce_invertibility=False).inverse(z)[1],
+    "Exercise 1")
+
+
+class YourPlanar(Planar):
+    """flowlib's planar layer x = z + u_hat tanh(w.z + b), with your u_hat and your log-determinant."""
+
+    def _coefficients(self) -> tuple[Tensor, Tensor, Tensor]:
+        # Planar's density direction (forward, the numerical inverse) reads u_hat and c = w.u_hat here.
+        u_hat_k = your_u_hat(self.w, self.u)
+        c = torch.dot(self.w, u_hat_k)
+        return u_hat_k, c, 1 + c
+
+    def is_invertible(self) -> bool:
+        return self.w_dot_u_hat() >= -1.0  # checked, not assumed: your u_hat could break it
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(z, "inverse")
+        u_hat_k = your_u_hat(self.w, self.u)
+        x = z + torch.tanh(z @ self.w + self.b).unsqueeze(1) * u_hat_k
+        return x, your_planar_logdet(z, self.w, u_hat_k, self.b)
+
+
 # %% tags=["nbval-ignore-output"]
 torch.manual_seed(1)  # reverse-KL fits differ from seed to seed: try a few (section 5's last remark)
-flows = {(name, k): planar_flow(2, layers=k).to(DEVICE) for name in targets for k in DEPTHS}
+flows = {(name, k): FlowModel(Compose([YourPlanar(2) for _ in range(k)]), StandardNormal(2)).to(DEVICE)
+         for name in targets for k in DEPTHS}
 optimizer = torch.optim.Adam([p for q in flows.values() for p in q.parameters()], lr=1e-2)
 anneal_steps = max(1, STEPS // 2)
 history = []  # the loss of every flow at every step, (STEPS, 12) at the end
@@ -845,6 +1078,133 @@ print(f"integral of q (U1, K = {DEPTHS[-1]}) over [-6, 6]^2: "
 print("all planar layers invertible:", all(layer.is_invertible() for q in flows.values() for layer in q.flow))
 
 # %% [markdown]
+# ### Exercise 5 (design): $U_1$ on a budget
+#
+# The table above shows how many planar layers it takes to fit $U_1$, a ring of radius 2
+# around the origin whose mass sits in two arcs, left and right. Design a better flow for
+# $U_1$ under a fixed budget, the same for everyone:
+#
+# * **the flow**: at most 8 layers, each a flowlib `Planar(2)` or `Radial(2)` (so at most 40
+#   parameters), in any order and with any initial parameters you choose, on the base
+#   `StandardNormal(2)`. `Compose(layers)` lists its layers in the data-to-latent order, so in
+#   sampling $z$ meets the *last* one first;
+# * **the training**: the loop below, `fit_reverse_kl`: 500 Adam steps with learning rate 0.01,
+#   256 samples a step, the energy annealed from $\beta_t = 0.01$ to 1 over the first 250 steps,
+#   seeded; about 3 CPU-seconds;
+# * **the target**: $\mathrm{KL}(q\,\|\,p) < 0.14$ nats after training, estimated from 20 000
+#   samples. Eight planar layers from flowlib's random start (`planar_flow(2, layers=8)`)
+#   reach only about 0.2 on this budget (measured below).
+#
+# Write `design_u1_flow()`, which only builds the untrained flow and returns it as a
+# `FlowModel` (the test trains it itself, from the same seed). Think about the shape of $U_1$,
+# about what one layer of each kind can do to a Gaussian (sections 2 and 4, and the widget of
+# section 6), and about where in the stack it should act.
+
+# %%
+DESIGN_STEPS, DESIGN_BATCH, DESIGN_LR, DESIGN_MAX_LAYERS = 500, 256, 1e-2, 8
+
+
+def fit_reverse_kl(q: FlowModel, name: str, steps: int = DESIGN_STEPS, seed: int = 0) -> float:
+    """Train q on the walled target `name` by the annealed reverse KL (Adam), then estimate KL(q || p)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(q.parameters(), lr=DESIGN_LR)
+    anneal = max(1, steps // 2)
+    for step in tqdm(range(steps), desc=f"reverse KL on {name}", unit="step", leave=False):
+        x, log_q = q.sample_and_log_prob(DESIGN_BATCH)
+        loss = (log_q + min(1.0, 0.01 + step / anneal) * boxed_energy(targets[name], x)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.manual_seed(seed + 1)
+    return reverse_kl(q.eval(), name)
+
+
+# %% tags=["nbval-ignore-output"]
+torch.manual_seed(0)
+q_planar_8 = planar_flow(2, layers=DESIGN_MAX_LAYERS)
+kl_planar_8 = fit_reverse_kl(q_planar_8, "U1")
+print(f"8 planar layers from flowlib's random start, {DESIGN_STEPS} steps: KL(q || p) = {kl_planar_8:.3f} nats")
+
+# %% nbgrader={"grade": false, "grade_id": "02-ex5-design", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def design_u1_flow() -> FlowModel:
+    """An untrained flow for U1: at most 8 Planar(2) / Radial(2) layers on StandardNormal(2)."""
+    ### BEGIN SOLUTION
+    # U1 is a ring of radius 2 whose mass sits in two arcs, left and right. In sampling order:
+    # a steep planar layer along x_1 first pulls the Gaussian apart into a left and a right lobe;
+    # six planar layers from flowlib's random start are left free to shape them; last, one radial
+    # layer centred at the origin pushes every point outwards by about beta, onto the ring.
+    split = Planar(2)
+    ring = Radial(2)
+    with torch.no_grad():
+        split.w.copy_(torch.tensor([3.0, 0.0]))  # a sharp bend across the line x_1 = 0 ...
+        split.u.copy_(torch.tensor([1.5, 0.0]))  # ... pulling the two sides apart (w.u > 0)
+        ring.z0.zero_()
+        ring.alpha_raw.fill_(softplus_inverse(0.2))  # alpha = 0.2: the hole at the centre is sharp
+        ring.beta_raw.fill_(softplus_inverse(1.0 + 0.2))  # beta = 1.0: radius r -> about r + 1
+    # Compose lists the layers from data to latent: in sampling, z meets `split` first, `ring` last.
+    return FlowModel(Compose([ring, *[Planar(2) for _ in range(6)], split]), StandardNormal(2))
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Your design, trained on the budget, next to the target:
+
+# %% tags=["nbval-ignore-output"]
+design_u1 = yours_or_reference(design_u1_flow, lambda: planar_flow(2, layers=DESIGN_MAX_LAYERS), "Exercise 5")
+torch.manual_seed(0)
+q_design = design_u1()
+kl_design = fit_reverse_kl(q_design, "U1")
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+plot_density_2d(targets["U1"], bounds=4, resolution=GRID, ax=axes[0], title="target $U_1$")
+plot_density_2d(q_planar_8, bounds=4, resolution=GRID, ax=axes[1], title=f"8 planar: KL = {kl_planar_8:.3f}")
+plot_density_2d(q_design, bounds=4, resolution=GRID, ax=axes[2], title=f"your design: KL = {kl_design:.3f}")
+for ax in axes:
+    ax.set(xticks=[], yticks=[])
+plt.show()
+print(f"your design: KL(q || p) = {kl_design:.3f} nats (target < 0.14)")
+
+# %% nbgrader={"grade": true, "grade_id": "02-ex5-design-test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+def _design_kl(make, steps: int = 500, batch: int = 256, lr: float = 1e-2, seed: int = 0) -> float:
+    """Check the budget, train the design by the annealed reverse KL on U1, return KL(q || p) in nats."""
+    assert grading.torch_calls(make) < 5000, (
+        "design_u1_flow() should only build the untrained flow: the test trains it itself")
+    torch.manual_seed(seed)
+    with grading.hint("design_u1_flow() should return a FlowModel"):
+        q = make()
+    assert isinstance(q, FlowModel), f"design_u1_flow() should return a FlowModel, got {type(q).__name__}"
+    layers = list(q.flow.flows) if isinstance(q.flow, Compose) else [q.flow]
+    assert 1 <= len(layers) <= 8, f"at most 8 layers, your flow has {len(layers)}"
+    kinds = sorted({type(layer).__name__ for layer in layers} - {"Planar", "Radial"})
+    assert not kinds, f"only Planar(2) and Radial(2) layers, your flow also has {kinds}"
+    assert all(layer.event_shape == (2,) for layer in layers), "the layers should act on the plane, Planar(2) / Radial(2)"
+    assert type(q.base) is StandardNormal and q.base.event_shape == (2,), "the base should be StandardNormal(2)"
+    toy = get_toy("U1")
+
+    def energy(x: Tensor) -> Tensor:  # U1 with the soft wall of section 5
+        return toy.energy(x) + 0.5 * ((x.abs() - 4).clamp_min(0) / 0.1).pow(2).sum(dim=1)
+
+    log_z_u1 = math.log(integrate_density_2d(lambda x: -energy(x), bounds=4.8, resolution=960))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(q.parameters(), lr=lr)
+    for step in range(steps):
+        x, log_q = q.sample_and_log_prob(batch)
+        loss = (log_q + min(1.0, 0.01 + step / max(1, steps // 2)) * energy(x)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        x, log_q = q.sample_and_log_prob(20_000)
+        return float((log_q + energy(x)).mean()) + log_z_u1
+
+
+_kl = _design_kl(design_u1_flow)
+assert _kl < 0.14, (
+    f"KL(q || p) = {_kl:.3f} nats after training, the target is < 0.14. What shape is U1, and which layer "
+    f"makes that shape from a Gaussian in one step? Where should it sit, and where should it start?")
+print("ex5 passed")
+
+# %% [markdown]
 # ## 6. Try it yourself
 #
 # The widget stacks one to six planar (or radial) layers on a standard-normal base. Layer 1
@@ -867,9 +1227,88 @@ print("all planar layers invertible:", all(layer.is_invertible() for q in flows.
 # * Switch to **radial** layers: a negative $\beta$ makes a peak at $z_0$, a positive one a
 #   hole; how close to $-\alpha$ can $\beta$ go?
 
+# %% [markdown]
+# ### Exercise 6 (predict, then move the sliders)
+#
+# Before you touch the widget below, write down two predictions; then set the sliders and see
+# whether you were right.
+#
+# * **(a)** Untick **enforce invertibility** and set $w_1 = 2$, $w_2 = 1$, $u_2 = 0.4$, $b = 0$,
+#   three layers ($K = 3$) turned by 60 degrees. Then lower $u_1$ from 1.5, step by step. Below
+#   which value of $u_1$ does the widget stop drawing a density? `predicted_u1_limit()` returns
+#   that value (the smallest $u_1$ at which the density is still drawn).
+# * **(b)** Tick the box again, switch to **radial** layers, one layer, $\alpha = 0.5$ and
+#   $\beta = -0.25$ (leave $z_0$ where it is). By what factor is the density at $z_0$ higher
+#   than the base density there, $p_X(z_0)/p_Z(z_0)$? (The layer does not move $z_0$ itself;
+#   think of what it does to a tiny ball around $z_0$.) `predicted_peak_factor()` returns it.
+#   To check it, `explorer.flow` is the widget's current flow $f$, from $x$ to $z$:
+#   `explorer.flow(x)` returns $f(x)$ and $\log|\det \partial f/\partial x|$.
+
+# %% nbgrader={"grade": false, "grade_id": "02-ex6-predict", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predicted_u1_limit() -> float:
+    """(a) The smallest u_1 for which the widget still draws a density (raw u, w = (2, 1), u_2 = 0.4, K = 3)."""
+    ### BEGIN SOLUTION
+    # Each layer is layer 1 turned: a rotation keeps w.u, so one condition for all three layers,
+    # w.u = 2 u_1 + 1 * 0.4 >= -1, i.e. u_1 >= -0.7.
+    return -0.7
+    ### END SOLUTION
+
+
+def predicted_peak_factor() -> float:
+    """(b) p_X(z0) / p_Z(z0) for one radial layer with alpha = 0.5, beta = -0.25 in the plane."""
+    ### BEGIN SOLUTION
+    # Near z0 the layer scales by 1 + beta/alpha = 0.5 in both directions (r -> 0), so areas
+    # shrink by 0.25 and the density at the fixed point z0 grows by 1/0.25.
+    return 4.0
+    ### END SOLUTION
+
+
 # %% tags=["nbval-ignore-output"]
 explorer = PlanarFlow2D()
 explorer
+
+# %% nbgrader={"grade": true, "grade_id": "02-ex6-predict-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def _number(answer: object, name: str) -> float:
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)) or not math.isfinite(answer):
+        raise AssertionError(f"{name}() should return a finite number, got {answer!r}")
+    return float(answer)
+
+
+_limit = _number(predicted_u1_limit(), "predicted_u1_limit")
+assert -3.0 <= _limit <= 3.0, f"u_1 runs from -3 to 3 on the widget; you predict {_limit}"
+_factor = _number(predicted_peak_factor(), "predicted_peak_factor")
+assert _factor > 0, f"a ratio of two densities is positive; you predict {_factor}"
+### BEGIN HIDDEN TESTS
+_probe = PlanarFlow2D(resolution=40, n_samples=50, max_layers=3)
+_c = _probe.controls
+with _probe.hold_updates():
+    for _key, _value in [("enforce_invertibility", False), ("w1", 2.0), ("w2", 1.0), ("u2", 0.4), ("b", 0.0),
+                         ("layers", 3), ("turn", 60.0), ("u1", 1.5)]:
+        _c[_key].value = _value
+
+
+def _drawn_at(u1: float) -> bool:
+    _c["u1"].value = u1  # the widget redraws
+    return _probe.invertible
+
+
+assert _drawn_at(_limit + 0.03) and not _drawn_at(_limit - 0.08), (
+    f"(a) not quite: at u_1 = {_limit + 0.03:.2f} the widget draws a density: {_drawn_at(_limit + 0.03)}, "
+    f"at u_1 = {_limit - 0.08:.2f}: {_drawn_at(_limit - 0.08)}. Which condition must w and u meet, and does "
+    f"turning a layer change w.u?")
+with _probe.hold_updates():
+    for _key, _value in [("enforce_invertibility", True), ("kind", "radial"), ("layers", 1), ("alpha", 0.5),
+                         ("beta", -0.25)]:
+        _c[_key].value = _value
+_z0 = torch.tensor([[_c["z0_1"].value, _c["z0_2"].value]], dtype=torch.float32)
+with torch.no_grad():
+    _z, _logdet = _probe.flow(_z0)
+    _measured = float(torch.exp(_probe.base.log_prob(_z) + _logdet - _probe.base.log_prob(_z0)))
+assert abs(_factor - _measured) <= 0.02 * _measured, (
+    f"(b) not quite: you predict {_factor:.3g}. Near z0 the layer acts like a scaling of the plane by "
+    f"1 + beta h(alpha, 0) in every direction: by what factor does it change areas?")
+### END HIDDEN TESTS
+print("ex6 passed")
 
 # %%
 print(f"the widget's integral of p_X: {explorer.integral:.3f}")
@@ -891,7 +1330,10 @@ print(f"the widget's integral of p_X: {explorer.integral:.3f}")
 # * Defined generatively, these flows sample and score in closed form, exactly what the reverse
 #   KL, $\mathrm{KL}(q\|p) = \mathbb{E}_q[\log q + U] + \log Z$, needs to fit a density known only
 #   up to its normaliser. The more layers, the closer the fit; but each layer bends space along
-#   one direction only, so many are needed.
+#   one direction only, so many are needed, unless the layers are chosen for the target: one
+#   radial layer makes the ring of $U_1$ that planar layers build only slowly (Exercise 5).
+# * A log-determinant is easy to get subtly wrong (a missing $|\cdot|$, a layer evaluated at the
+#   wrong point); the autograd Jacobian, or the area of small pushed cells, catches it.
 #
 # Next lecture: coupling layers (Dinh et al., 2014), whose triangular Jacobians make the
 # determinant cheap *and* the inverse closed form, so that one flow can both sample and score
