@@ -1,6 +1,6 @@
 """Train the NICE and RealNVP of lecture 4's 2D-toy comparison; write them to lectures/toy_flows/.
 
-    python scripts/train_toy_flows.py                   # the six shipped models, about 8 min of one CPU core
+    python scripts/train_toy_flows.py                   # the six shipped models, about 7 min of one CPU core
     python scripts/train_toy_flows.py --toys two_moons --steps 300 --out /tmp/toys   # a quick try
 
 Lecture 4 compares NICE (additive couplings, then one diagonal scaling) with RealNVP (affine
