@@ -13,8 +13,8 @@ the same structure and the same budget, so that the scale exp(s) is the only dif
 - ``flowlib.train.fit`` on 200,000 fixed samples of the toy, 6,000 steps of batch 512, AdamW at
   lr 2e-3 (200 warm-up steps, cosine decay), gradient norm clipped at 5, seed 0, one thread.
 
-Trained in the lecture itself, six such models would take longer than a lecture should (about
-75 s of CPU time each); the lecture loads these files instead, each checked as it is read.
+Trained in the lecture itself, six such models would take longer than a lecture should (60 to
+80 s of CPU time each); the lecture loads these files instead, each checked as it is read.
 
 What is written (``--out``, default ``lectures/toy_flows/``): one file per model,
 ``<toy>-<model>.pt``, holding only tensors and plain values (it loads with
