@@ -1096,7 +1096,8 @@ print("all planar layers invertible:", all(layer.is_invertible() for q in flows.
 #   reach only about 0.2 on this budget (measured below).
 #
 # Write `design_u1_flow()`, which only builds the untrained flow and returns it as a
-# `FlowModel` (the test trains it itself, from the same seed). Think about the shape of $U_1$,
+# `FlowModel` (the test trains it itself, from the same seed; when graded, from a second seed
+# too, so a design that passes only by luck will not). Think about the shape of $U_1$,
 # about what one layer of each kind can do to a Gaussian (sections 2 and 4, and the widget of
 # section 6), and about where in the stack it should act.
 
@@ -1198,10 +1199,16 @@ def _design_kl(make, steps: int = 500, batch: int = 256, lr: float = 1e-2, seed:
         return float((log_q + energy(x)).mean()) + log_z_u1
 
 
+_design_hint = ("What shape is U1, and which layer makes that shape from a Gaussian in one step? Where should "
+                "it sit, and where should it start?")
 _kl = _design_kl(design_u1_flow)
-assert _kl < 0.14, (
-    f"KL(q || p) = {_kl:.3f} nats after training, the target is < 0.14. What shape is U1, and which layer "
-    f"makes that shape from a Gaussian in one step? Where should it sit, and where should it start?")
+assert _kl < 0.14, f"KL(q || p) = {_kl:.3f} nats after training, the target is < 0.14. {_design_hint}"
+### BEGIN HIDDEN TESTS
+_kl = _design_kl(design_u1_flow, seed=1)
+assert _kl < 0.14, (f"From a second seed (seed = 1 for the random parts of your flow and for the training), "
+                    f"KL(q || p) = {_kl:.3f} nats, the target is < 0.14: a design that passes only by luck? "
+                    f"{_design_hint}")
+### END HIDDEN TESTS
 print("ex5 passed")
 
 # %% [markdown]
