@@ -91,7 +91,8 @@ class MasksAndSqueeze(Canvas):
     index r * size + c of the image pixel it came from.
 
     Controls (``.controls``): ``mask`` (a name of :data:`MASKS`), ``conditioner`` (``"dense"``
-    or ``"conv"``), ``row`` and ``column`` of p. On display: ``categories`` (size x size, the
+    or ``"conv"``), ``row`` and ``column`` of p (``pixel``: the first p, by default next to the
+    centre). On display: ``categories`` (size x size, the
     colour codes of :data:`PALETTE` per image pixel), ``depends_on()``, ``kept_image()``,
     ``jacobian()``, ``layer``, ``status``.
 
@@ -102,7 +103,7 @@ class MasksAndSqueeze(Canvas):
     """
 
     def __init__(self, size: int = 8, mask: str = "checkerboard", conditioner: str = "dense",
-                 pixel: tuple[int, int] = (3, 4), hidden: int = 16, seed: int = 0) -> None:
+                 pixel: tuple[int, int] | None = None, hidden: int = 16, seed: int = 0) -> None:
         who = "MasksAndSqueeze"
         size = integer(size, "size", who, minimum=4)
         if size % 2 or size > 16:
@@ -112,7 +113,7 @@ class MasksAndSqueeze(Canvas):
         choice(conditioner, "conditioner", tuple(CONDITIONERS), who)
         self.size, self.hidden = size, integer(hidden, "hidden", who)
         self.seed = integer(seed, "seed", who, None)
-        r, c = self._pixel(pixel, who)
+        r, c = self._pixel((size // 2 - 1, size // 2) if pixel is None else pixel, who)
         super().__init__(figsize=(10.0, 4.6))
         self._layers: dict[tuple[str, str], AffineCoupling] = {}
         self._jacobians: dict[tuple[str, str], Tensor] = {}
