@@ -245,7 +245,16 @@ def test_load_pretrained_on_mutated_copies(tmp_path_factory, mutation, at, key, 
 
 # -- widgets: every control at both ends ----------------------------------------------------
 def _widgets() -> dict:
-    from flowlib.widgets import ChangeOfVariables1D, LatentInterpolation, PlanarFlow2D, TemperatureGrid
+    from flowlib.widgets import (
+        ChangeOfVariables1D,
+        DequantizationBound,
+        LatentInterpolation,
+        MasksAndSqueeze,
+        PlanarFlow2D,
+        ShearAndScale2D,
+        SplineKnots,
+        TemperatureGrid,
+    )
 
     glow = IMAGE["glow_image"]
     g = torch.Generator().manual_seed(2)
@@ -256,6 +265,11 @@ def _widgets() -> dict:
         "PlanarFlow2D radial": lambda: PlanarFlow2D(kind="radial", resolution=40, n_samples=50, max_layers=2),
         "TemperatureGrid": lambda: TemperatureGrid(glow, n=4),
         "LatentInterpolation": lambda: LatentInterpolation(glow, x_a, x_b, frames=3),
+        "ShearAndScale2D": lambda: ShearAndScale2D(),
+        "ShearAndScale2D disc, scaling": lambda: ShearAndScale2D(shape="disc", scaling=True),
+        "MasksAndSqueeze": lambda: MasksAndSqueeze(size=4),
+        "DequantizationBound": lambda: DequantizationBound(),
+        "SplineKnots": lambda: SplineKnots(),
     }
 
 
