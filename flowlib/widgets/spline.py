@@ -49,13 +49,13 @@ MAX_BINS = 5
 #: to 2B), ``d<k>`` the derivative at interior knot k (knots 0 and K have slope 1, as the tails).
 SPLINE_SLIDERS: dict[str, tuple[str, float, float, float, float]] = {
     **{f"h{k}": (f"log-height of bin {k}", -1.5, 1.5, 0.05, 0.0) for k in range(1, MAX_BINS + 1)},
-    **{f"d{k}": (f"slope d_{k} at knot {k}", 0.2, 4.0, 0.05, 1.0) for k in range(1, MAX_BINS)},
+    **{f"d{k}": (f"slope d_{k}", 0.2, 4.0, 0.05, 1.0) for k in range(1, MAX_BINS)},
 }
 
 #: The densities the third panel can show: value -> button label.
 SPLINE_VIEWS: dict[str, str] = {
     "push": "y = tau(x), x ~ N(0, 1)",
-    "flow": "flow: p_X(x) = N(tau(x); 0, 1) tau'(x)",
+    "flow": "flow: p_Z(tau(x)) tau'(x)",
 }
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -109,7 +109,7 @@ class SplineKnots(Canvas):
                                 continuous_update=True, style={"description_width": "initial"},
                                 layout=W.Layout(width="220px"))
         c["view"] = W.ToggleButtons(options=[(label, key) for key, label in SPLINE_VIEWS.items()], value=view,
-                                    description="density", style={"button_width": "230px"})
+                                    description="density", style={"button_width": "215px"})
         for key, (label, lo, hi, step, _) in SPLINE_SLIDERS.items():
             c[key] = slider(start[key], lo, hi, step, label)
         self._build_figure()
