@@ -338,10 +338,11 @@ print("ex1 passed")
 # Below, MADE for $d = 4$ in the order $x_2, x_0, x_3, x_1$, two hidden layers of 6 units,
 # with **your** masks (flowlib's `made_degrees` chooses the hidden degrees: they cycle through
 # $1, \dots, d - 1$). On the left the network: each unit is labelled with its degree, each line
-# a connection the masks keep (one parameter group drawn). On the right the product of the
+# a connection the masks keep (one parameter group drawn). Next to it the product of the
 # masks, which says along which paths each output can see each input, and the dependence of a
-# trained-looking MADE read off by automatic differentiation. Both must be strictly lower
-# triangular once rows and columns are sorted by the order.
+# MADE with random weights read off by automatic differentiation. Both must be strictly lower
+# triangular once rows and columns are sorted by the order. Below them, the three masks
+# themselves, rows and columns labelled with the degrees.
 
 # %%
 def flowlib_made_on(input_degrees: Tensor, hidden_degrees: list[Tensor], params: int) -> MADE:
@@ -414,6 +415,17 @@ for ax, matrix, title in [(ax_prod, reach, "paths: product of the masks"),
                           (ax_grad, jac_made.abs() > 1e-12, "autograd: $\\partial h_i / \\partial x_j \\neq 0$")]:
     ax.imshow((matrix > 0).numpy(), cmap="Blues", vmin=0, vmax=1.3)
     ax.set(xticks=range(4), yticks=range(4), xlabel="input $x_j$", ylabel="output $h_i$", title=title)
+    ax.title.set_fontsize(9)
+plt.show()
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw={"width_ratios": [4, 6, 6]})
+for ax, mask, below, above, title in zip(axes, masks_demo, columns[:-1], columns[1:],
+                                         ["inputs -> hidden 1", "hidden 1 -> hidden 2", "hidden 2 -> outputs"],
+                                         strict=True):
+    ax.imshow(mask.numpy(), cmap="Blues", vmin=0, vmax=1.3)
+    ax.set_xticks(range(len(below)), [str(m) for m in below.tolist()])
+    ax.set_yticks(range(len(above)), [str(m) for m in above.tolist()])
+    ax.set(xlabel="degree of the unit read", ylabel="degree of the reading unit", title=f"mask {title}")
     ax.title.set_fontsize(9)
 plt.show()
 
