@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 from importlib.metadata import version
@@ -128,8 +130,15 @@ def test_readme_binder_badge_opens_the_first_lecture():
 
 
 # -- package data ----------------------------------------------------------------------------------
+#: The one other place a committed .pt may live: lecture 4's toy models, which belong to the
+#: lecture (not to the package: no flowlib code loads them), each listed with its SHA-256 in the
+#: folder's MANIFEST.json and written by scripts/train_toy_flows.py.
+LECTURE_MODELS = Path("lectures") / "toy_flows"
+
+
 def test_shipped_checkpoints_are_package_data():
-    """Every committed .pt is a shipped checkpoint inside the package, and installs with it.
+    """Every committed .pt is a shipped checkpoint inside the package, and installs with it, or
+    one of lecture 4's toy models, listed with its checksum in their manifest.
 
     ``tests/test_wheel.py`` builds and installs the wheel; this is the quick static half.
     """
@@ -137,7 +146,15 @@ def test_shipped_checkpoints_are_package_data():
     tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "*.pt"], capture_output=True, text=True)
     pt = [Path(p) for p in tracked.stdout.split()] if tracked.returncode == 0 else []
     folder = Path("flowlib") / "checkpoints"
-    assert all(p.parent == folder for p in pt), f"checkpoints outside {folder}/: {pt}"
+    elsewhere = [p for p in pt if p.parent not in (folder, LECTURE_MODELS)]
+    assert not elsewhere, f"checkpoints outside {folder}/ and {LECTURE_MODELS}/: {elsewhere}"
+    lecture_models = [p for p in pt if p.parent == LECTURE_MODELS]
+    if lecture_models:
+        manifest = json.loads((ROOT / LECTURE_MODELS / "MANIFEST.json").read_text())
+        listed = {entry["file"]: entry["file_sha256"] for entry in manifest["files"].values()}
+        for p in lecture_models:
+            assert p.name in listed, f"{p} is not in {LECTURE_MODELS}/MANIFEST.json"
+            assert hashlib.sha256((ROOT / p).read_bytes()).hexdigest() == listed[p.name], f"{p}: checksum"
     assert not (ROOT / "checkpoints").exists(), "the old checkpoints/ folder is back"
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["flowlib"]
