@@ -17,7 +17,6 @@ import torch
 
 from flowlib._checks import FlowInputError
 from flowlib.widgets import DequantizationBound
-from flowlib.widgets.canvas import MAX_WIDTH_PX, Canvas
 from flowlib.widgets.dequantization import DEFAULT_PROBS
 
 P = torch.tensor(DEFAULT_PROBS, dtype=torch.float64)
@@ -128,15 +127,8 @@ def test_bad_arguments_are_refused_clearly(kwargs: dict, said: str) -> None:
         DequantizationBound(**kwargs)
 
 
-def test_fits_the_notebook_column(widget: DequantizationBound) -> None:
-    assert isinstance(widget, Canvas)
-    width, _ = widget.figure.canvas.get_width_height()
-    assert width <= MAX_WIDTH_PX
-    box = widget.widget
-    assert box.children[0] is widget._image and widget._image.layout.max_width == "100%"
-    rows = box.children[1:-1]
-    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
-    shown = {id(c) for r in rows for c in r.children}
-    assert all(id(c) in shown for c in widget.controls.values())
+def test_the_first_slider_is_the_noise_width(widget: DequantizationBound) -> None:
+    """The slider a browser test moves first (the width's fit in the column: tests/test_widgets.py)."""
+    rows = widget.widget.children[1:-1]
     first = next(c for r in rows for c in r.children if isinstance(c, W.FloatSlider))
     assert first is widget.controls["width"]

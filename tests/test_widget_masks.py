@@ -15,7 +15,7 @@ import torch
 from flowlib._checks import FlowInputError
 from flowlib.multiscale import squeeze, unsqueeze
 from flowlib.widgets import MasksAndSqueeze
-from flowlib.widgets.canvas import MAX_WIDTH_PX, Canvas
+from flowlib.widgets.canvas import MAX_WIDTH_PX
 from flowlib.widgets.masks import CONDITIONERS, MASKS, PALETTE
 
 
@@ -163,17 +163,9 @@ def test_bad_pixel_in_select(widget: MasksAndSqueeze) -> None:
         widget.select(0, 9)
 
 
-def test_fits_the_notebook_column(widget: MasksAndSqueeze) -> None:
-    assert isinstance(widget, Canvas)
-    width, _ = widget.figure.canvas.get_width_height()
-    assert width <= MAX_WIDTH_PX
-    box = widget.widget
-    assert box.children[0] is widget._image and widget._image.layout.max_width == "100%"
-    rows = box.children[1:-1]
-    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
-    shown = {id(c) for r in rows for c in r.children}
-    assert all(id(c) in shown for c in widget.controls.values())
-    # the first slider in the rows (the one a browser test moves) changes the picture
+def test_the_first_slider_changes_the_picture(widget: MasksAndSqueeze) -> None:
+    """The slider a browser test moves first (the width's fit in the column: tests/test_widgets.py)."""
+    rows = widget.widget.children[1:-1]
     first = next(c for r in rows for c in r.children if isinstance(c, W.IntSlider))
     before = widget.image_bytes()
     first.value = (first.value + 2) % (first.max + 1)

@@ -17,7 +17,6 @@ import torch
 
 from flowlib.core import FlowInputError
 from flowlib.widgets import ShearAndScale2D
-from flowlib.widgets.canvas import MAX_WIDTH_PX, Canvas
 from flowlib.widgets.shear import SHAPES, SHEAR_SLIDERS, shoelace_area
 
 
@@ -140,21 +139,6 @@ def test_rejects_bad_arguments(kwargs: dict, match: str) -> None:
         ShearAndScale2D(**kwargs)
     with pytest.raises(FlowInputError, match=r"\(n, 2\)"):
         ShearAndScale2D(n_points=10, boundary_points=100).transform(torch.zeros(3, 3))
-
-
-def test_fits_the_notebook_column() -> None:
-    """As tests/test_widgets.py's test_widgets_fit_the_notebook_column: at most MAX_WIDTH_PX wide,
-    controls in rows that wrap, below the figure."""
-    widget = ShearAndScale2D(n_points=20, boundary_points=100)
-    assert isinstance(widget, Canvas)
-    width, _ = widget.figure.canvas.get_width_height()
-    assert width <= MAX_WIDTH_PX
-    box = widget.widget
-    assert box.children[0] is widget._image and widget._image.layout.max_width == "100%"
-    rows = box.children[1:-1]
-    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
-    shown = {id(c) for r in rows for c in r.children}
-    assert all(id(c) in shown for c in widget.controls.values())
 
 
 def test_scales_hidden_without_the_scaling_layer(shear: ShearAndScale2D) -> None:

@@ -20,7 +20,6 @@ import torch
 from flowlib.core import FlowInputError
 from flowlib.splines import RationalQuadraticSpline
 from flowlib.widgets import SplineKnots
-from flowlib.widgets.canvas import MAX_WIDTH_PX, Canvas
 from flowlib.widgets.spline import MAX_BINS, SPLINE_SLIDERS, SPLINE_VIEWS
 
 
@@ -200,21 +199,6 @@ def test_rejects_bad_arguments(kwargs: dict, match: str) -> None:
 def test_transform_refuses_bad_input(spline: SplineKnots) -> None:
     with pytest.raises(FlowInputError, match=r"shape \(n,\)"):
         spline.transform(torch.zeros(3, 2))
-
-
-def test_fits_the_notebook_column() -> None:
-    """As tests/test_widgets.py's test_widgets_fit_the_notebook_column: at most MAX_WIDTH_PX wide,
-    controls in rows that wrap, below the figure."""
-    widget = SplineKnots(grid_points=401)
-    assert isinstance(widget, Canvas)
-    width, _ = widget.figure.canvas.get_width_height()
-    assert width <= MAX_WIDTH_PX
-    box = widget.widget
-    assert box.children[0] is widget._image and widget._image.layout.max_width == "100%"
-    rows = box.children[1:-1]
-    assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
-    shown = {id(c) for r in rows for c in r.children}
-    assert all(id(c) in shown for c in widget.controls.values())
 
 
 def test_all_slope_corners_stay_monotone(spline: SplineKnots) -> None:

@@ -13,7 +13,16 @@ import ipywidgets as W
 import numpy as np
 import pytest
 
-from flowlib.widgets import BASES_1D, MAPS_1D, ChangeOfVariables1D, PlanarFlow2D
+from flowlib.widgets import (
+    BASES_1D,
+    MAPS_1D,
+    ChangeOfVariables1D,
+    DequantizationBound,
+    MasksAndSqueeze,
+    PlanarFlow2D,
+    ShearAndScale2D,
+    SplineKnots,
+)
 
 
 def _sliders(widget) -> dict[str, W.ValueWidget]:
@@ -239,7 +248,13 @@ def test_2d_radial_beta_below_minus_alpha_is_clamped_and_said(flow2d: PlanarFlow
 
 # -- layout and the one canvas ----------------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda: ChangeOfVariables1D(grid_points=2001, n_samples=100),
-                                  lambda: PlanarFlow2D(resolution=40, n_samples=50, max_layers=2)])
+                                  lambda: PlanarFlow2D(resolution=40, n_samples=50, max_layers=2),
+                                  lambda: ShearAndScale2D(n_points=20, boundary_points=100),
+                                  lambda: MasksAndSqueeze(size=8),
+                                  lambda: DequantizationBound(quadrature=400, curve_points=24),
+                                  lambda: SplineKnots(grid_points=401)],
+                         ids=["ChangeOfVariables1D", "PlanarFlow2D", "ShearAndScale2D", "MasksAndSqueeze",
+                              "DequantizationBound", "SplineKnots"])
 def test_widgets_fit_the_notebook_column(make) -> None:
     """The figure is at most MAX_WIDTH_PX wide (a 1280 px JupyterLab window with the file browser
     open leaves about 850 px), and the controls sit below it in rows that wrap."""
