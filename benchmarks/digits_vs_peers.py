@@ -1,10 +1,10 @@
-"""flowlib's Glow against normflows' Glow on the 8x8 digits: test bits/dim after a fixed budget.
+"""flowlib's Glows and transformer flow vs normflows' Glow on the 8x8 digits: test bits/dim after a budget.
 
     python benchmarks/digits_vs_peers.py                    # 60 s and 300 s (CPU clock)
     python benchmarks/digits_vs_peers.py --budgets 60       # the quick table
     python benchmarks/digits_vs_peers.py --jobs 2           # the two budgets in two processes
 
-All models are multi-scale Glows (Kingma & Dhariwal, 2018) with 2 levels of 4 steps, at the same
+The Glows are multi-scale (Kingma & Dhariwal, 2018) with 2 levels of 4 steps; all systems have the same
 parameter count: that of the digits configuration of ``benchmarks/digits_bpd.py`` as flowlib built
 it with masked couplings before it sliced them (190,752 parameters at commit 49f0667, the count
 the table of RESULTS.md was matched to; the masked form is no longer an option). Every system's
@@ -17,7 +17,11 @@ hidden width is searched so that its count is the nearest to that (benchmarks/pe
 - ``flowlib Glow (Glow conditioner)``: the same with ``conditioner="glow"``, Glow's own
   conv3x3-ReLU-conv1x1-ReLU-zero conv3x3 network (``flowlib.convnets.GlowConditioner``);
 - ``normflows Glow``: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and
-  GlowBase priors, as in normflows' Glow example.
+  GlowBase priors, as in normflows' Glow example;
+- ``flowlib transformer flow``: not a Glow but the TarFlow-style model of lecture 6
+  (``flowlib.tarflow.tarflow_image``): 4 blocks of alternating direction over the 16 patches of
+  2 x 2 pixels, each a causal transformer of 2 attention layers with 4 heads; its width (4 per
+  head-unit of ``hidden``) is matched like the others' hidden widths.
 
 Same data convention for all: the 17 grey levels of scikit-learn's digits (flowlib's fixed
 1259 / 179 / 359 split), uniform dequantisation y = (x + u) / 17, logit preprocessing with
@@ -59,6 +63,7 @@ import peers  # noqa: E402
 
 from flowlib.data.images import DIGITS_GREY_LEVELS, load_digits  # noqa: E402
 from flowlib.image_models import glow_image, mean_bits_per_dim  # noqa: E402
+from flowlib.tarflow import tarflow_image  # noqa: E402
 
 SHAPE = (1, 8, 8)
 SCALES, DEPTH, BLOCKS = 2, 4, 1
@@ -88,7 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: The systems, in the table's order. Names may contain commas: ``--systems`` is split back into them.
-SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow")
+SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow",
+           "flowlib transformer flow")
+#: The transformer flow's width is HEADS x its searched ``hidden`` (a width must split into the heads).
+HEADS = 4
 DEFAULT = ",".join(SYSTEMS)
 
 
@@ -104,6 +112,9 @@ def maker(name: str) -> Callable[[int], nn.Module]:
         "normflows Glow":
             lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, SCALES, DEPTH, h), SHAPE,
                                                 DIGITS_GREY_LEVELS),
+        "flowlib transformer flow":
+            lambda h: tarflow_image(SHAPE, patch=2, blocks=4, width=HEADS * h, layers=2, heads=HEADS,
+                                    grey_levels=DIGITS_GREY_LEVELS),
     }
     if name not in makers:
         raise SystemExit(f"unknown system {name!r}; choose from {SYSTEMS}")
@@ -113,6 +124,11 @@ def maker(name: str) -> Callable[[int], nn.Module]:
 def width(name: str) -> int:
     """The hidden width of ``name`` whose parameter count is the nearest to :data:`TARGET_PARAMETERS`."""
     return peers.match_width(maker(name), TARGET_PARAMETERS, high=512)
+
+
+def shown_width(name: str, hidden: int) -> str:
+    """The table's ``hidden`` entry: conditioner channels for the Glows, model width for the transformer."""
+    return f"{HEADS * hidden} (width)" if name == "flowlib transformer flow" else str(hidden)
 
 
 def build(name: str, hidden: int, seed: int) -> nn.Module:
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     for budget, res in rows.items():
         for name, r in res.items():
             skipped = f" ({r['skipped']} skipped)" if r["skipped"] else ""
-            print(f"| {name} | {widths[name]} | {r['params']:,} | {budget:g} s | {r['steps']}{skipped} | "
+            print(f"| {name} | {shown_width(name, widths[name])} | {r['params']:,} | {budget:g} s | "
+                  f"{r['steps']}{skipped} | "
                   f"{r['best_val']:.3f} | {r['test_iw']:.3f} | {r['test_1']:.3f} | {r['ms_per_step']:.1f} |")
     print(f"\nIW: importance-weighted over {args.iw_samples} dequantisation draws per test image, for the "
           f"weights with the best validation figure. Validation bits/dim at the end of training "

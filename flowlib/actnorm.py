@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from flowlib._checks import integer, number
 from flowlib.core import Flow, FlowInputError, positions
 
-__all__ = ["ActNorm"]
+__all__ = ["ActNorm", "check_initialising_batch"]
 
 
 class ActNorm(Flow):
@@ -128,3 +128,28 @@ class ActNorm(Flow):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, initialized={self._initialized}"
+
+
+def check_initialising_batch(flow: nn.Module, levels: Tensor, where: str) -> None:
+    """Refuse a batch of constant images as the one that initialises ``flow``'s ActNorm layers.
+
+    ActNorm initialises on the first batch it sees in training mode. If a channel of that
+    batch of grey levels (n, C, H, W) holds a single level (blank or constant images), its only
+    spread after dequantization is the noise u / K, so the scales come out several times too
+    large and every later log-density is absurd (-8e5 per image on MNIST). Not a per-step cost:
+    the values are read only while some ActNorm is still uninitialised.
+    """
+    if levels.shape[0] == 0 or not any(
+            isinstance(m, ActNorm) and m.training and not m.is_initialized for m in flow.modules()):
+        return
+    flat = levels.transpose(0, 1).reshape(levels.shape[1], -1)
+    constant = (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
+    if any(constant):
+        c = constant.index(True)
+        raise FlowInputError(
+            f"{where}: this batch would initialise the model's ActNorm layers (data-dependent, on the "
+            f"first batch in training mode), but channel {c} holds the single grey level "
+            f"{float(flat[c, 0]):g} in all {levels.shape[0]} images (blank or constant images): ActNorm "
+            f"would take the dequantization noise for the data's spread and every later log-density "
+            f"would be absurd. Initialise on varied images: model.initialize(x) with a representative "
+            f"batch before training, or shuffle the data")

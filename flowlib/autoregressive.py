@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, integer
+from flowlib.conditional import check_context
 from flowlib.core import Flow, sum_except_batch
 from flowlib.transformers import Transformer
 
@@ -94,6 +95,28 @@ def made_degrees(order: Tensor, hidden: Sequence[int]) -> list[Tensor]:
     return degrees
 
 
+def _given_degrees(degrees: Sequence[Tensor | Sequence[int]], features: int, who: str) -> list[Tensor]:
+    """Check user-given MADE degrees: 1-D integer tensors, the inputs' (``features`` of them, >= 1)
+    then at least one non-empty hidden layer's (>= 0)."""
+    if isinstance(degrees, Tensor) or not isinstance(degrees, Sequence) or len(degrees) < 2:
+        raise FlowInputError(f"{who}: degrees must be a list of the inputs' degrees and at least one "
+                             f"hidden layer's, got {type(degrees).__name__}")
+    out = []
+    for k, deg in enumerate(degrees):
+        deg = torch.as_tensor(deg)
+        name = "the inputs'" if k == 0 else f"hidden layer {k}'s"
+        if deg.dim() != 1 or deg.numel() == 0 or deg.dtype.is_floating_point or deg.dtype == torch.bool:
+            raise FlowInputError(f"{who}: {name} degrees must be a non-empty 1-D integer tensor, got "
+                                 f"shape {tuple(deg.shape)} and dtype {deg.dtype}")
+        if int(deg.min()) < (1 if k == 0 else 0):
+            raise FlowInputError(f"{who}: {name} degrees must be >= {1 if k == 0 else 0}, got {deg.tolist()}")
+        out.append(deg.long())
+    if out[0].numel() != features:
+        raise FlowInputError(f"{who}: expected {features} input degrees (features={features}), "
+                             f"got {out[0].numel()}")
+    return out
+
+
 class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al., 2015): x (n, d) -> h (n, params d).
 
@@ -108,24 +131,47 @@ class MADE(nn.Module):
     [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
     >>> MADE(3, params=2, order=[2, 0, 1]).connectivity().int().tolist()  # x_2 first, then x_0, x_1
     [[0, 0, 1], [1, 0, 1], [0, 0, 0]]
+
+    ``degrees`` (the inputs' degrees, then each hidden layer's) builds the masks on given degrees
+    instead of :func:`made_degrees`' (``hidden``, ``layers`` and ``order`` then follow from
+    them). Equal input degrees make blocks: two blocks give a coupling layer's conditioner.
+
+    ``context_features`` k > 0 adds k context inputs of degree 0 (every hidden unit sees them, no
+    output sees them directly): ``made(x, context)`` is then conditioned on c, and so is any flow
+    built on it (:mod:`flowlib.conditional`).
+
+    >>> two_blocks = [torch.tensor([1, 1, 2, 2]), torch.tensor([1, 1, 1])]
+    >>> MADE(4, params=1, degrees=two_blocks).connectivity().int().tolist()
+    [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
     """
 
     def __init__(self, features: int, params: int, hidden: int = 64, layers: int = 2,
                  order: Sequence[int] | Tensor | None = None,
-                 activation: Callable[[], nn.Module] = nn.ReLU) -> None:
+                 activation: Callable[[], nn.Module] = nn.ReLU,
+                 degrees: Sequence[Tensor | Sequence[int]] | None = None,
+                 context_features: int = 0) -> None:
         super().__init__()
         who = "MADE"
         self.features = integer(features, "features", who)
         self.params = integer(params, "params", who)
-        hidden = integer(hidden, "hidden", who)
-        layers = integer(layers, "layers", who)
-        self.register_buffer("order", _order(order, self.features, who))
-        degrees = made_degrees(self.order, [hidden] * layers)
+        self.context_features = integer(context_features, "context_features", who, minimum=0)
+        if degrees is None:
+            hidden = integer(hidden, "hidden", who)
+            layers = integer(layers, "layers", who)
+            self.register_buffer("order", _order(order, self.features, who))
+            degrees = made_degrees(self.order, [hidden] * layers)
+        else:
+            degrees = _given_degrees(degrees, self.features, who)
+            # The order these degrees imply (ties, i.e. blocks, kept in index order).
+            self.register_buffer("order", torch.sort(degrees[0], stable=True).indices)
         modules: list[nn.Module] = []
+        inputs = degrees[0]
+        # The context's inputs have degree 0: every hidden unit (degree >= 0) may read them.
+        degrees = [torch.cat([inputs, inputs.new_zeros(self.context_features)]), *degrees[1:]]
         for before, after in zip(degrees[:-1], degrees[1:], strict=True):
             mask = after.unsqueeze(1) >= before.unsqueeze(0)
             modules += [MaskedLinear(len(before), len(after), mask), activation()]
-        out_degrees = degrees[0].repeat(self.params)
+        out_degrees = inputs.repeat(self.params)
         last = MaskedLinear(len(degrees[-1]), len(out_degrees),
                             out_degrees.unsqueeze(1) > degrees[-1].unsqueeze(0))
         nn.init.zeros_(last.weight)
@@ -133,18 +179,27 @@ class MADE(nn.Module):
         self.net = nn.Sequential(*modules, last)
 
     def connectivity(self) -> Tensor:
-        """(d, d) boolean: may output coordinate i depend on input j? (the product of the masks)."""
+        """(d, d) boolean: may output coordinate i depend on input j? (the product of the masks;
+        the context's columns, which every output may see, are left out)."""
         reach = None
         for module in self.net:
             if isinstance(module, MaskedLinear):
                 m = module.mask > 0
                 reach = m if reach is None else (m.float() @ reach.float()) > 0
-        return reach[: self.features]
+        return reach[: self.features, : self.features]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.features:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise FlowInputError(f"MADE: expected input of shape (batch, {self.features}), got {got}")
+        if self.context_features:
+            c = check_context(context, x.shape[0], "MADE")
+            if c.dim() != 2 or c.shape[1] != self.context_features:
+                raise FlowInputError(f"MADE: expected a context of shape (batch, {self.context_features}), "
+                                     f"got {tuple(c.shape)}")
+            x = torch.cat([x, c.to(x.dtype)], dim=1)
+        elif context is not None:
+            raise FlowInputError("MADE: built without context inputs (context_features=0), got a context")
         return self.net(x)
 
 
@@ -168,27 +223,29 @@ class MaskedAutoregressive(Flow):
         super().__init__((conditioner.features,))
         self.conditioner = conditioner
         self.transformer = transformer
+        # A MADE with context inputs makes the layer conditional: layer(x, context).
+        self.takes_context = conditioner.context_features > 0
 
-    def _one_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _one_pass(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """The parallel direction: every coordinate moved at once, its parameters from the input."""
-        y, log_derivative = self.transformer(x, self.conditioner(x))
+        y, log_derivative = self.transformer(x, self.conditioner(x, context))
         return y, sum_except_batch(log_derivative)
 
-    def _sequential(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _sequential(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """The sequential direction: d passes; after pass k the first k coordinates (in the order)
         are exact, and so are the parameters of the next one; the last pass's are all exact."""
         x = torch.zeros_like(y)
         for _ in range(self.conditioner.features):
-            x, log_derivative = self.transformer.inverse(y, self.conditioner(x))
+            x, log_derivative = self.transformer.inverse(y, self.conditioner(x, context))
         return x, sum_except_batch(log_derivative)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        return self._one_pass(x)
+        return self._one_pass(x, context)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
-        return self._sequential(z)
+        return self._sequential(z, context)
 
 
 class InverseAutoregressive(MaskedAutoregressive):
@@ -198,10 +255,10 @@ class InverseAutoregressive(MaskedAutoregressive):
     ``inverse`` (latent -> data) is the one-pass direction, its ``forward`` the sequential one.
     """
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        return self._sequential(x)
+        return self._sequential(x, context)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
-        return self._one_pass(z)
+        return self._one_pass(z, context)

@@ -25,11 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from flowlib._checks import FlowInputError, checking_inputs, integer, number
+from flowlib._checks import FlowInputError, checking_inputs, integer
+from flowlib._doors import check_data, check_model_context, check_temperature
 from flowlib._modules import placement
 
 __all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "positions",
-           "check_data", "check_temperature"]
+           "apply", "check_data", "check_temperature"]
 
 
 class Flow(nn.Module):
@@ -61,6 +62,9 @@ class Flow(nn.Module):
     numerical_forward: ClassVar[bool] = False
     #: True when ``inverse`` (latent -> data) has no closed form (MixtureLogisticCDF).
     numerical_inverse: ClassVar[bool] = False
+    #: True for a layer that reads a context (see :mod:`flowlib.conditional`): it is called
+    #: ``layer(x, context)`` and ``layer.inverse(z, context)``; every other layer takes x alone.
+    takes_context: bool = False
 
     def __init__(self, event_shape: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -120,6 +124,18 @@ def positions(x: Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
+def apply(flow: Flow, x: Tensor, context: Tensor | None = None,
+          inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """``flow(x)`` or ``flow.inverse(x)``, with the context for a layer that takes one.
+
+    The one place where the two kinds of layer meet: a composition hands the context to its
+    conditional layers only, so an unconditional layer never needs a ``context`` argument.
+    """
+    if flow.takes_context:
+        return flow.inverse(x, context) if inverse else flow(x, context)
+    return flow.inverse(x) if inverse else flow(x)
+
+
 def sum_except_batch(t: Tensor) -> Tensor:
     """Sum every dimension but the first: per-element log-derivatives -> one logdet per sample.
 
@@ -131,7 +147,8 @@ def sum_except_batch(t: Tensor) -> Tensor:
 class Compose(Flow):
     """The composition f = f_K o ... o f_1, with log|det df/dx| = sum_k log|det df_k/dx_{k-1}|.
 
-    ``forward`` applies the layers in order (data -> latent); ``inverse`` in reverse order.
+    ``forward`` applies the layers in order (data -> latent); ``inverse`` in reverse order. A
+    ``context`` goes to the layers that take one (:func:`apply`); the others never see it.
     """
 
     def __init__(self, *flows: Flow | Iterable[Flow]) -> None:
@@ -151,33 +168,38 @@ class Compose(Flow):
         # reports a wrong shape with its own name.
         return None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def takes_context(self) -> bool:  # type: ignore[override]
+        """Whether some layer reads a context."""
+        return any(f.takes_context for f in self.flows)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
         for f in self.flows:
-            x, ld = f(x)
+            x, ld = apply(f, x, context)
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = z.new_zeros(z.shape[0])
         for f in reversed(self.flows):
-            z, ld = f.inverse(z)
+            z, ld = apply(f, z, context, inverse=True)
             logdet = logdet + ld
         return z, logdet
 
-    def forward_steps(self, x: Tensor) -> list[Tensor]:
+    def forward_steps(self, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Every intermediate value x_0 = x, x_1, ..., x_K = z (for layer-by-layer pictures)."""
         out = [x]
         for f in self.flows:
-            x, _ = f(x)
+            x, _ = apply(f, x, context)
             out.append(x)
         return out
 
-    def inverse_steps(self, z: Tensor) -> list[Tensor]:
+    def inverse_steps(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Every intermediate value from z back to x, in generative order."""
         out = [z]
         for f in reversed(self.flows):
-            z, _ = f.inverse(z)
+            z, _ = apply(f, z, context, inverse=True)
             out.append(z)
         return out
 
@@ -204,63 +226,15 @@ class Inverse(Flow):
     def check_input(self, x: Tensor, direction: str = "forward") -> None:
         return None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow.inverse(x)
+    @property
+    def takes_context(self) -> bool:  # type: ignore[override]
+        return self.flow.takes_context
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow.forward(z)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return apply(self.flow, x, context, inverse=True)
 
-
-def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str,
-               dtype: torch.dtype | None = None) -> None:
-    """Validate data where it enters a model: shape, dtype, device and finiteness.
-
-    With ``dtype`` (the model's), data of another floating-point dtype is refused naming both:
-    torch would fail later inside a layer (``mat1 and mat2 must have the same dtype``), or,
-    in purely elementwise layers, silently compute in the promoted dtype. The finiteness
-    check reads the values (on a GPU this synchronises), so it is done once per call at the
-    model's door, never inside a layer.
-    """
-    if not isinstance(x, Tensor):
-        raise FlowInputError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
-    want = "(batch, " + ", ".join(str(s) for s in event_shape) + ")"
-    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
-        raise FlowInputError(f"{where}: expected data of shape {want}, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise FlowInputError(f"{where}: expected a floating-point tensor, got dtype {x.dtype}")
-    if dtype is not None and x.dtype != dtype:
-        cast = {torch.float32: "x.float()", torch.float64: "x.double()"}.get(dtype, f"x.to({dtype})")
-        raise FlowInputError(f"{where}: the data is {x.dtype} but the model is {dtype}; cast one of them, "
-                             f"e.g. {cast} (or model.to({x.dtype}))")
-    if x.device.type != device.type or (
-        device.index is not None and x.device.index is not None and x.device.index != device.index
-    ):
-        raise FlowInputError(
-            f"{where}: the data is on {x.device} but the model is on {device}; "
-            f"move one of them, e.g. x.to({str(device)!r})"
-        )
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise FlowInputError(f"{where}: expected finite data, found {bad} NaN or inf values")
-
-
-def check_temperature(temperature: float, who: str, dtype: torch.dtype) -> float:
-    """A temperature T >= 0 small enough that z = T eps stays finite in ``dtype``.
-
-    |eps| of a standard-normal draw stays below 6 in float32 (9 in float64) in practice, so T
-    is bounded by the dtype's largest value / 16: above it (e.g. 3.5e38, finite in Python but
-    not in float32) T eps overflows to inf and every sample comes out NaN.
-
-    >>> check_temperature(0.7, "sample", torch.float32)
-    0.7
-    """
-    temperature = number(temperature, "temperature", who, minimum=0.0)
-    if dtype.is_floating_point and temperature > torch.finfo(dtype).max / 16:
-        biggest = torch.finfo(dtype).max
-        raise FlowInputError(f"{who}: temperature {temperature:.4g} overflows the model's dtype {dtype} "
-                             f"(T eps must stay below {biggest:.3g}); use a temperature <= "
-                             f"{biggest / 16:.3g}, or a float64 model (model.double())")
-    return temperature
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return apply(self.flow, z, context)
 
 
 class FlowModel(nn.Module, Distribution):
@@ -272,6 +246,11 @@ class FlowModel(nn.Module, Distribution):
     base and returns x = f^{-1}(z). The model is an ``nn.Module`` (parameters, ``.to``,
     state dicts) and a ``torch.distributions.Distribution`` (``log_prob``, ``sample``,
     ``rsample``), so it can be used wherever either is expected.
+
+    A flow with conditional layers makes a conditional model p(x | c) (:mod:`flowlib.conditional`):
+    every door then takes ``context=``, one per sample or one for all, of shape
+    ``(batch, *context_shape)``; ``context_encoder`` (e.g. :class:`~flowlib.conditional.OneHot`
+    for class labels) turns it into what the layers read, once, at the door.
     """
 
     has_rsample = True
@@ -280,7 +259,9 @@ class FlowModel(nn.Module, Distribution):
     #: The unit of :meth:`loss`: what :func:`flowlib.fit` minimises and reports, read, never guessed.
     loss_unit: ClassVar[str] = "nats"
 
-    def __init__(self, flow: Flow, base: nn.Module, validate: bool = True) -> None:
+    def __init__(self, flow: Flow, base: nn.Module, validate: bool = True,
+                 context_encoder: nn.Module | None = None,
+                 context_shape: Sequence[int] | None = None) -> None:
         nn.Module.__init__(self)
         if not isinstance(flow, Flow):
             raise FlowInputError(f"FlowModel: expected a Flow as 'flow', got {type(flow).__name__}")
@@ -292,6 +273,14 @@ class FlowModel(nn.Module, Distribution):
         self.flow = flow
         self.base = base
         self.validate = validate
+        if context_encoder is not None and not callable(context_encoder):
+            raise FlowInputError(f"FlowModel: context_encoder must be a module (e.g. OneHot(10)), got "
+                                 f"{type(context_encoder).__name__}")
+        self.context_encoder = context_encoder
+        if context_shape is None:
+            context_shape = getattr(context_encoder, "context_shape", None)
+        #: The shape of one raw context (None: any); () for class labels.
+        self.context_shape = None if context_shape is None else tuple(int(s) for s in context_shape)
 
     # nn.Module and Distribution both define __repr__; the module's is the useful one.
     __repr__ = nn.Module.__repr__
@@ -306,9 +295,28 @@ class FlowModel(nn.Module, Distribution):
         """Number of scalar dimensions of one sample (for bits per dimension)."""
         return math.prod(self.event_shape)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """z, log|det df/dx| for data x (no validation; use log_prob at the door)."""
-        return self.flow(x)
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is p(x | c): some layer of its flow reads a context."""
+        return self.flow.takes_context
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z, log|det df/dx| for data x and an ENCODED context (no validation; use log_prob at the door)."""
+        return apply(self.flow, x, context)
+
+    def _context(self, context: object, n: int, who: str) -> Tensor | None:
+        """The context at a door: None for an unconditional model (which refuses one), else one
+        encoded context per sample, in the model's dtype."""
+        if not self.conditional:
+            if context is not None:
+                raise FlowInputError(f"{who}: this model is not conditional (no layer reads a context): "
+                                     f"call it without context=")
+            return None
+        device, dtype = placement(self)
+        context = check_model_context(context, n, self.context_shape, device, who)
+        if self.context_encoder is not None:
+            context = self.context_encoder(context)
+        return context.to(dtype) if dtype.is_floating_point else context
 
     @property
     def checks_inputs(self) -> bool:
@@ -316,11 +324,12 @@ class FlowModel(nn.Module, Distribution):
         :func:`flowlib._checks.inputs_checked` (code that checked its data once, such as ``fit``)."""
         return self.validate and checking_inputs()
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """log p_X(x) = log p_Z(f(x)) + log|det df/dx|, one value per sample."""
+    def log_prob(self, x: Tensor, context: object = None) -> Tensor:
+        """log p_X(x) = log p_Z(f(x)) + log|det df/dx| (given c if conditional), one value per sample."""
+        who = f"{type(self).__name__}.log_prob"
         if self.checks_inputs:
-            self._check_data(x, f"{type(self).__name__}.log_prob")
-        z, logdet = self.flow(x)
+            self._check_data(x, who)
+        z, logdet = apply(self.flow, x, self._context(context, x.shape[0], who))
         return self.base.log_prob(z) + logdet
 
     def _check_data(self, x: Tensor, where: str) -> None:
@@ -328,9 +337,9 @@ class FlowModel(nn.Module, Distribution):
         device, dtype = placement(self)
         check_data(x, tuple(self.event_shape), device, where, dtype=dtype)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: object = None) -> Tensor:
         """What training minimises, one value per sample: -log p_X(x), in nats (``loss_unit``)."""
-        return -self.log_prob(x)
+        return -self.log_prob(x, context)
 
     def _shape(self, sample_shape: int | Sequence[int] | torch.Size, who: str) -> tuple[int, ...]:
         """The sample shape as a tuple of ints >= 0; NumPy integers are accepted (``np.int64(3)``)."""
@@ -343,18 +352,22 @@ class FlowModel(nn.Module, Distribution):
         return check_temperature(temperature, who, placement(self)[1])
 
     def rsample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
-                temperature: float = 1.0) -> Tensor:
-        """Differentiable samples x = f^{-1}(z), z ~ N(0, T^2 I): shape sample_shape + event_shape."""
+                temperature: float = 1.0, context: object = None) -> Tensor:
+        """Differentiable samples x = f^{-1}(z), z ~ N(0, T^2 I): shape sample_shape + event_shape.
+
+        A conditional model takes one context per sample (n = prod(sample_shape) of them) or one for all.
+        """
         who = f"{type(self).__name__}.rsample"
         shape = self._shape(sample_shape, who)
         temperature = self._temperature(temperature, who)
         n = math.prod(shape) if shape else 1
+        c = self._context(context, n, who)
         z = self.base.sample(n, temperature=temperature)
-        x, _ = self.flow.inverse(z)
+        x, _ = apply(self.flow, z, c, inverse=True)
         return x.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
-               temperature: float = 1.0) -> Tensor:
+               temperature: float = 1.0, context: object = None) -> Tensor:
         """Samples without gradients; ``temperature`` T scales the base's spread (T=0: the mode).
 
         ``sample_shape`` is an int (NumPy integers too) or a sequence of them, each >= 0 (0 gives
@@ -364,9 +377,10 @@ class FlowModel(nn.Module, Distribution):
         sample_shape = self._shape(sample_shape, who)
         temperature = self._temperature(temperature, who)
         with torch.no_grad():
-            return self.rsample(sample_shape, temperature=temperature)
+            return self.rsample(sample_shape, temperature=temperature, context=context)
 
-    def sample_and_log_prob(self, n: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, n: int, temperature: float = 1.0,
+                            context: object = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density under the model (T = 1), in one pass.
 
         log p_X(x) = log p_Z(z) - log|det dx/dz|: the generative direction only, which is
@@ -374,15 +388,17 @@ class FlowModel(nn.Module, Distribution):
         """
         who = f"{type(self).__name__}.sample_and_log_prob"
         n = integer(n, "n", who, minimum=0)
+        c = self._context(context, n, who)
         z = self.base.sample(n, temperature=self._temperature(temperature, who))
         log_pz = self.base.log_prob(z)
-        x, logdet = self.flow.inverse(z)
+        x, logdet = apply(self.flow, z, c, inverse=True)
         return x, log_pz - logdet
 
-    def decode(self, z: Tensor) -> Tensor:
-        """The generative map x = f^{-1}(z) (used for interpolation in latent space)."""
-        return self.flow.inverse(z)[0]
+    def decode(self, z: Tensor, context: object = None) -> Tensor:
+        """The generative map x = f^{-1}(z; c) (used for interpolation in latent space)."""
+        return apply(self.flow, z, self._context(context, z.shape[0], f"{type(self).__name__}.decode"),
+                     inverse=True)[0]
 
-    def encode(self, x: Tensor) -> Tensor:
-        """The normalizing map z = f(x)."""
-        return self.flow(x)[0]
+    def encode(self, x: Tensor, context: object = None) -> Tensor:
+        """The normalizing map z = f(x; c)."""
+        return apply(self.flow, x, self._context(context, x.shape[0], f"{type(self).__name__}.encode"))[0]

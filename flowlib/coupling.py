@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, choice, integer, number
 from flowlib._checks import event_shape as _event_shape
+from flowlib.conditional import check_context, context_map
 from flowlib.core import Flow, sum_except_batch
 from flowlib.transformers import Additive, Affine, Transformer, soft_clamp
 
@@ -155,6 +156,10 @@ class Coupling(Flow):
 
     State dict: ``mask`` and ``conditioner.*`` (the transformers hold no weights).
 
+    ``context_features`` k > 0 makes the layer conditional (:mod:`flowlib.conditional`): it is
+    called ``layer(x, context)`` and its conditioner reads ``cat([x_A, context_map(c, x_A)])``,
+    k more entries along dim 1 (``conditioner_sizes(mask, transformer, k)``).
+
     >>> from flowlib.nets import MLP
     >>> from flowlib.transformers import Affine
     >>> mask = half_mask(4, 0)                       # keeps x_0, x_1: the layer slices
@@ -168,8 +173,10 @@ class Coupling(Flow):
     (True, True, [0.0, 0.0, 0.0])
     """
 
-    def __init__(self, mask: Tensor, conditioner: nn.Module, transformer: Transformer) -> None:
+    def __init__(self, mask: Tensor, conditioner: nn.Module, transformer: Transformer,
+                 context_features: int = 0) -> None:
         who = type(self).__name__
+        context_features = integer(context_features, "context_features", who, minimum=0)
         mask = _mask_buffer(mask, who)
         params = _params(transformer, who)
         if isinstance(transformer, type):
@@ -182,6 +189,8 @@ class Coupling(Flow):
         self.register_buffer("mask", mask)
         self.conditioner = conditioner
         self.transformer = transformer
+        self.context_features = context_features
+        self.takes_context = context_features > 0
         # What follows is derived from the mask: not part of the state dict.
         slices = _slices(mask)
         self.sliced = slices is not None
@@ -203,11 +212,13 @@ class Coupling(Flow):
                                  persistent=False)
 
     @staticmethod
-    def conditioner_sizes(mask: Tensor, transformer: Transformer | type[Transformer]) -> tuple[int, int]:
+    def conditioner_sizes(mask: Tensor, transformer: Transformer | type[Transformer],
+                          context_features: int = 0) -> tuple[int, int]:
         """(in, out): the conditioner's sizes along dim 1 for a coupling with this mask.
 
         (|A|, params |B|) when the coupling slices, (C, params C) when it multiplies by the mask
-        (C = ``mask.shape[0]``: channels of an image, coordinates of a vector).
+        (C = ``mask.shape[0]``: channels of an image, coordinates of a vector); a conditional
+        layer's conditioner reads ``context_features`` more.
 
         >>> from flowlib.transformers import Additive, Affine
         >>> Coupling.conditioner_sizes(channel_mask(5, 4, 4, 0), Affine)
@@ -217,10 +228,11 @@ class Coupling(Flow):
         """
         mask = _mask_buffer(mask, "Coupling.conditioner_sizes")
         params = _params(transformer, "Coupling.conditioner_sizes")
+        k = integer(context_features, "context_features", "Coupling.conditioner_sizes", minimum=0)
         slices = _slices(mask)
         if slices is None:
-            return int(mask.shape[0]), params * int(mask.shape[0])
-        return int(slices[0].numel()), params * int(slices[1].numel())
+            return int(mask.shape[0]) + k, params * int(mask.shape[0])
+        return int(slices[0].numel()) + k, params * int(slices[1].numel())
 
     # -- slicing --------------------------------------------------------------------------
     def slice(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,39 +249,48 @@ class Coupling(Flow):
         return torch.cat([kept, moved], dim=1).index_select(1, self.join_index)
 
     # -- the contract ---------------------------------------------------------------------
-    def _h(self, kept: Tensor, n: int) -> Tensor:
+    def _h(self, kept: Tensor, n: int, context: Tensor | None) -> Tensor:
         """The conditioner's output, checked: (batch, params * n, *rest)."""
-        h = self.conditioner(kept)
+        if self.takes_context:
+            who = f"{type(self).__name__}"
+            c = context_map(check_context(context, kept.shape[0], who), kept, who)
+            if c.shape[1] != self.context_features:
+                raise FlowInputError(f"{who}: built for {self.context_features} context features, got "
+                                     f"{c.shape[1]} (context of shape {tuple(context.shape)})")
+            h = self.conditioner(torch.cat([kept, c.to(kept.dtype)], dim=1))
+        else:
+            h = self.conditioner(kept)
         p = self.transformer.params
         want = (kept.shape[0], p * n, *kept.shape[2:])
         if not isinstance(h, Tensor) or tuple(h.shape) != want:
             got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
-            how = (f"slices: it reads the {self.kept_size} kept entries along dim 1 and must return "
+            more = f" (and {self.context_features} of context)" if self.takes_context else ""
+            how = (f"slices: it reads the {self.kept_size} kept entries along dim 1{more} and must return "
                    f"{p} x {n} (for the {n} transformed ones)" if self.sliced else
-                   f"multiplies by its mask: it reads all {n} entries along dim 1 (m*x) and must return "
-                   f"{p} x {n}")
+                   f"multiplies by its mask: it reads all {n} entries along dim 1 (m*x){more} and must "
+                   f"return {p} x {n}")
             raise FlowInputError(
                 f"{type(self).__name__}: the layer {how}, {type(self.transformer).__name__} taking "
                 f"{p} per coordinate; expected the conditioner's output of shape {want}, got {got} "
                 f"(Coupling.conditioner_sizes(mask, transformer) gives the sizes)")
         return h
 
-    def _couple(self, x: Tensor, tau) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, tau, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.sliced:
             kept, moved = self.slice(x)
-            y, log_derivative = tau(moved, self._h(kept, self.moved_size))
+            y, log_derivative = tau(moved, self._h(kept, self.moved_size, context))
             return self.join(kept, y), sum_except_batch(log_derivative)
-        h = self._h(self.mask * x, x.shape[1]) * self.free_h
+        h = self._h(self.mask * x, x.shape[1], context) * self.free_h
         y, log_derivative = tau(x, h)
         return torch.where(self.keep, x, y), sum_except_batch(log_derivative.masked_fill(self.keep, 0.0))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        return self._couple(x, self.transformer.forward)
+        return self._couple(x, self.transformer.forward, context)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
-        return self._couple(z, self.transformer.inverse)
+        return self._couple(z, self.transformer.inverse, context)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
@@ -288,7 +309,8 @@ class Coupling(Flow):
 
     def extra_repr(self) -> str:
         how = "sliced" if self.sliced else "masked"
-        return f"{super().extra_repr()}, {how}: kept={self.kept_size}, transformed={self.moved_size}"
+        context = f", context_features={self.context_features}" if self.takes_context else ""
+        return f"{super().extra_repr()}, {how}: kept={self.kept_size}, transformed={self.moved_size}{context}"
 
 
 class AdditiveCoupling(Coupling):
@@ -300,8 +322,8 @@ class AdditiveCoupling(Coupling):
     it multiplies by the mask (see :meth:`Coupling.conditioner_sizes`).
     """
 
-    def __init__(self, mask: Tensor, conditioner: nn.Module) -> None:
-        super().__init__(mask, conditioner, Additive())
+    def __init__(self, mask: Tensor, conditioner: nn.Module, context_features: int = 0) -> None:
+        super().__init__(mask, conditioner, Additive(), context_features)
 
 
 class AffineCoupling(Coupling):
@@ -315,10 +337,11 @@ class AffineCoupling(Coupling):
     :func:`~flowlib.transformers.soft_clamp`); ``None`` turns the clamp off.
     """
 
-    def __init__(self, mask: Tensor, conditioner: nn.Module, clamp: float | None = 2.0) -> None:
+    def __init__(self, mask: Tensor, conditioner: nn.Module, clamp: float | None = 2.0,
+                 context_features: int = 0) -> None:
         if clamp is not None:
             clamp = number(clamp, "clamp", "AffineCoupling", minimum=0.0, strict=True)
-        super().__init__(mask, conditioner, Affine(clamp))
+        super().__init__(mask, conditioner, Affine(clamp), context_features)
 
     @property
     def clamp(self) -> float | None:

@@ -31,10 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import choice, event_shape, inputs_checked, integer, renamed
-from flowlib._modules import evaluating, placement, training
-from flowlib.actnorm import ActNorm
+from flowlib._modules import placement, training
+from flowlib.actnorm import ActNorm, check_initialising_batch
+from flowlib.conditional import ContextPrior, conditioning, context_channels
 from flowlib.convnets import GlowConditioner, ResNetConditioner
-from flowlib.core import Compose, Flow, FlowInputError, FlowModel
+from flowlib.core import Compose, Flow, FlowInputError, FlowModel, apply
 from flowlib.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -52,30 +53,13 @@ from flowlib.dequantize import (
 )
 from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
-from flowlib.metrics import bits_per_dim
+from flowlib.metrics import bits_per_dim, mean_bits_per_dim
 from flowlib.multiscale import MultiScale
 from flowlib.transformers import Additive, Affine
 
 __all__ = [
     "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
 ]
-
-
-def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256) -> float:
-    """Mean of ``model.bits_per_dim`` over the images ``x``, in batches, in evaluation mode.
-
-    ``samples`` > 1 importance-weights over that many dequantization draws per image (see
-    :meth:`ImageFlowModel.bits_per_dim`). Every module's train/eval flag is restored afterwards.
-    """
-    batch = integer(batch, "batch", "mean_bits_per_dim")
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise FlowInputError(f"mean_bits_per_dim: no images to average (got {got}); pass a batch of at "
-                             f"least one image")
-    with evaluating(model):
-        total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples).double().sum())
-                    for i in range(0, x.shape[0], batch))
-    return total / x.shape[0]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -100,8 +84,9 @@ class ImageFlowModel(FlowModel):
 
     def __init__(self, flow: Flow, base: nn.Module, grey_levels: int = 256,
                  dequantization: str | Dequantization = "uniform", validate: bool = True,
+                 context_encoder: nn.Module | None = None, context_shape: Sequence[int] | None = None,
                  **deprecated: object) -> None:
-        super().__init__(flow, base, validate)
+        super().__init__(flow, base, validate, context_encoder=context_encoder, context_shape=context_shape)
         grey_levels = renamed(deprecated, {"levels": "grey_levels"}, "ImageFlowModel").get("grey_levels",
                                                                                             grey_levels)
         shape = tuple(self.event_shape)
@@ -139,44 +124,25 @@ class ImageFlowModel(FlowModel):
             raise FlowInputError(f"{where}: the data is on {x.device} but the model is on {device}; "
                                  f"move one of them, e.g. x.to({str(device)!r})")
         levels = as_levels(x, self.grey_levels, where).to(dtype) if self.checks_inputs else x.to(dtype)
-        self._check_initialising_batch(levels, where)
+        if self.training:
+            check_initialising_batch(self.flow, levels, where)
         return levels
 
-    def _check_initialising_batch(self, levels: Tensor, where: str) -> None:
-        """Refuse a batch of constant images as the one that initialises the ActNorm layers.
-
-        ActNorm initialises on the first batch it sees in training mode. If a channel of that
-        batch holds a single grey level (blank or constant images), its only spread after
-        dequantization is the noise u / K, so the scales come out several times too large and
-        every later log-density is absurd (-8e5 per image on MNIST). Not a per-step cost: the
-        values are read only while some ActNorm is still uninitialised.
-        """
-        if levels.shape[0] == 0 or not self.training or not any(
-                isinstance(m, ActNorm) and m.training and not m.is_initialized for m in self.flow.modules()):
-            return
-        flat = levels.transpose(0, 1).reshape(levels.shape[1], -1)
-        constant = (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
-        if any(constant):
-            c = constant.index(True)
-            raise FlowInputError(
-                f"{where}: this batch would initialise the model's ActNorm layers (data-dependent, on the "
-                f"first batch in training mode), but channel {c} holds the single grey level "
-                f"{float(flat[c, 0]):g} in all {levels.shape[0]} images (blank or constant images): ActNorm "
-                f"would take the dequantization noise for the data's spread and every later log-density "
-                f"would be absurd. Initialise on varied images: model.initialize(x) with a representative "
-                f"batch before training, or shuffle the data")
-
-    def _log_prob_levels(self, x_levels: Tensor) -> Tensor:
+    def _log_prob_levels(self, x_levels: Tensor, context: Tensor | None = None) -> Tensor:
+        """The bound for checked levels and an encoded context (see :meth:`FlowModel._context`)."""
         y, log_correction = self.dequantizer(x_levels)
         with inputs_checked():  # y is in [0, 1] by construction: the logit's domain check is not needed
-            z, logdet = self.flow(y)
+            z, logdet = apply(self.flow, y, context)
         return self.base.log_prob(z) + logdet + log_correction
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """A one-sample dequantization bound on log P(x) of discrete images x, in nats, shape (batch,)."""
-        return self._log_prob_levels(self._levels(x, f"{type(self).__name__}.log_prob"))
+    def log_prob(self, x: Tensor, context: object = None) -> Tensor:
+        """A one-sample dequantization bound on log P(x) (or log P(x | c)) of discrete images x, in
+        nats, shape (batch,)."""
+        who = f"{type(self).__name__}.log_prob"
+        levels = self._levels(x, who)
+        return self._log_prob_levels(levels, self._context(context, levels.shape[0], who))
 
-    def log_prob_continuous(self, y: Tensor) -> Tensor:
+    def log_prob_continuous(self, y: Tensor, context: object = None) -> Tensor:
         """log p_Y(y) of continuous images y in [0, 1]^D (no dequantization, no log K term).
 
         Also defined on the margin of the logit's domain around [0, 1], where the model's own
@@ -190,11 +156,12 @@ class ImageFlowModel(FlowModel):
             first = self.flow.flows[0] if isinstance(self.flow, Compose) else self.flow
             if isinstance(first, LogitPreprocess):
                 first.check_domain(y, who)
+        c = self._context(context, y.shape[0], who)
         with inputs_checked():  # checked above (or not wanted): the layer need not read the values again
-            z, logdet = self.flow(y)
+            z, logdet = apply(self.flow, y, c)
         return self.base.log_prob(z) + logdet
 
-    def bits_per_dim(self, x: Tensor, samples: int = 1) -> Tensor:
+    def bits_per_dim(self, x: Tensor, samples: int = 1, context: object = None) -> Tensor:
         """-log2 P(x) / D per image, from ``samples`` dequantization draws.
 
         With several draws, P(x) is estimated by their mean (importance sampling, Ho et al.,
@@ -202,29 +169,33 @@ class ImageFlowModel(FlowModel):
         (-log p((x + u)/K) + D log K) / (D ln 2), see
         :func:`flowlib.dequantize.dequantized_bits_per_dim`.
         """
-        samples = integer(samples, "samples", f"{type(self).__name__}.bits_per_dim")
-        x_levels = self._levels(x, f"{type(self).__name__}.bits_per_dim")
-        draws = torch.stack([self._log_prob_levels(x_levels) for _ in range(samples)])
+        who = f"{type(self).__name__}.bits_per_dim"
+        samples = integer(samples, "samples", who)
+        x_levels = self._levels(x, who)
+        c = self._context(context, x_levels.shape[0], who)
+        draws = torch.stack([self._log_prob_levels(x_levels, c) for _ in range(samples)])
         log_px = torch.logsumexp(draws, dim=0) - math.log(samples)
         return bits_per_dim(log_px, self.dim)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: object = None) -> Tensor:
         """What training minimises, one value per image: bits/dim of one dequantization draw.
 
         The same optimum as nats per image, divided by D ln 2, so that the figure reads as in
         the papers (about 1 for MNIST, 8 for uniform noise) whatever the image size.
         """
-        return self.bits_per_dim(x)
+        return self.bits_per_dim(x, context=context)
 
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, context: object = None) -> None:
         """Run one batch in training mode, so data-dependent layers (ActNorm) initialise on it.
 
         Without gradients; every module's train/eval flag is as it was afterwards.
         """
+        who = f"{type(self).__name__}.initialize"
         with training(self):
-            self._log_prob_levels(self._levels(x, f"{type(self).__name__}.initialize"))
+            levels = self._levels(x, who)
+            self._log_prob_levels(levels, self._context(context, levels.shape[0], who))
 
-    def sample_levels(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_levels(self, n: int, temperature: float = 1.0, context: object = None) -> Tensor:
         """Samples rounded to grey levels: floor(K y) clamped to 0..K-1, as int64, shape (n, C, H, W).
 
         A NaN has no grey level (``.long()`` would make it -9.2e18, outside the clamp): if the
@@ -232,7 +203,7 @@ class ImageFlowModel(FlowModel):
         """
         who = f"{type(self).__name__}.sample_levels"
         n = integer(n, "n", who, minimum=0)
-        y = self.sample(n, temperature=self._temperature(temperature, who))
+        y = self.sample(n, temperature=self._temperature(temperature, who), context=context)
         if bool(torch.isnan(y).any()):
             raise FlowInputError(
                 f"{who}: the model produced {int(torch.isnan(y).sum())} NaN pixels in {n} samples at "
@@ -261,18 +232,43 @@ def _scale_shapes(shape: tuple[int, int, int], scales: int, who: str) -> list[tu
         raise FlowInputError(f"{who}: {err}") from err
 
 
-def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, clamp: float | None) -> Flow:
-    """An affine coupling with ``mask`` and a conditioner of the sizes the mask needs."""
-    c_in, c_out = Coupling.conditioner_sizes(mask, Affine)
+def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, clamp: float | None,
+                     context_features: int = 0) -> Flow:
+    """An affine coupling with ``mask`` and a conditioner of the sizes the mask (and context) need."""
+    c_in, c_out = Coupling.conditioner_sizes(mask, Affine, context_features)
     net = GlowConditioner(c_in, c_out, hidden) if conditioner == "glow" else \
         ResNetConditioner(c_in, c_out, hidden, blocks)
-    return AffineCoupling(mask, net, clamp=clamp)
+    return AffineCoupling(mask, net, clamp=clamp, context_features=context_features)
+
+
+def _context(classes: int | None, context_shape: Sequence[int] | None, shapes: list[tuple[int, int, int]],
+             who: str) -> tuple[list[int], dict]:
+    """Per scale, the context channels its layers read (all 0 when unconditional), and the model's
+    context keywords (see :func:`flowlib.conditional.conditioning`)."""
+    encoder, raw, encoded = conditioning(classes, context_shape, who)
+    if encoded is None:
+        return [0] * len(shapes), {}
+    try:
+        ks = [context_channels(encoded, s) for s in shapes]
+    except FlowInputError as err:
+        raise FlowInputError(f"{who}: {err}") from err
+    return ks, {"context_encoder": encoder, "context_shape": raw}
+
+
+def _multiscale(shape: tuple[int, int, int], per_scale: list[list[Flow]], split_prior: bool,
+                ks: list[int]) -> Flow:
+    """MultiScale; a conditional one gets context-reading split priors and, after the last scale's
+    steps, the learned prior N(mu(c), sigma(c)^2) of the top latent (Glow's class-conditional prior)."""
+    if ks[-1]:
+        per_scale[-1].append(ContextPrior(MultiScale.scale_shapes(shape, len(per_scale))[-1], ks[-1]))
+    return MultiScale(shape, per_scale, split_prior=split_prior,
+                      context_features=ks[:-1] if split_prior else 0)
 
 
 def _model(flow: Flow, shape: tuple[int, int, int], grey_levels: int, alpha: float,
-           dequantization: str | Dequantization) -> ImageFlowModel:
+           dequantization: str | Dequantization, context: dict | None = None) -> ImageFlowModel:
     return ImageFlowModel(Compose(LogitPreprocess(alpha), flow), StandardNormal(shape),
-                          grey_levels=grey_levels, dequantization=dequantization)
+                          grey_levels=grey_levels, dequantization=dequantization, **(context or {}))
 
 
 def nice_image(shape: Sequence[int], couplings: int = 4, hidden: int = 64, blocks: int = 2,
@@ -305,6 +301,7 @@ def realnvp_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden:
                   blocks: int = 2, grey_levels: int = 256, alpha: float = 0.05, clamp: float | None = 2.0,
                   actnorm: bool = True, split_prior: bool = False,
                   dequantization: str | Dequantization = "uniform", conditioner: str = "resnet",
+                  classes: int | None = None, context_shape: Sequence[int] | None = None,
                   **deprecated: object) -> ImageFlowModel:
     """RealNVP for images (Dinh et al., 2017): multi-scale affine couplings.
 
@@ -318,6 +315,7 @@ def realnvp_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden:
     Log-scales are soft-clamped to (-clamp, clamp) (see :func:`flowlib.transformers.soft_clamp`).
     ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner`, ``blocks``
     residual blocks) or ``"glow"`` (:class:`~flowlib.convnets.GlowConditioner`).
+    ``classes`` / ``context_shape``: a conditional model, as for :func:`glow_image`.
 
     Old keywords (deprecated): ``levels=`` for ``scales``, ``steps=`` for ``depth``, ``bins=``
     for ``grey_levels``; ``coupling=`` is ignored.
@@ -332,23 +330,26 @@ def realnvp_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden:
     c, h, w = _shape(shape, "realnvp_image")
     integer(depth, "depth", "realnvp_image")
     choice(conditioner, "conditioner", ("resnet", "glow"), "realnvp_image")
+    shapes = _scale_shapes((c, h, w), scales, "realnvp_image")
+    ks, context = _context(classes, context_shape, shapes, "realnvp_image")
     per_scale = []
-    for cl, hl, wl in _scale_shapes((c, h, w), scales, "realnvp_image"):
+    for (cl, hl, wl), kl in zip(shapes, ks, strict=True):
         flows: list[Flow] = []
         for k in range(depth):
             mask_fn = checkerboard_mask if k < (depth + 1) // 2 else channel_mask
             if actnorm:
                 flows.append(ActNorm(cl))
-            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp))
+            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp, kl))
         per_scale.append(flows)
-    flow = MultiScale((c, h, w), per_scale, split_prior=split_prior)
-    return _model(flow, (c, h, w), grey_levels, alpha, dequantization)
+    flow = _multiscale((c, h, w), per_scale, split_prior, ks)
+    return _model(flow, (c, h, w), grey_levels, alpha, dequantization, context)
 
 
 def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: int = 64,
                blocks: int = 2, lu: bool = True, grey_levels: int = 256, alpha: float = 0.05,
                clamp: float | None = 2.0, split_prior: bool = True,
                dequantization: str | Dequantization = "uniform", conditioner: str = "resnet",
+               classes: int | None = None, context_shape: Sequence[int] | None = None,
                **deprecated: object) -> ImageFlowModel:
     """Glow (Kingma & Dhariwal, 2018): multi-scale, K = ``depth`` flow steps per scale.
 
@@ -367,6 +368,12 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     :class:`~flowlib.convnets.GlowConditioner`, ``blocks`` unused), about three times faster
     per step at equal ``hidden``.
 
+    Conditional Glow, p(x | c) (:mod:`flowlib.conditional`): ``classes`` K (labels 0..K-1, one-hot
+    encoded: Glow's class-conditional model) or ``context_shape`` (a float vector (k,) or image
+    (k, H, W)). Every coupling's conditioner and every split prior also read the context, and
+    the top latent gets a learned prior N(mu(c), sigma(c)^2); ``log_prob(x, context)``,
+    ``sample(n, temperature, context=c)``.
+
     Old keywords (deprecated): ``levels=`` for ``scales``, ``steps=`` for ``depth``, ``bins=``
     for ``grey_levels``; ``coupling=`` is ignored.
 
@@ -381,12 +388,14 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     integer(depth, "depth", "glow_image")
     choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
     linear = InvertibleLinearLU if lu else InvertibleLinear
+    shapes = _scale_shapes((c, h, w), scales, "glow_image")
+    ks, context = _context(classes, context_shape, shapes, "glow_image")
     per_scale = []
-    for cl, hl, wl in _scale_shapes((c, h, w), scales, "glow_image"):
+    for (cl, hl, wl), kl in zip(shapes, ks, strict=True):
         flows: list[Flow] = []
         for k in range(depth):
-            flows += [ActNorm(cl), linear(cl),
-                      _affine_coupling(channel_mask(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp)]
+            mask = channel_mask(cl, hl, wl, k % 2)
+            flows += [ActNorm(cl), linear(cl), _affine_coupling(mask, conditioner, hidden, blocks, clamp, kl)]
         per_scale.append(flows)
-    flow = MultiScale((c, h, w), per_scale, split_prior=split_prior)
-    return _model(flow, (c, h, w), grey_levels, alpha, dequantization)
+    flow = _multiscale((c, h, w), per_scale, split_prior, ks)
+    return _model(flow, (c, h, w), grey_levels, alpha, dequantization, context)

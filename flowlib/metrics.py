@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowlib._checks import choice, integer, renamed
 from flowlib._modules import evaluating, placement
@@ -31,6 +31,7 @@ __all__ = [
     "Bounds",
     "LogProbLike",
     "bits_per_dim",
+    "mean_bits_per_dim",
     "box_bounds",
     "KLEstimate",
     "kl_divergence",
@@ -112,6 +113,28 @@ class KLEstimate:
 
     def __float__(self) -> float:
         return self.value
+
+
+def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
+                      context: Tensor | None = None) -> float:
+    """Mean of ``model.bits_per_dim`` over the images ``x``, in batches, in evaluation mode.
+
+    ``samples`` > 1 importance-weights over that many dequantization draws per image (see
+    :meth:`ImageFlowModel.bits_per_dim`); ``context`` (one row per image) for a conditional
+    model. Every module's train/eval flag is restored afterwards.
+    """
+    batch = integer(batch, "batch", "mean_bits_per_dim")
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise FlowInputError(f"mean_bits_per_dim: no images to average (got {got}); pass a batch of at "
+                             f"least one image")
+    def rows(i: int) -> dict:
+        return {} if context is None else {"context": context[i:i + batch]}
+
+    with evaluating(model):
+        total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples, **rows(i)).double().sum())
+                    for i in range(0, x.shape[0], batch))
+    return total / x.shape[0]
 
 
 def _log_prob_fn(model_or_fn: object, who: str) -> Callable[[Tensor], Tensor]:

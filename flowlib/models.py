@@ -31,6 +31,7 @@ from torch import nn
 from flowlib._checks import choice, event_shape, integer, renamed
 from flowlib.actnorm import ActNorm
 from flowlib.autoregressive import MADE, InverseAutoregressive, MaskedAutoregressive
+from flowlib.conditional import ContextPrior, conditioning
 from flowlib.core import Compose, Flow, FlowInputError, FlowModel
 from flowlib.coupling import AdditiveCoupling, AffineCoupling, Coupling, Scaling, half_mask
 from flowlib.distributions import StandardNormal
@@ -49,6 +50,24 @@ __all__ = [
 
 def _is_image_shape(shape: object) -> bool:
     return isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 3
+
+
+def _context(classes: int | None, context_shape: Sequence[int] | None, who: str) -> tuple[int, dict]:
+    """(k, the FlowModel's context keywords) for a vector builder: k = 0 when unconditional."""
+    encoder, raw, encoded = conditioning(classes, context_shape, who)
+    if encoded is None:
+        return 0, {}
+    if len(encoded) != 1:
+        raise FlowInputError(f"{who}: a flow on vectors takes vector contexts, context_shape=(k,); "
+                             f"got {encoded}")
+    return encoded[0], {"context_encoder": encoder, "context_shape": raw}
+
+
+def _model(flows: list[Flow], d: int, k: int, context: dict) -> FlowModel:
+    """The vector model; a conditional one ends with the learned prior N(mu(c), sigma(c)^2)."""
+    if k:
+        flows = [*flows, ContextPrior((d,), k)]
+    return FlowModel(Compose(flows), StandardNormal(d), **context)
 
 
 def _vector_dim(dim: int | Sequence[int], who: str) -> int:
@@ -92,6 +111,7 @@ def nice_vector(dim: int | Sequence[int], couplings: int = 4, hidden: int = 128,
 def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 64, layers: int = 2,
                    actnorm: bool = True, clamp: float | None = 3.0, mixing: str = "permutation",
                    activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0,
+                   classes: int | None = None, context_shape: Sequence[int] | None = None,
                    **deprecated: object) -> FlowModel:
     """RealNVP for vectors: ``couplings`` affine couplings with alternating masks.
 
@@ -112,7 +132,10 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
       zero, so the model starts as (ActNorm followed by) the identity;
     - ``seed`` fixes the random permutations / rotations (the networks' initial weights
       follow torch's global seed, as for any nn.Module);
-    - ``coupling=`` is deprecated and ignored: the layer chooses how to separate.
+    - ``coupling=`` is deprecated and ignored: the layer chooses how to separate;
+    - ``classes`` K (labels 0..K-1) or ``context_shape`` (k,) make the model conditional,
+      p(x | c): every conditioner also reads c, and a learned prior N(mu(c), sigma(c)^2) ends
+      the flow (:mod:`flowlib.conditional`); ``log_prob(x, context)``, ``sample(n, context=c)``.
 
     The defaults (12 couplings of 2 x 64 ReLU MLPs, 53k parameters for d = 2) are the best
     configuration found by ``benchmarks/toy_kl.py``: with Adam at lr 5e-3 (warm-up, cosine
@@ -127,6 +150,7 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
     d = _vector_dim(dim, "realnvp")
     couplings = integer(couplings, "couplings", "realnvp")
     choice(mixing, "mixing", ("none", "permutation", "linear"), "realnvp")
+    k_context, context = _context(classes, context_shape, "realnvp")
     g = torch.Generator().manual_seed(int(seed))
     flows: list[Flow] = [ActNorm(d)] if actnorm else []
     for k in range(couplings):
@@ -135,12 +159,12 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
         elif k > 0 and mixing == "linear":
             flows.append(InvertibleLinearLU(d, generator=g))
         mask = half_mask(d, k % 2, kind="alternate")
-        net = MLP(*Coupling.conditioner_sizes(mask, Affine), hidden=hidden, layers=layers,
+        net = MLP(*Coupling.conditioner_sizes(mask, Affine, k_context), hidden=hidden, layers=layers,
                   activation=activation)
-        flows.append(AffineCoupling(mask, net, clamp=clamp))
+        flows.append(AffineCoupling(mask, net, clamp=clamp, context_features=k_context))
         if actnorm:
             flows.append(ActNorm(d))
-    return FlowModel(Compose(flows), StandardNormal(d))
+    return _model(flows, d, k_context, context)
 
 
 def planar_flow(dim: int | Sequence[int], layers: int = 8, enforce_invertibility: bool = True) -> FlowModel:
@@ -206,25 +230,29 @@ def _transformer(kind: str, bins: int, bound: float, clamp: float | None, who: s
 
 def _autoregressive(layer_cls: type[MaskedAutoregressive], who: str, dim: int | Sequence[int], layers: int,
                     hidden: int, made_layers: int, transformer: str, bins: int, bound: float,
-                    clamp: float | None, actnorm: bool, activation: Callable[[], nn.Module]) -> FlowModel:
+                    clamp: float | None, actnorm: bool, activation: Callable[[], nn.Module],
+                    classes: int | None, context_shape: Sequence[int] | None) -> FlowModel:
     d = _vector_dim(dim, who)
     layers = integer(layers, "layers", who)
+    k_context, context = _context(classes, context_shape, who)
     flows: list[Flow] = [ActNorm(d)] if actnorm else []
     for k in range(layers):
         # The order is reversed from one layer to the next (Papamakarios et al., 2017): the
         # coordinate that saw nothing in one layer sees everything in the next.
         order = torch.arange(d) if k % 2 == 0 else torch.arange(d - 1, -1, -1)
         tau = _transformer(transformer, bins, bound, clamp, who)
-        made = MADE(d, tau.params, hidden=hidden, layers=made_layers, order=order, activation=activation)
+        made = MADE(d, tau.params, hidden=hidden, layers=made_layers, order=order, activation=activation,
+                    context_features=k_context)
         flows.append(layer_cls(made, tau))
         if actnorm and transformer == "affine":
             flows.append(ActNorm(d))
-    return FlowModel(Compose(flows), StandardNormal(d))
+    return _model(flows, d, k_context, context)
 
 
 def maf(dim: int | Sequence[int], layers: int = 5, hidden: int = 64, made_layers: int = 2,
         transformer: str = "affine", bins: int = 8, bound: float = 4.0, clamp: float | None = 3.0,
-        actnorm: bool = True, activation: Callable[[], nn.Module] = nn.ReLU) -> FlowModel:
+        actnorm: bool = True, activation: Callable[[], nn.Module] = nn.ReLU, classes: int | None = None,
+        context_shape: Sequence[int] | None = None) -> FlowModel:
     """Masked autoregressive flow (Papamakarios et al., 2017): ``layers`` MAF layers on MADEs.
 
     Layout: [ActNorm] -> { MaskedAutoregressive(MADE, transformer) -> [ActNorm] } x layers, the
@@ -232,31 +260,35 @@ def maf(dim: int | Sequence[int], layers: int = 5, hidden: int = 64, made_layers
     rational-quadratic spline with ``bins`` bins on [-bound, bound], Durkan et al.'s
     autoregressive NSF; no ActNorm between spline layers, which keeps their inputs inside the
     interval the first ActNorm standardised them to). ``log_prob`` is one pass per layer,
-    ``sample`` d passes per layer.
+    ``sample`` d passes per layer. ``classes`` / ``context_shape``: a conditional MAF, the
+    context read by every MADE (as in Papamakarios et al.'s conditional MADE) and by a learned
+    prior at the end (see :func:`realnvp_vector`).
 
     >>> model = maf(3, layers=2, hidden=8)
     >>> model.log_prob(torch.randn(4, 3)).shape, model.sample(2).shape
     (torch.Size([4]), torch.Size([2, 3]))
     """
     return _autoregressive(MaskedAutoregressive, "maf", dim, layers, hidden, made_layers, transformer, bins,
-                           bound, clamp, actnorm, activation)
+                           bound, clamp, actnorm, activation, classes, context_shape)
 
 
 def iaf(dim: int | Sequence[int], layers: int = 5, hidden: int = 64, made_layers: int = 2,
         transformer: str = "affine", bins: int = 8, bound: float = 4.0, clamp: float | None = 3.0,
-        actnorm: bool = True, activation: Callable[[], nn.Module] = nn.ReLU) -> FlowModel:
+        actnorm: bool = True, activation: Callable[[], nn.Module] = nn.ReLU, classes: int | None = None,
+        context_shape: Sequence[int] | None = None) -> FlowModel:
     """Inverse autoregressive flow (Kingma et al., 2016): :func:`maf`'s layout with IAF layers.
 
     ``sample`` and ``sample_and_log_prob`` are one pass per layer (train it by reverse KL, or
     as a variational posterior); ``log_prob`` of given data takes d passes per layer.
     """
     return _autoregressive(InverseAutoregressive, "iaf", dim, layers, hidden, made_layers, transformer, bins,
-                           bound, clamp, actnorm, activation)
+                           bound, clamp, actnorm, activation, classes, context_shape)
 
 
 def nsf(dim: int | Sequence[int], structure: str = "coupling", layers: int = 6, hidden: int = 64,
         mlp_layers: int = 2, bins: int = 8, bound: float = 4.0, actnorm: bool = True,
-        activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0) -> FlowModel:
+        activation: Callable[[], nn.Module] = nn.ReLU, seed: int = 0, classes: int | None = None,
+        context_shape: Sequence[int] | None = None) -> FlowModel:
     """Neural spline flow (Durkan et al., 2019): rational-quadratic splines with linear tails.
 
     ``structure="coupling"``: [ActNorm] -> { [permutation] -> Coupling(mask, MLP, spline) } x
@@ -264,6 +296,8 @@ def nsf(dim: int | Sequence[int], structure: str = "coupling", layers: int = 6, 
     before each coupling but the first when d > 2 (RQ-NSF (C)). ``structure="autoregressive"``:
     :func:`maf` with spline transformers (RQ-NSF (AR)). ``bins`` K (3K - 1 numbers per
     coordinate), ``bound`` B: the spline acts on [-B, B] and is the identity outside.
+    ``classes`` / ``context_shape``: a conditional NSF (see :func:`realnvp_vector`), e.g. a 2D toy
+    conditioned on a scalar with ``context_shape=(1,)``.
 
     >>> sum(p.numel() for p in nsf(2, layers=2, hidden=8, mlp_layers=1).parameters()) > 0
     True
@@ -271,12 +305,13 @@ def nsf(dim: int | Sequence[int], structure: str = "coupling", layers: int = 6, 
     who = "nsf"
     if choice(structure, "structure", ("coupling", "autoregressive"), who) == "autoregressive":
         return _autoregressive(MaskedAutoregressive, who, dim, layers, hidden, mlp_layers, "spline", bins,
-                               bound, None, actnorm, activation)
+                               bound, None, actnorm, activation, classes, context_shape)
     d = _vector_dim(dim, who)
     if d < 2:
         raise FlowInputError("nsf: a coupling needs d >= 2 coordinates; use structure='autoregressive' "
                              "for d = 1")
     layers = integer(layers, "layers", who)
+    k_context, context = _context(classes, context_shape, who)
     g = torch.Generator().manual_seed(int(seed))
     flows: list[Flow] = [ActNorm(d)] if actnorm else []
     for k in range(layers):
@@ -284,7 +319,7 @@ def nsf(dim: int | Sequence[int], structure: str = "coupling", layers: int = 6, 
             flows.append(Permutation(torch.randperm(d, generator=g)))
         mask = half_mask(d, k % 2, kind="alternate")
         spline = RationalQuadraticSpline(bins=bins, bound=bound)
-        net = MLP(*Coupling.conditioner_sizes(mask, spline), hidden=hidden, layers=mlp_layers,
+        net = MLP(*Coupling.conditioner_sizes(mask, spline, k_context), hidden=hidden, layers=mlp_layers,
                   activation=activation)
-        flows.append(Coupling(mask, net, spline))
-    return FlowModel(Compose(flows), StandardNormal(d))
+        flows.append(Coupling(mask, net, spline, context_features=k_context))
+    return _model(flows, d, k_context, context)

@@ -14,7 +14,9 @@ bijection, :class:`GaussianSplitPrior`,
     eps2 = (z2 - mu(z1)) * exp(-log_sigma(z1)),        log|det| = -sum log_sigma(z1),
 
 so that a standard-normal density on eps2 *is* the learned prior on z2, and everything stays
-within the layer contract. Sampling at temperature T draws every eps ~ N(0, T^2), which scales
+within the layer contract. In a class-conditional Glow the prior also reads the context,
+N(mu(z1, c), sigma(z1, c)^2) (``context_features``, see :mod:`flowlib.conditional`).
+Sampling at temperature T draws every eps ~ N(0, T^2), which scales
 the split priors too; T = 0 gives mu(z1) at every scale (the mode, deterministically).
 
 :class:`MultiScale` returns a latent of the same shape as its input: the factored-out parts
@@ -33,8 +35,9 @@ from torch import Tensor
 
 from flowlib._checks import event_shape as _event_shape
 from flowlib._checks import integer, number, renamed
+from flowlib.conditional import check_context, context_map
 from flowlib.convnets import ZeroConv2d
-from flowlib.core import Compose, Flow, FlowInputError, sum_except_batch
+from flowlib.core import Compose, Flow, FlowInputError, apply, sum_except_batch
 
 __all__ = ["squeeze", "unsqueeze", "Squeeze", "GaussianSplitPrior", "MultiScale"]
 
@@ -102,9 +105,11 @@ class GaussianSplitPrior(Flow):
     so N(eps2; 0, I) = N(z2; mu(z1), sigma(z1)^2) |d eps2/d z2|: a standard normal on eps2 is
     the conditional prior p(z2 | z1) (Kingma & Dhariwal, 2018). At initialisation mu = 0 and
     sigma = 1: the map is the identity and the prior is the standard normal of RealNVP.
+    With ``context_features`` k > 0 the convolution also reads the context's k channels
+    (:func:`~flowlib.conditional.context_map`), and the layer is called ``prior(x, context)``.
     """
 
-    def __init__(self, channels: int, bound: float = 5.0) -> None:
+    def __init__(self, channels: int, bound: float = 5.0, context_features: int = 0) -> None:
         if integer(channels, "channels", "GaussianSplitPrior", minimum=2) % 2:
             raise FlowInputError(f"GaussianSplitPrior: channels must be an even integer >= 2, "
                                  f"got {channels!r}")
@@ -112,7 +117,9 @@ class GaussianSplitPrior(Flow):
         super().__init__(None)
         self.channels = channels
         self.bound = float(bound)
-        self.net = ZeroConv2d(channels // 2, channels, 3)
+        self.context_features = integer(context_features, "context_features", "GaussianSplitPrior", minimum=0)
+        self.takes_context = self.context_features > 0
+        self.net = ZeroConv2d(channels // 2 + self.context_features, channels, 3)
 
     def check_input(self, x: Tensor, direction: str = "forward") -> None:
         ok = isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 4
@@ -121,27 +128,35 @@ class GaussianSplitPrior(Flow):
             raise FlowInputError(f"{type(self).__name__}.{direction}: expected a float tensor of shape "
                                  f"(batch, {self.channels}, height, width), got {got}")
 
-    def prior_params(self, z1: Tensor) -> tuple[Tensor, Tensor]:
-        """mu(z1) and log_sigma(z1) of the conditional prior p(z2 | z1)."""
+    def prior_params(self, z1: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """mu and log_sigma of the conditional prior p(z2 | z1) (or p(z2 | z1, c))."""
+        if self.takes_context:
+            who = type(self).__name__
+            c = context_map(check_context(context, z1.shape[0], who), z1, who)
+            if c.shape[1] != self.context_features:
+                raise FlowInputError(f"{who}: built for {self.context_features} context features, got "
+                                     f"{c.shape[1]} (context of shape {tuple(context.shape)})")
+            z1 = torch.cat([z1, c.to(z1.dtype)], dim=1)
         mu, h = self.net(z1).chunk(2, dim=1)
         return mu, self.bound * torch.tanh(h / self.bound)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
         z1, z2 = x.chunk(2, dim=1)
-        mu, log_sigma = self.prior_params(z1)
+        mu, log_sigma = self.prior_params(z1, context)
         eps2 = (z2 - mu) * torch.exp(-log_sigma)
         return torch.cat([z1, eps2], dim=1), -sum_except_batch(log_sigma)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
         z1, eps2 = z.chunk(2, dim=1)
-        mu, log_sigma = self.prior_params(z1)
+        mu, log_sigma = self.prior_params(z1, context)
         z2 = mu + torch.exp(log_sigma) * eps2
         return torch.cat([z1, z2], dim=1), sum_except_batch(log_sigma)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, bound={self.bound}"
+        context = f", context_features={self.context_features}" if self.takes_context else ""
+        return f"channels={self.channels}, bound={self.bound}{context}"
 
 
 def _image_shape(shape: Sequence[int], who: str) -> tuple[int, int, int]:
@@ -174,7 +189,8 @@ class MultiScale(Flow):
     """
 
     def __init__(self, event_shape: Sequence[int], flows: Sequence[Flow | Sequence[Flow]] | None = None,
-                 split_prior: bool = True, **deprecated: object) -> None:
+                 split_prior: bool = True, context_features: Sequence[int] | int = 0,
+                 **deprecated: object) -> None:
         flows = renamed(deprecated, {"steps": "flows"}, "MultiScale").get("flows", flows)
         c, h, w = _image_shape(event_shape, "MultiScale")
         if flows is None or isinstance(flows, Flow) or len(flows) < 1:
@@ -191,9 +207,22 @@ class MultiScale(Flow):
                                      f"{err}") from err
         self.flows = torch.nn.ModuleList(per_scale)
         self.split_prior = bool(split_prior)
+        # The split priors' context channels, one per split (an int: the same for all).
+        k = ([context_features] * (len(shapes) - 1) if isinstance(context_features, int)
+             else list(context_features))
+        if len(k) != len(shapes) - 1 or (not split_prior and any(k)):
+            raise FlowInputError(f"MultiScale: context_features gives the {len(shapes) - 1} split priors' "
+                                 f"context channels (an int or one per split, and split_prior=True), got "
+                                 f"{context_features!r}")
         self.priors = torch.nn.ModuleList(
-            [GaussianSplitPrior(s[0]) for s in shapes[:-1]] if split_prior else []
+            [GaussianSplitPrior(s[0], context_features=ks) for s, ks in zip(shapes[:-1], k, strict=True)]
+            if split_prior else []
         )
+
+    @property
+    def takes_context(self) -> bool:  # type: ignore[override]
+        """Whether a per-scale flow or a split prior reads a context."""
+        return any(f.takes_context for f in [*self.flows, *self.priors])
 
     @property
     def scales(self) -> int:
@@ -256,23 +285,23 @@ class MultiScale(Flow):
         return MultiScale.scale_shapes(event_shape, levels)
 
     # -- the contract ------------------------------------------------------------------
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
         logdet = x.new_zeros(x.shape[0])
         factored = []
         h = x
         for scale, flow in enumerate(self.flows):
-            h, ld = flow(squeeze(h))
+            h, ld = apply(flow, squeeze(h), context)
             logdet = logdet + ld
             if scale < self.scales - 1:
                 if self.split_prior:
-                    h, ld = self.priors[scale](h)
+                    h, ld = apply(self.priors[scale], h, context)
                     logdet = logdet + ld
                 h, eps = h.chunk(2, dim=1)
                 factored.append(eps)
         return self._assemble(h, factored), logdet
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
         h, factored = self._disassemble(z)
         logdet = z.new_zeros(z.shape[0])
@@ -280,9 +309,9 @@ class MultiScale(Flow):
             if scale < self.scales - 1:
                 h = torch.cat([h, factored[scale]], dim=1)
                 if self.split_prior:
-                    h, ld = self.priors[scale].inverse(h)
+                    h, ld = apply(self.priors[scale], h, context, inverse=True)
                     logdet = logdet + ld
-            h, ld = self.flows[scale].inverse(h)
+            h, ld = apply(self.flows[scale], h, context, inverse=True)
             logdet = logdet + ld
             h = unsqueeze(h)
         return h, logdet

@@ -72,14 +72,12 @@ torch.set_num_threads(1)
 # %%
 import math
 import time
-from unittest import mock
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 from torch import Tensor, nn
 
-import flowlib.autoregressive as autoregressive
 from flowlib.autoregressive import (
     MADE,
     InverseAutoregressive,
@@ -347,9 +345,7 @@ print("ex1 passed")
 # %%
 def flowlib_made_on(input_degrees: Tensor, hidden_degrees: list[Tensor], params: int) -> MADE:
     """flowlib's MADE built on the given degrees instead of those it would choose."""
-    degrees = [torch.as_tensor(input_degrees), *(torch.as_tensor(h) for h in hidden_degrees)]
-    with mock.patch.object(autoregressive, "made_degrees", lambda order, hidden: degrees):
-        return MADE(len(degrees[0]), params, hidden=1, layers=len(hidden_degrees))
+    return MADE(len(input_degrees), params, degrees=[input_degrees, *hidden_degrees])
 
 
 def flowlib_masks(input_degrees: Tensor, hidden_degrees: list[Tensor], params: int) -> list[Tensor]:

@@ -33,6 +33,36 @@ def test_made_jacobian_is_triangular_in_its_order(order: list[int] | None, layer
     assert bool((jac.reshape(3, 5, 5).abs().sum(0)[allowed] > 0).all())
 
 
+def test_made_on_given_degrees_has_the_masks_the_degrees_say() -> None:
+    """MADE(degrees=...): masks m_hidden >= m_before, outputs m_out > m_last; the implied order;
+    two equal-degree blocks give a coupling's dependence (autograd)."""
+    inputs, hidden = torch.tensor([2, 3, 1]), [torch.tensor([1, 2, 2, 1]), torch.tensor([2, 1])]
+    made = MADE(3, params=2, degrees=[inputs, *hidden], activation=torch.nn.Tanh).double()
+    masks = [m.mask.bool() for m in made.net if hasattr(m, "mask")]
+    assert torch.equal(masks[0], hidden[0][:, None] >= inputs[None, :])
+    assert torch.equal(masks[1], hidden[1][:, None] >= hidden[0][None, :])
+    assert torch.equal(masks[2], inputs.repeat(2)[:, None] > hidden[1][None, :])
+    assert made.order.tolist() == [2, 0, 1]
+    blocks = MADE(5, params=2, degrees=[torch.tensor([1, 1, 1, 2, 2]), torch.ones(6, dtype=torch.long)],
+                  activation=torch.nn.Tanh).double()
+    with torch.no_grad():
+        for p in blocks.parameters():
+            p.normal_()
+    jac = torch.autograd.functional.jacobian(lambda v: blocks(v.unsqueeze(0)).squeeze(0),
+                                             torch.randn(5, dtype=torch.float64))
+    expected = torch.zeros(5, 5, dtype=torch.bool)
+    expected[3:, :3] = True  # the second block sees all of the first, nothing sees the second
+    assert torch.equal(jac.reshape(2, 5, 5).abs().sum(0) > 0, expected)
+    with pytest.raises(grading.FlowInputError, match="expected 3 input degrees"):
+        MADE(3, 2, degrees=[torch.tensor([1, 2]), torch.tensor([1])])
+    with pytest.raises(grading.FlowInputError, match="the inputs' degrees must be >= 1"):
+        MADE(2, 2, degrees=[torch.tensor([0, 1]), torch.tensor([1])])
+    with pytest.raises(grading.FlowInputError, match="integer tensor"):
+        MADE(2, 2, degrees=[torch.tensor([1.0, 2.0]), torch.tensor([1])])
+    with pytest.raises(grading.FlowInputError, match="at least one hidden"):
+        MADE(2, 2, degrees=[torch.tensor([1, 2])])
+
+
 def test_made_refuses_bad_orders_and_inputs() -> None:
     with pytest.raises(grading.FlowInputError, match="permutation of 0..2"):
         MADE(3, 2, order=[0, 0, 1])

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from flowlib._checks import inputs_checked
 from flowlib._modules import evaluating
 from flowlib.train import ddp
-from flowlib.train.batches import LoaderBatches, TensorBatches, eval_batches
+from flowlib.train.batches import LoaderBatches, Pair, TensorBatches, eval_batches, size
 from flowlib.train.config import FitConfig, Plan
 from flowlib.train.objective import Objective
 from flowlib.train.result import FitResult, TrainingError
@@ -53,18 +53,23 @@ class Setup:
     def eval_batch_size(self) -> int:
         return self.config.eval_batch_size or 4 * self.config.batch_size
 
+    @property
+    def paired(self) -> bool:
+        """Whether batches are (x, context) pairs: the model is conditional."""
+        return bool(getattr(self.model, "conditional", False))
+
 
 def evaluate(s: Setup, data: Any, name: str) -> float:
     """The mean figure over ``data`` in full precision and evaluation mode, averaged over processes."""
     total = torch.zeros((), dtype=torch.float64, device=s.rt.device)
     count = 0
     # A tensor was checked whole at the door; a loader's batches are checked by the model.
-    checked = inputs_checked() if isinstance(data, Tensor) else nullcontext()
+    checked = inputs_checked() if isinstance(data, (Tensor, Pair)) else nullcontext()
     with evaluating(s.model), checked:
-        for x in eval_batches(data, s.eval_batch_size, s.d.rank, s.d.world, name):
+        for x in eval_batches(data, s.eval_batch_size, s.d.rank, s.d.world, name, paired=s.paired):
             x = s.rt.to_device(x)
             total += s.objective.total(s.model, x)
-            count += x.shape[0]
+            count += size(x)
     total_v, count_v = ddp.total(torch.stack([total, total.new_tensor(float(count))]), s.d).tolist()
     return total_v / max(count_v, 1.0)
 

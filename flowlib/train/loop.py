@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from flowlib._checks import FlowInputError, inputs_checked
 from flowlib._modules import training
 from flowlib.train import ddp
-from flowlib.train.batches import batches_of, check_source, place
+from flowlib.train.batches import as_pair, batches_of, check_source, place, size
 from flowlib.train.checkpoint import rng_state, save_run
 from flowlib.train.config import FitConfig
 from flowlib.train.evaluation import Setup, evaluate, result_of, validate
@@ -62,6 +62,9 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
       order that resumes exactly, and moved to the GPU once if under 2 GiB. ``batch_size``
       (256; per process under DDP), ``eval_batch_size`` (4x), ``seed`` (seeds torch, NumPy,
       ``random`` and the data order; None keeps the generators and draws a data seed from torch).
+      A conditional model (``model.conditional``, see :mod:`flowlib.conditional`) trains on
+      pairs: ``(x, context)``, two tensors with a row per sample (visited in the same order), or
+      a loader of (x, context) batches; it minimises ``model.loss(x, context)``.
     - Optimisation: AdamW (``lr`` 1e-3, ``weight_decay`` 0; Loshchilov & Hutter, 2019), a linear
       warm-up of ``warmup_steps`` (default min(100, 10 % of the steps)), then ``schedule``
       "cosine" (to 0 at the end of the budget) or "constant". ``clip_grad_norm`` (10; None: off)
@@ -120,10 +123,14 @@ def fit(model: nn.Module, train_data: Tensor | Iterable, *, val_data: Tensor | I
     if config.channels_last and (shape is None or len(shape) != 3):
         raise FlowInputError(f"fit: channels_last=True is for image models with an event shape (C, H, W), "
                              f"got {shape}")
-    # Every data source is checked at the door, before any process group or device work.
+    # Every data source is checked at the door, before any process group or device work. A
+    # conditional model reads (x, context) pairs.
+    paired = bool(getattr(model, "conditional", False))
     for name, data in (("train_data", train_data), ("val_data", val_data), ("test_data", test_data)):
         if data is not None:
-            check_source(data, shape, f"fit: {name}")
+            check_source(data, shape, f"fit: {name}", paired)
+    if paired:
+        train_data, val_data, test_data = (as_pair(v) or v for v in (train_data, val_data, test_data))
     d = ddp.setup(config.distributed, config.device)
     try:
         result = _train(model, objective, config, allowed, d, shape, train_data, val_data, test_data)
@@ -162,7 +169,8 @@ def _run(model: nn.Module, objective: Objective, config: FitConfig, allowed: fro
         resumed_from: int | None = state.step
     else:
         state, resumed_from = RunState(data_seed=seed_everything(config.seed, d)), None
-    batches = batches_of(place(train, rt.device), config.batch_size, state.data_seed, d.rank, d.world, shape)
+    batches = batches_of(place(train, rt.device), config.batch_size, state.data_seed, d.rank, d.world, shape,
+                         paired=bool(getattr(model, "conditional", False)))
     if resumed_from is not None:
         check_budget(state, config, batches, path)
     end = epochs_end(state, config, batches)
@@ -216,7 +224,7 @@ def _loop(s: Setup, state: RunState) -> str:
                         s.rt.optimizer.zero_grad(set_to_none=True)
                         raise _failure(s, state, clock(), str(err), saved_at) from None
                     state.step += 1
-                    state.epoch_samples += x.shape[0]
+                    state.epoch_samples += size(x)
                     state.history.add_step(loss_v, lr, gnorm_v)
                     ema = loss_v if ema is None else 0.95 * ema + 0.05 * loss_v
                     if s.val_data is not None and state.step % plan.eval_every == 0:

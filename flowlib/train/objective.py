@@ -5,6 +5,9 @@ in ``model.loss_unit`` ("nats" for vector flows, -log p(x); "bits/dim" for image
 same optimum divided by D ln 2). :func:`fit <flowlib.train.fit>` minimises the batch mean of it,
 reports training and validation figures in that unit, and a gradient clip therefore acts on the
 gradient of that figure. ``loss_fn(model, x) -> scalar`` replaces it (unit "loss").
+
+A conditional model's batches are pairs (:class:`~flowlib.train.batches.Pair`): its figure is
+``model.loss(x, context)``, and a ``loss_fn`` receives the pair as its batch.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError
+from flowlib.train.batches import Pair, size
 
 __all__ = ["Objective", "LossModule"]
 
@@ -51,18 +55,19 @@ class Objective:
         """The unit as the progress bar shows it."""
         return {"bits/dim": "bpd"}.get(self.unit, self.unit)
 
-    def loss(self, model: nn.Module, x: Tensor) -> Tensor:
+    def loss(self, model: nn.Module, x: Tensor | Pair) -> Tensor:
         """A scalar to minimise for one batch: the mean of ``model.loss(x)`` (or ``loss_fn``'s)."""
         if self.loss_fn is not None:
             return self.loss_fn(model, x)
-        return model.loss(x).mean()
+        return (model.loss(*x) if isinstance(x, Pair) else model.loss(x)).mean()
 
-    def total(self, model: nn.Module, x: Tensor) -> Tensor:
+    def total(self, model: nn.Module, x: Tensor | Pair) -> Tensor:
         """The reported figure summed over the batch in float64, so batches of any size average right."""
+        n = size(x)
         if self.loss_fn is not None:
-            return self.loss_fn(model, x).double() * x.shape[0]
-        v = model.loss(x).double()
-        return v.sum() if v.dim() else v * x.shape[0]
+            return self.loss_fn(model, x).double() * n
+        v = (model.loss(*x) if isinstance(x, Pair) else model.loss(x)).double()
+        return v.sum() if v.dim() else v * n
 
 
 class LossModule(nn.Module):
@@ -79,5 +84,5 @@ class LossModule(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Pair) -> Tensor:
         return self.objective.loss(self.model, x)

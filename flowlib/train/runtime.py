@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError
 from flowlib._modules import placement
-from flowlib.train.batches import derive_seed
+from flowlib.train.batches import Pair, derive_seed
 from flowlib.train.config import FitConfig
 from flowlib.train.ddp import Dist, broadcast_int
 
@@ -39,7 +39,9 @@ class Runtime:
     optimizer: torch.optim.Optimizer
     scaler: Any  #: a GradScaler for fp16, else None
 
-    def to_device(self, x: Tensor) -> Tensor:
+    def to_device(self, x: Tensor | Pair) -> Tensor | Pair:
+        if isinstance(x, Pair):  # the context too: a float one cast like the data, labels kept integer
+            return Pair(self.to_device(x.x), x.to(device=self.device, dtype=self.dtype).context)
         x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
         if self.memory_format is not None and x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
