@@ -50,10 +50,11 @@ class LayerCase:
     inputs: str = "normal"
     tails: float | None = None
     tol: float = 1e-5
+    label: str = ""  #: the test id when a class has several cases (the conditional ones)
 
     @property
     def name(self) -> str:
-        return self.cls.__name__
+        return self.label or self.cls.__name__
 
 
 CASES: list[LayerCase] = []

@@ -7,7 +7,8 @@ gives inside the batch). Corner cases: the identity initialisation (zero weights
 identity with logdet 0, and far in the tails the round trip and the logdet still hold.
 
 The list of cases is written by hand in tests/layer_cases.py; :func:`test_cases_cover_every_layer`
-walks flowlib's modules so that a new layer without a case fails here.
+walks flowlib's modules so that a new layer without a case fails here. The conditional layers
+(tests/conditional_cases.py) go through the same checks at fixed contexts.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import pkgutil
 
 import pytest
 import torch
+from conditional_cases import CONDITIONAL_CASES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from layer_cases import BASES, CASES, LayerCase
+from layer_cases import BASES, LayerCase
+from layer_cases import CASES as UNCONDITIONAL_CASES
 from torch import Tensor
 from torch.autograd.functional import jacobian
 
@@ -35,6 +38,7 @@ DEVICES = [
         marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
     ),
 ]
+CASES = UNCONDITIONAL_CASES + CONDITIONAL_CASES
 IDENTITY_CASES = [c for c in CASES if c.identity is not None]
 TAIL_CASES = [c for c in CASES if c.tails is not None]
 
@@ -72,7 +76,7 @@ def test_cases_cover_every_layer():
 
 
 def test_each_layer_listed_once():
-    names = [f"{c.cls.__module__}.{c.cls.__qualname__}" for c in CASES]
+    names = [f"{c.cls.__module__}.{c.cls.__qualname__}" for c in UNCONDITIONAL_CASES]
     assert len(names) == len(set(names)), "a layer class has two cases: give it one"
 
 
