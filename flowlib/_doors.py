@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from flowlib._checks import FlowInputError, number
+from flowlib._modules import placement
 
-__all__ = ["check_data", "check_temperature", "check_model_context"]
+__all__ = ["check_data", "check_temperature", "check_model_context", "model_context"]
 
 
 def check_data(x: Tensor, event_shape: tuple[int, ...], device: torch.device, where: str,
@@ -106,3 +107,19 @@ def check_model_context(context: object, n: int, context_shape: tuple[int, ...] 
         raise FlowInputError(f"{where}: expected a finite context, found "
                              f"{int((~torch.isfinite(context)).sum())} NaN or inf values")
     return context
+
+
+def model_context(model: object, context: object, n: int, who: str) -> Tensor | None:
+    """The context at a model's door: None for an unconditional model (which refuses one), else
+    one context per sample (:func:`check_model_context`), through the model's ``context_encoder``
+    and in its dtype."""
+    if not model.conditional:
+        if context is not None:
+            raise FlowInputError(f"{who}: this model is not conditional (no layer reads a context): "
+                                 f"call it without context=")
+        return None
+    device, dtype = placement(model)
+    context = check_model_context(context, n, model.context_shape, device, who)
+    if model.context_encoder is not None:
+        context = model.context_encoder(context)
+    return context.to(dtype) if dtype.is_floating_point else context

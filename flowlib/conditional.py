@@ -137,8 +137,8 @@ class ContextPrior(Flow):
     >>> prior = ContextPrior((2,), context_features=3)
     >>> z, c = torch.randn(4, 2), torch.eye(3)[[0, 1, 2, 0]]
     >>> eps, logdet = prior(z, c)
-    >>> torch.equal(eps, z), logdet.tolist()   # zero start: the identity
-    (True, [0.0, 0.0, 0.0, 0.0])
+    >>> torch.equal(eps, z), bool((logdet == 0).all())   # zero start: the identity
+    (True, True)
     """
 
     takes_context = True

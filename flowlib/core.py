@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from flowlib._checks import FlowInputError, checking_inputs, integer
-from flowlib._doors import check_data, check_model_context, check_temperature
+from flowlib._doors import check_data, check_temperature, model_context
 from flowlib._modules import placement
 
 __all__ = ["Flow", "Compose", "Inverse", "FlowModel", "FlowInputError", "sum_except_batch", "positions",
@@ -305,18 +305,8 @@ class FlowModel(nn.Module, Distribution):
         return apply(self.flow, x, context)
 
     def _context(self, context: object, n: int, who: str) -> Tensor | None:
-        """The context at a door: None for an unconditional model (which refuses one), else one
-        encoded context per sample, in the model's dtype."""
-        if not self.conditional:
-            if context is not None:
-                raise FlowInputError(f"{who}: this model is not conditional (no layer reads a context): "
-                                     f"call it without context=")
-            return None
-        device, dtype = placement(self)
-        context = check_model_context(context, n, self.context_shape, device, who)
-        if self.context_encoder is not None:
-            context = self.context_encoder(context)
-        return context.to(dtype) if dtype.is_floating_point else context
+        """The context at a door, one encoded one per sample (:func:`flowlib._doors.model_context`)."""
+        return model_context(self, context, n, who)
 
     @property
     def checks_inputs(self) -> bool:
@@ -339,7 +329,8 @@ class FlowModel(nn.Module, Distribution):
 
     def loss(self, x: Tensor, context: object = None) -> Tensor:
         """What training minimises, one value per sample: -log p_X(x), in nats (``loss_unit``)."""
-        return -self.log_prob(x, context)
+        # Without a context, log_prob(x) alone: a subclass may override it with that signature.
+        return -(self.log_prob(x) if context is None else self.log_prob(x, context))
 
     def _shape(self, sample_shape: int | Sequence[int] | torch.Size, who: str) -> tuple[int, ...]:
         """The sample shape as a tuple of ints >= 0; NumPy integers are accepted (``np.int64(3)``)."""

@@ -136,8 +136,7 @@ class ImageFlowModel(FlowModel):
         return self.base.log_prob(z) + logdet + log_correction
 
     def log_prob(self, x: Tensor, context: object = None) -> Tensor:
-        """A one-sample dequantization bound on log P(x) (or log P(x | c)) of discrete images x, in
-        nats, shape (batch,)."""
+        """A one-sample dequantization bound on log P(x) (or P(x | c)) of discrete images, nats, (batch,)."""
         who = f"{type(self).__name__}.log_prob"
         levels = self._levels(x, who)
         return self._log_prob_levels(levels, self._context(context, levels.shape[0], who))
@@ -183,7 +182,7 @@ class ImageFlowModel(FlowModel):
         The same optimum as nats per image, divided by D ln 2, so that the figure reads as in
         the papers (about 1 for MNIST, 8 for uniform noise) whatever the image size.
         """
-        return self.bits_per_dim(x, context=context)
+        return self.bits_per_dim(x) if context is None else self.bits_per_dim(x, context=context)
 
     def initialize(self, x: Tensor, context: object = None) -> None:
         """Run one batch in training mode, so data-dependent layers (ActNorm) initialise on it.
@@ -243,8 +242,7 @@ def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, c
 
 def _context(classes: int | None, context_shape: Sequence[int] | None, shapes: list[tuple[int, int, int]],
              who: str) -> tuple[list[int], dict]:
-    """Per scale, the context channels its layers read (all 0 when unconditional), and the model's
-    context keywords (see :func:`flowlib.conditional.conditioning`)."""
+    """Per scale, the context channels its layers read (all 0: unconditional); the model's keywords."""
     encoder, raw, encoded = conditioning(classes, context_shape, who)
     if encoded is None:
         return [0] * len(shapes), {}

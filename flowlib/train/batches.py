@@ -206,7 +206,8 @@ def check_source(data: Any, event_shape: tuple[int, ...] | None, where: str, pai
         if pair.context.is_floating_point() and not bool(torch.isfinite(pair.context).all()):
             raise FlowInputError(f"{where}: expected finite contexts, found NaN or inf values")
         return
-    if pair is not None:
+    if pair is not None and pair.x.shape[1:] != pair.context.shape[1:]:
+        # Two tensors of different kinds: data and labels, not a list of two batches.
         raise FlowInputError(f"{where}: got a pair of tensors (x, context?) but the model is not conditional "
                              f"(no layer reads a context); pass x alone")
     if isinstance(data, Tensor):
