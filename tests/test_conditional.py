@@ -199,3 +199,24 @@ def test_image_context_glow_and_realnvp():
         assert model.sample(4, context=context).shape == (4, 1, 8, 8)
     with pytest.raises(FlowInputError, match="glow_image: .*cannot be brought"):
         glow_image((1, 8, 8), hidden=8, grey_levels=17, context_shape=(1, 6, 6))
+
+
+def test_bayes_classifier_on_separated_classes():
+    """Two Gaussians 6 sigma apart: the class-conditional flow classifies (nearly) every point; the
+    posterior is a distribution; a prior that favours a class moves the boundary toward the other."""
+    from flowlib.conditional import class_log_posterior, classify
+    torch.manual_seed(0)
+    y = torch.randint(0, 2, (2000,))
+    x = torch.randn(2000, 2) + 6 * y[:, None].float() - 3
+    model = nsf(2, layers=2, hidden=16, classes=2)
+    fit(model, (x, y), steps=150, batch_size=256, lr=5e-3, progress=False)
+    post = class_log_posterior(model, x[:500])
+    torch.testing.assert_close(post.exp().sum(1), torch.ones(500, dtype=torch.float64))
+    assert (classify(model, x[:500]) == y[:500]).float().mean() > 0.99
+    middle = torch.zeros(1, 2)  # on the boundary of a uniform prior: the prior decides
+    assert classify(model, middle, prior=torch.tensor([0.999, 0.001])).item() == 0
+    assert classify(model, middle, prior=torch.tensor([0.001, 0.999])).item() == 1
+    with pytest.raises(FlowInputError, match="class-conditional"):
+        class_log_posterior(nsf(2, layers=1, hidden=4), x[:3])
+    with pytest.raises(FlowInputError, match="2 probabilities"):
+        class_log_posterior(model, x[:3], prior=torch.tensor([0.5, 0.2]))
