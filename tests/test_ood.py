@@ -1,0 +1,79 @@
+"""flowlib.ood: the AUROC against a brute-force count, the complexity of known images, the scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowlib import FlowInputError
+from flowlib.image_models import glow_image
+from flowlib.ood import (
+    auroc,
+    complexity_bits,
+    complexity_corrected_score,
+    likelihood_ratio_score,
+    nll_score,
+    roc_curve,
+    typicality_score,
+)
+
+
+def brute_force_auroc(s_in: torch.Tensor, s_out: torch.Tensor) -> float:
+    """P(s_out > s_in) + P(s_out == s_in) / 2 over every pair."""
+    greater = (s_out[:, None] > s_in[None, :]).double().mean()
+    equal = (s_out[:, None] == s_in[None, :]).double().mean()
+    return float(greater + equal / 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_is_the_pairwise_probability(seed):
+    g = torch.Generator().manual_seed(seed)
+    s_in = torch.randint(0, 6, (40,), generator=g).double()  # small integers: many ties
+    s_out = torch.randint(1, 8, (25,), generator=g).double()
+    assert auroc(s_in, s_out) == pytest.approx(brute_force_auroc(s_in, s_out), abs=1e-12)
+
+
+def test_auroc_extremes_and_the_curve():
+    assert auroc(torch.zeros(3), torch.ones(4)) == 1.0
+    assert auroc(torch.ones(3), torch.zeros(4)) == 0.0
+    assert auroc(torch.ones(3), torch.ones(4)) == 0.5
+    s_in, s_out = torch.randn(200), torch.randn(100) + 1
+    fpr, tpr = roc_curve(s_in, s_out)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    assert (fpr[1:] >= fpr[:-1]).all() and (tpr[1:] >= tpr[:-1]).all()
+    # The area under the drawn curve is the AUROC.
+    area = float(((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2).sum())
+    assert area == pytest.approx(auroc(s_in, s_out), abs=1e-9)
+    with pytest.raises(FlowInputError, match="finite"):
+        auroc(torch.tensor([1.0, float("nan")]), torch.ones(2))
+
+
+def test_complexity_of_known_images():
+    flat = torch.full((2, 1, 28, 28), 7.0)
+    noise = torch.randint(0, 256, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float()
+    ramp = torch.arange(28.0).repeat(28, 1).reshape(1, 1, 28, 28) * 9  # every row the same ramp
+    flat_bits, noise_bits, ramp_bits = complexity_bits(flat), complexity_bits(noise), complexity_bits(ramp)
+    assert flat_bits.max() < 0.3 and noise_bits.min() > 7.5  # nothing to say vs incompressible
+    assert ramp_bits.item() < 0.5  # the Sub filter turns each row of a ramp into a constant
+    assert complexity_bits(noise[:, 0]).shape == (2,)
+
+
+def test_scores_on_a_small_model():
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), hidden=8, blocks=1, grey_levels=17)
+    x = torch.randint(0, 17, (6, 1, 8, 8))
+    bpd = nll_score(model, x)
+    assert bpd.shape == (6,) and torch.isfinite(bpd).all()
+    torch.manual_seed(1)
+    a = nll_score(model, x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(likelihood_ratio_score(model, model, x), torch.zeros(6, dtype=torch.float64),
+                               atol=0.2, rtol=0)  # the same model: only dequantization noise differs
+    corrected = complexity_corrected_score(model, x)
+    assert corrected.shape == (6,)
+    typ = typicality_score(model, x, train_bpd=a.mean(), group=2)
+    assert typ.shape == (3,) and (typ >= 0).all()
+    with pytest.raises(FlowInputError, match="no group"):
+        typicality_score(model, x, train_bpd=1.0, group=7)
+    with pytest.raises(FlowInputError, match="ImageFlowModel"):
+        nll_score(torch.nn.Linear(2, 2), x)
