@@ -34,8 +34,11 @@ first batch never re-initialises it).
 - the builder's size keywords are bounded before anything is allocated, so a file cannot ask
   for a model that fills the memory: ``hidden`` at most 4,096, ``blocks`` at most 64,
   ``depth`` at most 256, ``couplings`` at most 256, ``scales`` at most 8, ``grey_levels`` at
-  most 65,536; ``shape`` at most 64 channels, 4,096 pixels a side and 4,194,304 values; and an
-  estimate of the parameters and buffers at most 100,000,000 (400 MB in float32).
+  most 65,536, and for the transformer flow ``patch``, ``layers``, ``heads`` at most 64 and
+  ``width`` at most 4,096; a conditional model's ``classes`` at most 1,000 and
+  ``context_shape`` at most 64 channels by 4,096 pixels a side; ``shape`` at most 64 channels,
+  4,096 pixels a side and 4,194,304 values; and an estimate of the parameters and buffers at
+  most 100,000,000 (400 MB in float32).
 """
 
 from __future__ import annotations
@@ -62,22 +65,35 @@ except ImportError:  # Python 3.10
     from importlib.abc import Traversable
 
 __all__ = ["FORMAT", "BUILDERS", "MANIFEST", "MAX_KWARGS", "MAX_PARAMETERS", "load_pretrained",
-           "shipped_checkpoints", "checkpoint_info", "record_in_manifest"]
+           "shipped_checkpoints", "checkpoint_info", "record_in_manifest", "builder"]
 
 FORMAT = "flowlib.pretrained/1"
 #: Only these builders may be named by a file: a file never chooses arbitrary code to call.
-BUILDERS = frozenset({"nice_image", "realnvp_image", "glow_image"})
+BUILDERS = frozenset({"nice_image", "realnvp_image", "glow_image", "tarflow_image"})
 #: The shipped files' manifest, beside them in ``flowlib/checkpoints/``.
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "flowlib.checkpoints-manifest/1"
 #: The largest size keyword a file may ask of its builder (old spellings share the new limit).
-MAX_KWARGS = {"hidden": 4096, "blocks": 64, "depth": 256, "couplings": 256, "scales": 8, "grey_levels": 65536}
+MAX_KWARGS = {"hidden": 4096, "blocks": 64, "depth": 256, "couplings": 256, "scales": 8, "grey_levels": 65536,
+              "patch": 64, "width": 4096, "layers": 64, "heads": 64, "classes": 1000}
 _OLD_SPELLINGS = {"levels": "scales", "steps": "depth", "bins": "grey_levels"}
 MAX_CHANNELS, MAX_SIDE, MAX_EVENT_SIZE = 64, 4096, 4_194_304
 #: The largest estimated number of parameters and buffers (400 MB in float32).
 MAX_PARAMETERS = 100_000_000
 #: A shipped name ("glow_mnist"), a path to a file, or an entry of :func:`shipped_checkpoints`.
 Source = str | os.PathLike | Traversable
+
+
+def builder(name: str):
+    """The builder function a file may name (:data:`BUILDERS`), from a fixed table: never looked up
+    by an arbitrary name."""
+    from flowlib import tarflow  # the transformer flow builds on image_models: imported when asked for
+
+    table = {"nice_image": image_models.nice_image, "realnvp_image": image_models.realnvp_image,
+             "glow_image": image_models.glow_image, "tarflow_image": tarflow.tarflow_image}
+    if name not in table:
+        raise FlowInputError(f"load_pretrained: unknown builder {name!r}, expected one of {sorted(table)}")
+    return table[name]
 
 
 def _folder() -> Traversable:
@@ -219,6 +235,15 @@ def _check_sizes(builder: str, kwargs: dict[str, Any], name: str) -> None:
         new = _OLD_SPELLINGS.get(key, key)
         if new in MAX_KWARGS:
             sizes[new] = _size(value, key, name, MAX_KWARGS[new], minimum=2 if new == "grey_levels" else 1)
+    context = kwargs.get("context_shape")
+    extra = sizes.get("classes", 0)  # context channels every conditioner reads, at most
+    if context is not None:
+        if not isinstance(context, (list, tuple)) or len(context) not in (1, 3):
+            raise FlowInputError(f"load_pretrained: {name} asks for context_shape={context!r}, expected "
+                                 f"(k,) or (k, height, width)")
+        k = _size(context[0], "context_shape[0]", name, MAX_CHANNELS)
+        sides = [_size(v, f"context_shape[{i + 1}]", name, MAX_SIDE) for i, v in enumerate(context[1:])]
+        extra = k * (sides[0] * sides[1] if sides else 1)  # an image context may reach a scale as depth
     shape = kwargs.get("shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3:
         raise FlowInputError(f"load_pretrained: {name} asks for shape={shape!r}, expected (channels, height, "
@@ -229,13 +254,24 @@ def _check_sizes(builder: str, kwargs: dict[str, Any], name: str) -> None:
         raise FlowInputError(f"load_pretrained: {name} asks for shape={list(shape)} ({c * h * w:,} values "
                              f"per image), at most {MAX_EVENT_SIZE:,}: a damaged or foreign file")
     hidden, blocks = sizes.get("hidden", 64), sizes.get("blocks", 2)
+    if builder == "tarflow_image":
+        p, width = sizes.get("patch", 2), sizes.get("width", 64)
+        tokens, features = max(1, h * w // (p * p)), c * p * p
+        per_block = sizes.get("layers", 2) * 13 * width ** 2 + (tokens + 3 * features) * width
+        estimate = c * h * w + sizes.get("blocks", 4) * per_block
+        if estimate > MAX_PARAMETERS:
+            raise FlowInputError(f"load_pretrained: {name} asks {builder} for a model of about "
+                                 f"{estimate:.2e} parameters, at most {MAX_PARAMETERS:,} "
+                                 f"(flowlib.pretrained.MAX_PARAMETERS): a damaged or foreign file")
+        return
     if builder == "nice_image":
         stages = [(c, sizes.get("couplings", 4))]
     else:
         stages = [(4 * c * 2**scale, sizes.get("depth", 4)) for scale in range(sizes.get("scales", 2))]
     estimate = c * h * w
     for channels, depth in stages:
-        convolutions = 9 * hidden * (3 * channels + 2 * blocks * hidden + 2) + channels * (channels + 2)
+        convolutions = (9 * hidden * (3 * channels + extra + 2 * blocks * hidden + 2)
+                        + channels * (channels + 2))
         per_step = convolutions + c * h * w  # and one mask of the image's size
         estimate += depth * per_step
     if estimate > MAX_PARAMETERS:
@@ -300,7 +336,7 @@ def load_pretrained(source: Source, map_location: str | torch.device = "cpu") ->
     name = str(file) if isinstance(file, Path) else file.name
     _check_sizes(blob["builder"], blob["kwargs"], name)
     try:
-        model = getattr(image_models, blob["builder"])(**blob["kwargs"])
+        model = builder(blob["builder"])(**blob["kwargs"])
     except (TypeError, ValueError) as err:  # FlowInputError is a ValueError
         raise FlowInputError(f"load_pretrained: the builder keywords of {name} do not fit today's "
                              f"{blob['builder']} ({err}); {_remedy(_shipped_name(file))}") from err

@@ -1,8 +1,20 @@
-"""Train an image flow (Glow, RealNVP or NICE) and ship it as a small, safely loadable file.
+"""Train an image flow (Glow, RealNVP, NICE, the transformer flow) and ship it as a small, loadable file.
 
     python scripts/train_image_flow.py --model glow --data mnist --minutes 20 \\
         --out flowlib/checkpoints/glow_mnist.pt
+    python scripts/train_image_flow.py --model glow --data mnist --classes --minutes 14 \\
+        --out flowlib/checkpoints/glow_mnist_classes.pt        # class-conditional, p(x | y)
+    python scripts/train_image_flow.py --model glow --data mnist --inpaint --minutes 14 \\
+        --out flowlib/checkpoints/glow_mnist_inpaint.pt        # conditioned on the observed pixels
     python scripts/train_image_flow.py --model nice --data digits --minutes 1 --out /tmp/nice.pt --no-readme
+
+``--classes`` trains Glow's class-conditional model (``classes=10``: every coupling and split
+prior reads the one-hot label, the top latent has a learned prior per class) on (image, label)
+pairs, and records the test accuracy of the Bayes classifier argmax_y p(x | y)
+(:func:`flowlib.conditional.classify`). ``--inpaint`` trains a flow conditioned on the observed
+part of the image, c = (m y, m) (:func:`flowlib.inpainting.inpainting_context`), one mask of
+:func:`flowlib.inpainting.inpainting_masks` drawn per image (training masks from ``--seed``,
+validation and test masks from other seeds, all recorded).
 
 What it does:
 
@@ -44,16 +56,19 @@ from typing import Any
 
 import torch
 
-from flowlib import image_models, pretrained
+from flowlib import pretrained
 from flowlib._integrity import with_checksum
 from flowlib._io import atomic_write
+from flowlib.conditional import classify
 from flowlib.data.images import DATASETS, load_digits, load_images, pad_to
 from flowlib.image_models import count_parameters, mean_bits_per_dim
+from flowlib.inpainting import inpainting_context, inpainting_masks
 from flowlib.pretrained import BUILDERS as PRETRAINED_BUILDERS
 from flowlib.pretrained import FORMAT, load_pretrained  # noqa: F401  (re-exported for users of the script)
 from flowlib.train import fit, save_checkpoint
 
-BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_image"}
+BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_image",
+            "tarflow": "tarflow_image"}
 #: The builders a shipped file may name: nothing else is ever looked up by name.
 ALLOWED_BUILDERS = PRETRAINED_BUILDERS
 assert set(BUILDERS.values()) == ALLOWED_BUILDERS
@@ -62,7 +77,12 @@ DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "glow": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
     "realnvp": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
     "nice": {"couplings": 4, "hidden": 32, "blocks": 1},
+    "tarflow": {"patch": 4, "blocks": 4, "width": 64, "layers": 2, "heads": 4},
 }
+#: Seeds of the inpainting masks of the validation and test images (the training masks use --seed).
+INPAINT_SEEDS = {"val": 1001, "test": 1002}
+#: How many test images score the Bayes classifier (10 classes x 1 draw each: 10 passes per image).
+ACCURACY_IMAGES = 2000
 MAX_BYTES = 10 * 1024 * 1024
 VAL_SIZE = 5000  # the last 5000 training images of MNIST / Fashion-MNIST validate
 
@@ -78,16 +98,33 @@ README_HEADER = (
 
 
 # -- the data ------------------------------------------------------------------------------------
-def load_splits(name: str, pad: int | None) -> dict[str, torch.Tensor]:
-    """train / val / test images as float grey levels (what fit takes), padded to ``pad`` if given."""
+def load_splits(name: str, pad: int | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """train / val / test images as float grey levels (what fit takes), padded to ``pad`` if given,
+    and their labels."""
     if name == "digits":
-        splits = {s: load_digits(s)[0] for s in ("train", "val", "test")}
+        pairs = {s: load_digits(s) for s in ("train", "val", "test")}
     else:
-        train = load_images(name, "train")[0]
-        splits = {"train": train[:-VAL_SIZE], "val": train[-VAL_SIZE:], "test": load_images(name, "test")[0]}
-    if pad:
-        splits = {s: pad_to(x, pad) for s, x in splits.items()}
-    return {s: x.float() for s, x in splits.items()}
+        (train, labels), test = load_images(name, "train"), load_images(name, "test")
+        pairs = {"train": (train[:-VAL_SIZE], labels[:-VAL_SIZE]),
+                 "val": (train[-VAL_SIZE:], labels[-VAL_SIZE:]), "test": test}
+    images = {s: (pad_to(x, pad) if pad else x).float() for s, (x, _) in pairs.items()}
+    return images, {s: y.long() for s, (_, y) in pairs.items()}
+
+
+def contexts(args: argparse.Namespace, data: dict, labels: dict,
+             grey_levels: int) -> dict[str, torch.Tensor] | None:
+    """Each split's contexts: the labels (``--classes``), the (observed image, mask) pairs
+    (``--inpaint``), or None (unconditional)."""
+    if args.classes:
+        return labels
+    if not args.inpaint:
+        return None
+    out = {}
+    for split, x in data.items():
+        seed = args.seed if split == "train" else INPAINT_SEEDS[split]
+        masks = inpainting_masks(x.shape[0], size=x.shape[-1], generator=torch.Generator().manual_seed(seed))
+        out[split] = inpainting_context(x, masks, grey_levels).float()
+    return out
 
 
 # -- the record ----------------------------------------------------------------------------------
@@ -133,6 +170,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a builder argument, e.g. hidden=64 or dequantization=variational")
     p.add_argument("--pad", type=int, default=None, help="pad the images to PAD x PAD (e.g. 32 for 3 scales)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--classes", action="store_true", help="class-conditional: p(x | label)")
+    kind.add_argument("--inpaint", action="store_true",
+                      help="conditioned on the observed pixels and the mask (random squares or halves)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine)")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -152,6 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], grey_levels: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS[args.model], "grey_levels": grey_levels}
+    if (args.classes or args.inpaint) and args.model == "tarflow":
+        raise SystemExit("--classes and --inpaint are for the Glow, RealNVP and NICE families, not tarflow")
+    if args.classes:
+        kwargs["classes"] = 10
+    if args.inpaint:
+        kwargs["context_shape"] = [2 * shape[0], shape[1], shape[2]]
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -168,20 +215,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     info = DATASETS[args.data]
-    data = load_splits(args.data, args.pad)
+    data, labels = load_splits(args.data, args.pad)
     shape = tuple(int(s) for s in data["train"].shape[1:])
     kwargs = builder_kwargs(args, shape, info.grey_levels)
     builder = BUILDERS[args.model]
+    context = contexts(args, data, labels, info.grey_levels)
+
+    def split(name: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return data[name] if context is None else (data[name], context[name])
 
     torch.manual_seed(args.seed)
-    model = getattr(image_models, builder)(**kwargs)
+    model = pretrained.builder(builder)(**kwargs)
     # ActNorm's data-dependent start on a large batch (a resumed run then loads its weights anyway).
-    model.initialize(data["train"][:1024])
+    start = {} if context is None else {"context": context["train"][:1024]}
+    model.initialize(data["train"][:1024], **start)
     state = args.state or Path("runs") / f"{args.out.stem}.fit.pt"
     eval_every = args.eval_every or (None if args.data == "digits" else 500)
     print(f"{args.model} ({builder}, {count_parameters(model)} parameters) on {args.data} {shape}: "
           f"{args.minutes:g} min, training state {state}", flush=True)
-    result = fit(model, data["train"], val_data=data["val"], seconds=60.0 * args.minutes,
+    result = fit(model, split("train"), val_data=split("val"), seconds=60.0 * args.minutes,
                  batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
                  eval_every=eval_every, early_stopping_patience=args.patience, checkpoint=state,
                  resume=not args.fresh, seed=args.seed, device="cpu", progress=sys.stderr.isatty())
@@ -189,14 +241,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t_test = time.perf_counter()
     torch.manual_seed(args.seed + 1)  # the test's dequantization draws
-    test_bpd = mean_bits_per_dim(model, data["test"], args.iw_samples, batch=500)
+    test_bpd = mean_bits_per_dim(model, data["test"], args.iw_samples, batch=500,
+                                 context=None if context is None else context["test"])
+    extra: dict[str, Any] = {}
+    if args.classes:  # the flow as a classifier, by Bayes' rule with a uniform prior
+        predicted = classify(model, data["test"][:ACCURACY_IMAGES])
+        extra = {"test_accuracy": float((predicted == labels["test"][:ACCURACY_IMAGES]).float().mean()),
+                 "accuracy_images": ACCURACY_IMAGES, "accuracy_iw_samples": 1}
+    if args.inpaint:
+        masks = f"flowlib.inpainting.inpainting_masks(n, size={shape[-1]}): a random square or a half hidden"
+        extra = {"inpaint_masks": masks, "inpaint_seeds": {"train": args.seed, **INPAINT_SEEDS}}
     test_seconds = time.perf_counter() - t_test
     metrics = {
         "test_bpd": test_bpd, "test_iw_samples": args.iw_samples, "test_images": int(data["test"].shape[0]),
         "best_val_bpd": float(result.best_val), "best_step": int(result.best_step),
         "steps": int(result.steps),
         "train_seconds": float(result.seconds), "test_seconds": test_seconds,
-        "parameters": count_parameters(model), "stop_reason": result.stop_reason,
+        "parameters": count_parameters(model), "stop_reason": result.stop_reason, **extra,
     }
     command = "python scripts/train_image_flow.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     blob = {
