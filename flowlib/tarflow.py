@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, event_shape, flag, integer
+from flowlib.conditional import ContextPrior, check_context, conditioning
 from flowlib.core import Compose, Flow, sum_except_batch
 from flowlib.dequantize import LogitPreprocess
 from flowlib.distributions import StandardNormal
@@ -84,15 +85,17 @@ class CausalTransformer(nn.Module):
     """(n, T, D) tokens -> (n, T, out): output t depends on the input tokens before t only.
 
     The input is shifted right by one (a zero token first), so causal attention over the
-    shifted sequence lets position t see tokens 1..t-1 of the original one.
+    shifted sequence lets position t see tokens 1..t-1 of the original one. A context vector c
+    (``context_features`` > 0) is embedded and added to every position: every output sees it.
     """
 
     def __init__(self, tokens: int, features: int, out_features: int, width: int = 64, layers: int = 2,
-                 heads: int = 4) -> None:
+                 heads: int = 4, context_features: int = 0) -> None:
         super().__init__()
         if width % heads:
             raise FlowInputError(f"CausalTransformer: width {width} must be a multiple of heads {heads}")
         self.embed = nn.Linear(features, width)
+        self.context = nn.Linear(context_features, width) if context_features else None
         self.position = nn.Parameter(torch.zeros(1, tokens, width))
         nn.init.normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(_Block(width, heads) for _ in range(layers))
@@ -101,9 +104,11 @@ class CausalTransformer(nn.Module):
         nn.init.zeros_(self.head.weight)  # the flow block starts as the identity
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, context: Tensor | None = None) -> Tensor:
         shifted = F.pad(tokens, (0, 0, 1, 0))[:, :-1]
         h = self.embed(shifted) + self.position
+        if self.context is not None:
+            h = h + self.context(context.to(h.dtype)).unsqueeze(1)
         for block in self.blocks:
             h = block(h)
         return self.head(self.norm(h))
@@ -115,11 +120,13 @@ class TransformerAutoregressive(Flow):
     ``patch`` p (must divide H and W), ``width`` / ``layers`` / ``heads`` of the causal
     transformer, ``reverse`` reads the patches from the last to the first, ``transformer`` the
     elementwise map (default ``Affine(clamp=2.0)``). ``forward`` (density) is one pass,
-    ``inverse`` (sampling) T passes.
+    ``inverse`` (sampling) T passes. ``context_features`` k > 0: conditioned on a context vector
+    (n, k), added to every position of the transformer (:mod:`flowlib.conditional`).
     """
 
     def __init__(self, shape: Sequence[int], patch: int = 2, width: int = 64, layers: int = 2, heads: int = 4,
-                 reverse: bool = False, transformer: Transformer | None = None) -> None:
+                 reverse: bool = False, transformer: Transformer | None = None,
+                 context_features: int = 0) -> None:
         who = "TransformerAutoregressive"
         shape = event_shape(shape, who)
         if len(shape) != 3:
@@ -137,8 +144,11 @@ class TransformerAutoregressive(Flow):
                                  f"{type(self.transformer).__name__}")
         self.tokens, self.features = (h // self.patch) * (w // self.patch), c * self.patch ** 2
         out = self.transformer.params * self.features
+        self.context_features = integer(context_features, "context_features", who, minimum=0)
+        self.takes_context = self.context_features > 0
         self.conditioner = CausalTransformer(self.tokens, self.features, out, integer(width, "width", who),
-                                             integer(layers, "layers", who), integer(heads, "heads", who))
+                                             integer(layers, "layers", who), integer(heads, "heads", who),
+                                             self.context_features)
 
     def _sequence(self, x: Tensor) -> Tensor:
         tokens = patchify(x, self.patch)
@@ -147,25 +157,35 @@ class TransformerAutoregressive(Flow):
     def _image(self, tokens: Tensor) -> Tensor:
         return unpatchify(tokens.flip(1) if self.reverse else tokens, self.event_shape, self.patch)
 
-    def _params(self, tokens: Tensor) -> Tensor:
+    def _params(self, tokens: Tensor, context: Tensor | None) -> Tensor:
         # The transformer's layout: coordinates (the D numbers of a token) along dim 1, then the
         # sequence: h of shape (n, params * D, T).
-        return self.conditioner(tokens).transpose(1, 2)
+        return self.conditioner(tokens, context).transpose(1, 2)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
+        if not self.takes_context:
+            return None
+        c = check_context(context, n, type(self).__name__)
+        if c.dim() != 2 or c.shape[1] != self.context_features:
+            raise FlowInputError(f"{type(self).__name__}: expected a context vector of shape (batch, "
+                                 f"{self.context_features}), got {tuple(c.shape)}")
+        return c
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        tokens = self._sequence(x)
-        z, log_derivative = self.transformer(tokens.transpose(1, 2), self._params(tokens))
+        tokens, c = self._sequence(x), self._context(context, x.shape[0])
+        z, log_derivative = self.transformer(tokens.transpose(1, 2), self._params(tokens, c))
         return self._image(z.transpose(1, 2)), sum_except_batch(log_derivative)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
+        c = self._context(context, z.shape[0])
         target = self._sequence(z).transpose(1, 2)
         x = torch.zeros_like(target)
         # After pass t the first t tokens are exact, so are the parameters of token t + 1; the
         # last pass's parameters are all exact, and so is its log-derivative.
         for _ in range(self.tokens):
-            x, log_derivative = self.transformer.inverse(target, self._params(x.transpose(1, 2)))
+            x, log_derivative = self.transformer.inverse(target, self._params(x.transpose(1, 2), c))
         return self._image(x.transpose(1, 2)), sum_except_batch(log_derivative)
 
     def extra_repr(self) -> str:
@@ -175,11 +195,15 @@ class TransformerAutoregressive(Flow):
 
 def tarflow_image(shape: Sequence[int], patch: int = 2, blocks: int = 4, width: int = 64, layers: int = 2,
                   heads: int = 4, grey_levels: int = 256, alpha: float = 0.05,
-                  dequantization: str = "uniform") -> ImageFlowModel:
+                  dequantization: str = "uniform", classes: int | None = None,
+                  context_shape: Sequence[int] | None = None) -> ImageFlowModel:
     """A TarFlow-style image model: logit preprocessing, then ``blocks`` transformer blocks of
     alternating direction (for colour images, the channels reversed after every second block),
     and a standard normal base; ``log_prob`` takes discrete images, as every
-    :class:`~flowlib.image_models.ImageFlowModel`.
+    :class:`~flowlib.image_models.ImageFlowModel`. ``classes`` K (labels) or ``context_shape``
+    (k,) (a vector): conditional, every block reads the context and a learned prior
+    N(mu(c), sigma(c)^2) ends the flow (Zhai et al. condition TarFlow on the class the same way,
+    through the transformer's input).
 
     >>> model = tarflow_image((1, 8, 8), patch=2, blocks=2, width=16, layers=1, heads=2, grey_levels=17)
     >>> model.log_prob(torch.randint(0, 17, (2, 1, 8, 8))).shape
@@ -189,10 +213,18 @@ def tarflow_image(shape: Sequence[int], patch: int = 2, blocks: int = 4, width: 
     shape = event_shape(shape, who)
     if len(shape) != 3:
         raise FlowInputError(f"{who}: expected an image shape (C, H, W), got {shape}")
+    encoder, raw, encoded = conditioning(classes, context_shape, who)
+    if encoded is not None and len(encoded) != 1:
+        raise FlowInputError(f"{who}: the transformer flow takes class labels or vector contexts (k,), got "
+                             f"context_shape={encoded}")
+    k = encoded[0] if encoded else 0
     flows: list[Flow] = [LogitPreprocess(alpha)]
-    for k in range(integer(blocks, "blocks", who)):
-        flows.append(TransformerAutoregressive(shape, patch, width, layers, heads, reverse=k % 2 == 1))
-        if k % 2 == 1 and shape[0] > 1:
+    for b in range(integer(blocks, "blocks", who)):
+        flows.append(TransformerAutoregressive(shape, patch, width, layers, heads, reverse=b % 2 == 1,
+                                               context_features=k))
+        if b % 2 == 1 and shape[0] > 1:
             flows.append(Permutation(torch.arange(shape[0] - 1, -1, -1)))  # channels reversed
+    if k:
+        flows.append(ContextPrior(shape, k))
     return ImageFlowModel(Compose(flows), StandardNormal(shape), grey_levels=grey_levels,
-                          dequantization=dequantization)
+                          dequantization=dequantization, context_encoder=encoder, context_shape=raw)

@@ -193,8 +193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], grey_levels: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS[args.model], "grey_levels": grey_levels}
-    if (args.classes or args.inpaint) and args.model == "tarflow":
-        raise SystemExit("--classes and --inpaint are for the Glow, RealNVP and NICE families, not tarflow")
+    if args.inpaint and args.model in ("tarflow", "nice"):
+        raise SystemExit("--inpaint (an image context) is for the Glow and RealNVP families")
+    if args.classes and args.model == "nice":
+        raise SystemExit("--classes is for the Glow, RealNVP and transformer flows")
     if args.classes:
         kwargs["classes"] = 10
     if args.inpaint:

@@ -28,6 +28,7 @@ from flowlib.linear import InvertibleLinearLU
 from flowlib.multiscale import GaussianSplitPrior, MultiScale
 from flowlib.nets import MLP
 from flowlib.splines import RationalQuadraticSpline
+from flowlib.tarflow import TransformerAutoregressive
 from flowlib.transformers import Affine
 
 __all__ = ["Conditioned", "CONDITIONAL_CASES"]
@@ -181,3 +182,15 @@ def _multiscale(g: torch.Generator | None) -> tuple[Flow, Tensor]:
 @case(MultiScale)
 def multiscale_context(g: torch.Generator) -> tuple[Flow, Tensor]:
     return _multiscale(g)
+
+
+def _tarflow(g: torch.Generator | None) -> tuple[Flow, Tensor]:
+    layer = TransformerAutoregressive((1, 4, 4), patch=2, width=8, layers=1, heads=2, context_features=3)
+    if g is not None:
+        perturb(layer, g)
+    return Conditioned(layer, _vectors(g)), torch.randn(3, 1, 4, 4, generator=g)
+
+
+@case(TransformerAutoregressive, identity=lambda: _tarflow(None), tails=1e2)
+def tarflow_context(g: torch.Generator) -> tuple[Flow, Tensor]:
+    return _tarflow(g)
