@@ -40,7 +40,7 @@ from flowlib._modules import evaluating
 from flowlib.image_models import ImageFlowModel
 
 __all__ = ["auroc", "roc_curve", "nll_score", "complexity_bits", "complexity_corrected_score",
-           "likelihood_ratio_score", "typicality_score"]
+           "perturb_pixels", "likelihood_ratio_score", "typicality_score"]
 
 
 def _scores(scores: Tensor, name: str) -> Tensor:
@@ -71,16 +71,30 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
 
 
 def roc_curve(scores_in: Tensor, scores_out: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rates, true positive rates) over every threshold, "out" = positive."""
+    """(false positive rates, true positive rates) over every threshold, "out" = positive.
+
+    At a threshold t the rates are the fractions of "in" and "out" scores >= t; the thresholds are
+    the distinct pooled scores from the highest down, so the curve starts at (0, 0) and ends at
+    (1, 1), and the trapezoids under it add up to :func:`auroc`. Counted by sorting, O(n log n).
+    """
     s_in, s_out = _scores(scores_in, "scores_in").numpy(), _scores(scores_out, "scores_out").numpy()
     thresholds = np.unique(np.concatenate([s_in, s_out]))[::-1]
-    fpr = np.concatenate([[0.0], [(s_in >= t).mean() for t in thresholds]])
-    tpr = np.concatenate([[0.0], [(s_out >= t).mean() for t in thresholds]])
-    return fpr, tpr
+
+    def at_least(scores: np.ndarray) -> np.ndarray:  # the fraction of scores >= each threshold
+        return (len(scores) - np.searchsorted(np.sort(scores), thresholds, side="left")) / len(scores)
+
+    return np.concatenate([[0.0], at_least(s_in)]), np.concatenate([[0.0], at_least(s_out)])
 
 
 def nll_score(model: ImageFlowModel, x: Tensor, samples: int = 1, batch: int = 256) -> Tensor:
-    """Bits/dim of each image, -log2 P(x) / D (importance-weighted over ``samples`` draws), shape (n,)."""
+    """Bits/dim of each image, shape (n,): the naive out-of-distribution score
+
+        nll(x) = -log2 P(x) / D,   P(x) ~ (1/S) sum_s p(x + u_s) / q(u_s | x),  u_s ~ q,
+
+    with the model's dequantization q (uniform: q = 1) and S = ``samples`` draws (S = 1: the
+    usual variational bound; S > 1: the importance-weighted one, closer to the exact value).
+    Evaluated in batches of ``batch`` images, in evaluation mode, without gradients.
+    """
     if not isinstance(model, ImageFlowModel):
         raise FlowInputError(f"nll_score: expected an ImageFlowModel, got {type(model).__name__}")
     batch = integer(batch, "batch", "nll_score")
@@ -122,21 +136,51 @@ def complexity_corrected_score(model: ImageFlowModel, x: Tensor, samples: int = 
     return nll_score(model, x, samples=samples) - complexity_bits(x, model.grey_levels)
 
 
+def perturb_pixels(images: Tensor, rate: float = 0.15, grey_levels: int = 256,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """The training inputs of a background model (Ren et al., 2019): each pixel, with probability
+    ``rate``, replaced by a grey level drawn uniformly from 0..K-1; same shape and dtype.
+
+    A model trained on such images still learns what is common to all of them (dark, smooth
+    backgrounds, the local correlations of neighbouring pixels) but much less of the shapes
+    that the noise breaks up: the "background" statistics that :func:`likelihood_ratio_score`
+    divides out. Ren et al. report mutation rates of 0.1 to 0.2 as working best.
+    """
+    x = torch.as_tensor(images)
+    if not 0 <= float(rate) <= 1:
+        raise FlowInputError(f"perturb_pixels: rate must lie in [0, 1], got {rate}")
+    replace = torch.rand(x.shape, generator=generator) < float(rate)
+    noise = torch.randint(0, grey_levels, x.shape, generator=generator).to(x.dtype)
+    return torch.where(replace.to(x.device), noise.to(x.device), x)
+
+
 def likelihood_ratio_score(model: ImageFlowModel, background: nn.Module, x: Tensor,
                            samples: int = 1) -> Tensor:
-    """bits/dim under ``model`` minus bits/dim under ``background``: -log2 [p(x) / p_background(x)] / D.
+    """bits/dim under ``model`` minus bits/dim under ``background``, shape (n,):
 
-    The background model is trained to capture generic, local image statistics (Schirrmeister et
-    al., 2020, use a model of a general image domain; Ren et al., 2019, one trained on inputs
-    with random pixels perturbed). Both models find simple images likely; the ratio keeps only
-    what the model has learned beyond that.
+        LLR(x) = -[log2 p_model(x) - log2 p_background(x)] / D,
+
+    high where the model explains the image no better than the background does.
+
+    The background: a much smaller flow trained on the SAME data with a fraction of the pixels
+    replaced by noise (:func:`perturb_pixels`), as Ren et al. (2019, "Likelihood ratios for
+    out-of-distribution detection") do for their background PixelCNN. Both models find simple
+    images (mostly black, smooth) likely, since that is what the likelihood of either is
+    dominated by; the noise and the small size keep the background from learning the semantic
+    content, so the ratio keeps what the full model has learned beyond low-level statistics.
+    Schirrmeister et al. (2020) use instead a model of a general image domain (e.g. Tiny
+    Images); we use Ren et al.'s choice because it needs no other data set, and no image of the
+    out-of-distribution kind is ever seen by either model. (:func:`complexity_corrected_score` is
+    the same test with a lossless compressor as the background, Serra et al., 2020.)
     """
     return nll_score(model, x, samples=samples) - nll_score(background, x, samples=samples)
 
 
 def typicality_score(model: ImageFlowModel, x: Tensor, train_bpd: Tensor | float, group: int = 1,
                      samples: int = 1) -> Tensor:
-    """| mean bits/dim of a group of M inputs - the mean training bits/dim |, one per group.
+    """| mean bits/dim of a group of M inputs - the mean training bits/dim |, one per group:
+
+        T(x_1..x_M) = | (1/M) sum_m nll(x_m) - mean_train nll |.
 
     Nalisnick et al. (2019b): in high dimension the model's samples concentrate on a shell whose
     log-likelihood is close to minus the entropy, estimated by the training set's mean; inputs

@@ -13,6 +13,7 @@ from flowlib.ood import (
     complexity_corrected_score,
     likelihood_ratio_score,
     nll_score,
+    perturb_pixels,
     roc_curve,
     typicality_score,
 )
@@ -77,3 +78,31 @@ def test_scores_on_a_small_model():
         typicality_score(model, x, train_bpd=1.0, group=7)
     with pytest.raises(FlowInputError, match="ImageFlowModel"):
         nll_score(torch.nn.Linear(2, 2), x)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_roc_curve_counts_every_threshold(seed):
+    g = torch.Generator().manual_seed(seed)
+    s_in = torch.randint(0, 9, (30,), generator=g).double()
+    s_out = torch.randint(2, 12, (17,), generator=g).double()
+    fpr, tpr = roc_curve(s_in, s_out)
+    thresholds = sorted(set(s_in.tolist()) | set(s_out.tolist()), reverse=True)
+    assert len(fpr) == len(thresholds) + 1
+    for k, t in enumerate(thresholds, start=1):  # the rates at each threshold, counted one by one
+        assert fpr[k] == pytest.approx(sum(v >= t for v in s_in.tolist()) / 30)
+        assert tpr[k] == pytest.approx(sum(v >= t for v in s_out.tolist()) / 17)
+
+
+def test_perturb_pixels():
+    x = torch.zeros(50, 1, 28, 28, dtype=torch.uint8)
+    y = perturb_pixels(x, rate=0.2, generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    changed = (y != x).double().mean().item()
+    assert 0.2 * (1 - 1 / 256) - 0.01 < changed < 0.2 + 0.01  # a replaced pixel stays 0 with chance 1/256
+    assert int(y.max()) <= 255
+    a = perturb_pixels(x.float(), 0.1, generator=torch.Generator().manual_seed(3))
+    b = perturb_pixels(x.float(), 0.1, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.float32
+    assert torch.equal(perturb_pixels(x, 0.0), x)
+    with pytest.raises(FlowInputError, match="rate"):
+        perturb_pixels(x, 1.5)
