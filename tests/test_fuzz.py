@@ -246,6 +246,7 @@ def test_load_pretrained_on_mutated_copies(tmp_path_factory, mutation, at, key, 
 # -- widgets: every control at both ends ----------------------------------------------------
 def _widgets() -> dict:
     from flowlib.widgets import (
+        AttributeSlider,
         ChangeOfVariables1D,
         DequantizationBound,
         LatentInterpolation,
@@ -270,6 +271,8 @@ def _widgets() -> dict:
         "MasksAndSqueeze": lambda: MasksAndSqueeze(size=4),
         "DequantizationBound": lambda: DequantizationBound(),
         "SplineKnots": lambda: SplineKnots(),
+        "AttributeSlider": lambda: AttributeSlider(glow, torch.stack([x_a, x_b]),
+                                                   {"d": torch.ones(1, 4, 4), "-d": -torch.ones(1, 4, 4)}),
     }
 
 

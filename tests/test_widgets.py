@@ -16,6 +16,7 @@ import pytest
 from flowlib.widgets import (
     BASES_1D,
     MAPS_1D,
+    AttributeSlider,
     ChangeOfVariables1D,
     DequantizationBound,
     MasksAndSqueeze,
@@ -247,14 +248,26 @@ def test_2d_radial_beta_below_minus_alpha_is_clamped_and_said(flow2d: PlanarFlow
 
 
 # -- layout and the one canvas ----------------------------------------------------------------
+def _attribute_slider() -> AttributeSlider:
+    """Eight images of the largest size a lecture slides (MNIST's 28 x 28), on an untrained Glow."""
+    import torch
+
+    from flowlib.image_models import glow_image
+
+    model = glow_image((1, 28, 28), scales=2, depth=1, hidden=8, blocks=1, grey_levels=256)
+    x = torch.randint(0, 256, (8, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    return AttributeSlider(model, x, {"a": torch.ones(1, 28, 28), "b": -torch.ones(1, 28, 28)})
+
+
 @pytest.mark.parametrize("make", [lambda: ChangeOfVariables1D(grid_points=2001, n_samples=100),
                                   lambda: PlanarFlow2D(resolution=40, n_samples=50, max_layers=2),
                                   lambda: ShearAndScale2D(n_points=20, boundary_points=100),
                                   lambda: MasksAndSqueeze(size=8),
                                   lambda: DequantizationBound(quadrature=400, curve_points=24),
-                                  lambda: SplineKnots(grid_points=401)],
+                                  lambda: SplineKnots(grid_points=401),
+                                  lambda: _attribute_slider()],
                          ids=["ChangeOfVariables1D", "PlanarFlow2D", "ShearAndScale2D", "MasksAndSqueeze",
-                              "DequantizationBound", "SplineKnots"])
+                              "DequantizationBound", "SplineKnots", "AttributeSlider"])
 def test_widgets_fit_the_notebook_column(make) -> None:
     """The figure is at most MAX_WIDTH_PX wide (a 1280 px JupyterLab window with the file browser
     open leaves about 850 px), and the controls sit below it in rows that wrap."""

@@ -15,9 +15,11 @@ through their public API (``encode``, ``decode``, ``base.latent``), and never ch
 * :class:`TemperatureGrid` (lecture 5): samples x = f^{-1}(z) at temperature T from fixed noise.
 * :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
 * :class:`SplineKnots` (lecture 6): a spline's knots and slopes under sliders, its derivative and density.
+* :class:`AttributeSlider` (lecture 7): images moved along a latent direction, f^{-1}(f(x) + alpha d).
 """
 
 from flowlib.viz import tile_images
+from flowlib.widgets.attribute import AttributeSlider
 from flowlib.widgets.bases_1d import BASES_1D, MAPS_1D, Base1D, Map1D
 from flowlib.widgets.canvas import Canvas, ControlledUpdates
 from flowlib.widgets.change_of_variables import ChangeOfVariables1D
@@ -38,6 +40,7 @@ __all__ = [
     "TemperatureGrid",
     "LatentInterpolation",
     "SplineKnots",
+    "AttributeSlider",
     "PAPER_TEMPERATURES",
     "BASES_1D",
     "MAPS_1D",
