@@ -24,8 +24,9 @@
 #
 # 1. **conditioning, from the toy up**: a neural spline flow on a 2D toy whose shape turns
 #    with a scalar $c$; where the context enters a coupling; you derive why the Jacobian is
-#    taken with respect to $x$ only, and write the conditional affine coupling that trains a
-#    second model of the toy;
+#    taken with respect to $x$ only, write the conditional affine coupling that trains a
+#    second model of the toy, and find the bug of a conditional flow whose loss beats the
+#    truth;
 # 2. **class-conditional Glow** on MNIST and Fashion-MNIST: samples of each class at several
 #    temperatures, and the same model as a classifier by Bayes' rule,
 #    $p(y \mid x) \propto p(x \mid y)\, p(y)$;
@@ -66,6 +67,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = DEVICE == "cuda"  # on a GPU: train at full size (change to True/False to override)
 TOY_STEPS = 60 if SMOKE else (5000 if FULL else 1500)  # steps of the conditional NSF on the toy (section 1)
 COUPLING_STEPS = 40 if SMOKE else (3000 if FULL else 800)  # steps of your conditional couplings (section 1)
+BUG_STEPS = 300  # steps of the two models of Exercise 3 (section 1; a second each, the same in every mode)
 GRID = 60 if SMOKE else 150  # resolution of the density pictures
 MNIST_DOWNLOAD = not SMOKE  # may the loaders fetch MNIST / Fashion-MNIST when no local copy exists?
 # Small networks: on a shared 2-core machine (Binder) one thread is fastest, because threads
@@ -87,6 +89,7 @@ from flowlib.data import DatasetError, load_images, load_mnist
 from flowlib.distributions import StandardNormal
 from flowlib.grading import (
     autograd_logabsdet,
+    check_choice,
     check_close,
     check_own_work,
     check_vectorised,
@@ -94,6 +97,7 @@ from flowlib.grading import (
     yours_or_reference,
 )
 from flowlib.image_models import count_parameters
+from flowlib.metrics import density_on_grid
 from flowlib.models import nsf
 from flowlib.nets import MLP
 from flowlib.permutations import ReversePermutation
@@ -486,6 +490,252 @@ draw_conditional(my_toy_flow, "six of your conditional affine couplings: p(x | c
 # it would show here, in the loss and in the three pictures.
 
 # %% [markdown]
+# ### Exercise 3: a conditional flow that beats the truth (debugging)
+#
+# A colleague wrote the learned prior $p_Z(z \mid c) = \mathcal N(\mu(c), \operatorname{diag}\sigma(c)^2)$
+# by hand, as the last layer of a conditional flow, $\varepsilon = (z - \mu(c))\, e^{-\log\sigma(c)}$
+# with a standard normal on $\varepsilon$; $\mu(c)$ and $\log\sigma(c)$ come from a linear map of
+# the context, $\log\sigma$ softly bounded by $5 \tanh(\cdot / 5)$. Put after four of flowlib's
+# conditional affine couplings and trained on the crescents, the model reaches a validation loss
+# far **below** the toy's conditional entropy, the smallest loss any density can have. Something
+# is wrong, and the loss alone cannot say what.
+
+# %%
+class HandWrittenPrior(Flow):
+    """The prior N(mu(c), sigma(c)^2) on the plane as a last layer, written by hand (it has a bug)."""
+
+    takes_context = True
+
+    def __init__(self, context_features: int = 1) -> None:
+        super().__init__((2,))
+        self.net = torch.nn.Linear(context_features, 4)  # (mu_1, mu_2, raw log sigma_1, raw log sigma_2)
+        torch.nn.init.zeros_(self.net.weight)
+        torch.nn.init.zeros_(self.net.bias)
+
+    def params(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        mu, raw = self.net(context).chunk(2, dim=1)
+        return mu, 5.0 * torch.tanh(raw / 5.0)
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mu, log_sigma = self.params(context)
+        return (z - mu) * torch.exp(-log_sigma), log_sigma.sum(1)
+
+    def inverse(self, eps: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mu, log_sigma = self.params(context)
+        return mu + torch.exp(log_sigma) * eps, -log_sigma.sum(1)
+
+
+def couplings_then(prior: Flow, couplings: int = 4) -> FlowModel:
+    """Four of flowlib's conditional affine couplings (the coordinates reversed between them), then ``prior``."""
+    layers = []
+    for k in range(couplings):
+        mask = half_mask(2, k % 2)
+        net = MLP(*Coupling.conditioner_sizes(mask, Affine, 1), hidden=32, layers=2)
+        layers.append(Coupling(mask, net, Affine(2.0), context_features=1))
+    return FlowModel(Compose([*layers, prior]), StandardNormal(2), context_shape=(1,))
+
+
+# %% tags=["nbval-ignore-output"]
+torch.manual_seed(0)
+buggy_flow = couplings_then(HandWrittenPrior())
+buggy_fit = fit(buggy_flow, toy_train, val_data=toy_val, steps=BUG_STEPS, batch_size=256, lr=3e-3, seed=0)
+buggy_flow.eval()
+_side = "below" if buggy_fit.best_val < TOY_ENTROPY else "above"
+print(f"validation loss {buggy_fit.best_val:.3f} nats, {_side} the floor of {TOY_ENTROPY:.3f}")
+
+# %% [markdown]
+# Find the bug with a check that does not trust the model's own accounting: a density must
+# integrate to one, here at every fixed context.
+#
+# * (a) Write `integral_over_plane(log_density, half_width, points)`: an estimate of
+#   $\int_{[-L, L]^2} \exp(\text{log\_density}(x))\, dx$ on a grid of `points` $\times$ `points`
+#   nodes or cells ($L$ = `half_width`), as a Python float. `log_density` takes a batch
+#   `(n, 2)` and returns `(n,)`; call it once, on all the grid points. Any rule of quadrature
+#   whose error shrinks with the grid will do (flowlib's `density_on_grid` is refused: write
+#   the grid yourself). The cell after the test applies it to the buggy model at three contexts.
+# * (b) Write `prior_forward(z, c, net)`, the forward pass of a correct `HandWrittenPrior`: `net` is
+#   its linear map, as in `HandWrittenPrior.params`; return $\varepsilon$ and
+#   $\log\left|\det \partial\varepsilon / \partial z\right|$, shape `(n,)`. The test compares
+#   with autograd and integrates your prior's density.
+# * (c) `name_the_bug()`: what was wrong? **a**: $\mu(c)$ should be added, not subtracted;
+#   **b**: the sign of the log-determinant; **c**: the network reads the context where it
+#   should read $z$; **d**: the bound on $\log\sigma$ lets $\sigma$ grow too large.
+
+# %% nbgrader={"grade": false, "grade_id": "07-ex3a-integral", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def integral_over_plane(log_density, half_width: float, points: int) -> float:
+    """The integral of exp(log_density(x)) over the square [-half_width, half_width]^2, as a float."""
+    ### BEGIN SOLUTION
+    # The midpoint rule: cell centres, each cell of area (2L / points)^2.
+    width = 2 * half_width / points
+    centres = -half_width + width * (torch.arange(points, dtype=torch.float64) + 0.5)
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(-1, 2)
+    with torch.no_grad():
+        values = log_density(grid.to(torch.get_default_dtype())).double().exp()
+    return float(values.sum() * width**2)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "07-ex3a-integral-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+HINT_3A = ("Build the grid yourself (torch.linspace or cell centres, torch.meshgrid, then reshape to (points^2, 2)), "
+           "evaluate exp(log_density) once on all of it, and sum with the weight of each node: the area of its cell "
+           "(2 L / points)^2 for the midpoint rule. Return float(...).")
+
+
+def _scaled_gaussian(mean: tuple[float, float], scale: tuple[float, float], mass: float):
+    mean_t, scale_t = torch.tensor(mean), torch.tensor(scale)
+
+    def log_density(x: Tensor) -> Tensor:
+        u = (x - mean_t.to(x.dtype)) / scale_t.to(x.dtype)
+        return math.log(mass) - 0.5 * (u**2).sum(1) - math.log(2 * math.pi) - scale_t.log().sum().to(x.dtype)
+    return log_density
+
+
+def _check_integral(mean, scale, mass, half_width, points, tol) -> None:
+    with hint(HINT_3A):
+        mine = integral_over_plane(_scaled_gaussian(mean, scale, mass), half_width, points)
+        assert isinstance(mine, float), f"Return a Python float, got {type(mine).__name__}. {HINT_3A}"
+    assert abs(mine - mass) < tol, (f"A Gaussian of mass {mass} (mean {mean}, scales {scale}) on [-{half_width}, "
+                                    f"{half_width}]^2 with {points} points: you return {mine:.5f}. {HINT_3A}")
+
+
+_check_integral((0.5, -0.3), (0.5, 1.0), 3.0, half_width=7.0, points=200, tol=3e-3)
+_check_integral((0.0, 0.0), (0.2, 0.2), 1.0, half_width=2.0, points=150, tol=1e-3)
+_calls = []
+with hint(HINT_3A):
+    integral_over_plane(lambda x: _calls.append(x.shape) or torch.zeros(x.shape[0]), 1.0, 20)
+    assert len(_calls) == 1 and _calls[0] == (400, 2), (
+        f"Call log_density once, on all the points^2 = 400 grid points as a (400, 2) batch; your calls had "
+        f"shapes {_calls}. {HINT_3A}")
+    check_own_work(integral_over_plane, _scaled_gaussian((0.0, 0.0), (1.0, 1.0), 1.0), 3.0, 30,
+                   message="Write the grid and the sum yourself (not with flowlib's density_on_grid).")
+### BEGIN HIDDEN TESTS
+_g3 = torch.Generator().manual_seed(31)
+for _ in range(3):
+    _mean = tuple(float(v) for v in torch.empty(2).uniform_(-1, 1, generator=_g3))
+    _scale = tuple(float(v) for v in torch.empty(2).uniform_(0.3, 1.2, generator=_g3))
+    _mass = float(torch.empty(1).uniform_(0.2, 5, generator=_g3))
+    _points = int(torch.randint(150, 260, (1,), generator=_g3))
+    _check_integral(_mean, _scale, _mass, half_width=8.0, points=_points, tol=3e-3 * _mass)
+### END HIDDEN TESTS
+print("Exercise 3 (a) passed")
+
+
+# %% tags=["nbval-ignore-output"]
+def _reference_integral(log_density, half_width: float, points: int) -> float:
+    density = density_on_grid(log_density, half_width, resolution=points)[2]
+    return float(density.double().sum()) * (2 * half_width / points) ** 2
+
+
+integral = yours_or_reference(integral_over_plane, _reference_integral, "Exercise 3 (a)")
+for c in TOY_CONTEXTS:
+    with torch.no_grad():
+        total = integral(lambda x, c=c: buggy_flow.log_prob(x, torch.tensor([c])), 6.0, 300)
+        total_nsf = integral(lambda x, c=c: toy_nsf.log_prob(x, torch.tensor([c])), 6.0, 300)
+    print(f"c = {c:+.0f}: the buggy model's density integrates to {total:10.4g}; the NSF's to {total_nsf:.4f}")
+
+
+# %% nbgrader={"grade": false, "grade_id": "07-ex3b-fixed-prior", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def prior_forward(z: Tensor, c: Tensor, net) -> tuple[Tensor, Tensor]:
+    """eps = (z - mu(c)) / sigma(c) and log|det d eps / d z|, shape (n,), with mu, log sigma from net as above."""
+    ### BEGIN SOLUTION
+    mu, raw = net(c).chunk(2, dim=1)
+    log_sigma = 5.0 * torch.tanh(raw / 5.0)
+    return (z - mu) * torch.exp(-log_sigma), -log_sigma.sum(1)
+    ### END SOLUTION
+
+
+def name_the_bug() -> str:
+    """"a", "b", "c" or "d" (see the list above)."""
+    ### BEGIN SOLUTION
+    return "b"
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "07-ex3b-fixed-prior-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+HINT_3B = ("eps = (z - mu) e^{-log sigma} divides each coordinate by sigma: what does that do to areas, and so to "
+           "log|det d eps / d z|? Take mu and log sigma from net(c) exactly as HandWrittenPrior.params does "
+           "(the bound 5 tanh(raw / 5) included).")
+
+
+def _random_prior_net(seed: int, k: int) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(k, 4).double()
+    with torch.no_grad():
+        net.weight.normal_(0, 1.0)
+        net.bias.normal_(0, 0.5)
+    return net
+
+
+def _check_prior(seed: int, n: int, k: int) -> None:
+    net = _random_prior_net(seed, k)
+    g = torch.Generator().manual_seed(seed)
+    z, c = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, k, generator=g, dtype=torch.float64)
+    with hint(HINT_3B):
+        eps, logdet = prior_forward(z, c, net)
+    mu, raw = net(c).chunk(2, dim=1)
+    check_close(eps, (z - mu) * torch.exp(-5 * torch.tanh(raw / 5)), f"eps is not (z - mu(c)) / sigma(c). {HINT_3B}",
+                atol=1e-9)
+    for row in range(min(n, 3)):
+        fixed = c[row:row + 1]
+        expected = autograd_logabsdet(lambda v, fixed=fixed: prior_forward(v, fixed, net)[0], z[row:row + 1])
+        check_close(logdet[row:row + 1], expected, f"Row {row}: log|det d eps/dz| differs from autograd's. {HINT_3B}",
+                    atol=1e-9)
+
+
+_check_prior(0, n=4, k=1)
+_net3 = _random_prior_net(1, 1)
+with torch.no_grad():
+    _c3 = torch.tensor([[0.7]], dtype=torch.float64)
+
+    def _prior_log_density(z: Tensor) -> Tensor:
+        with hint(HINT_3B):
+            eps, logdet = prior_forward(z.double(), _c3.expand(z.shape[0], 1), _net3)
+        return -0.5 * (eps**2).sum(1) - math.log(2 * math.pi) + logdet
+
+    _mu3, _raw3 = _net3(_c3).chunk(2, dim=1)
+    _width = float(6 * torch.exp(5 * torch.tanh(_raw3 / 5)).max() + _mu3.abs().max())
+    _total3 = _reference_integral(_prior_log_density, _width, 400)
+assert abs(_total3 - 1) < 1e-2, f"Your prior's density integrates to {_total3:.4f} over the plane, not 1. {HINT_3B}"
+with hint(HINT_3B):
+    _bug = check_choice(name_the_bug(), ["a", "b", "c", "d"], "Answer with one letter.")
+### BEGIN HIDDEN TESTS
+for _seed, (_n, _k) in enumerate([(1, 1), (6, 3), (9, 2)]):
+    _check_prior(40 + _seed, n=_n, k=_k)
+assert _bug == "b", ("Not that one: the buggy layer and the fixed one differ in one place; compare them line by line. "
+                     + HINT_3B)
+### END HIDDEN TESTS
+print("Exercise 3 (b, c) passed")
+
+# %% [markdown]
+# With your `prior_forward` in place of the buggy one, the same couplings train to a loss
+# above the floor, as a density must.
+
+# %%
+class FixedPrior(HandWrittenPrior):
+    """HandWrittenPrior with the forward pass of Exercise 3 (b)."""
+
+    def __init__(self, context_features: int = 1) -> None:
+        super().__init__(context_features)
+        reference = ContextPrior((2,), context_features)
+        reference.net = self.net  # the same weights
+        self._forward = yours_or_reference(prior_forward, lambda z, c, net: reference(z, c), "Exercise 3 (b)")
+        self._inverse = reference.inverse
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._forward(z, context, self.net)
+
+    def inverse(self, eps: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._inverse(eps, context)
+
+
+# %% tags=["nbval-ignore-output"]
+torch.manual_seed(0)
+fixed_flow = couplings_then(FixedPrior())
+fixed_fit = fit(fixed_flow, toy_train, val_data=toy_val, steps=BUG_STEPS, batch_size=256, lr=3e-3, seed=0)
+fixed_flow.eval()
+print(f"validation loss {fixed_fit.best_val:.3f} nats (the floor: {TOY_ENTROPY:.3f})")
+
+# %% [markdown]
 # ## 2. Class-conditional Glow; 3. what each scale holds, and attribute edits
 #
 # This section (class-conditional samples, the flow as a classifier, what each scale holds, attribute edits) is still to be written.
@@ -507,7 +757,8 @@ draw_conditional(my_toy_flow, "six of your conditional affine couplings: p(x | c
 #   $p_X(x \mid c) = p_Z(f(x; c) \mid c)\,|\det \partial f(x; c) / \partial x|$: the Jacobian with
 #   respect to $x$ only, because at fixed $c$ it is an ordinary flow (Exercise 1 checked the
 #   normalisation). The context enters where nothing needs inverting: the conditioners, and the
-#   prior's mean and scale.
+#   prior's mean and scale. A loss below the data's entropy is a bug, and integrating the
+#   density at a fixed context finds it (Exercise 3).
 # * A class-conditional flow samples a class on demand, and by Bayes' rule it is a classifier,
 #   $p(y \mid x) \propto p(x \mid y)\, p(y)$.
 # * In a multi-scale flow the coarse latents hold the shape of the digit and the fine ones its
