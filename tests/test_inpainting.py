@@ -80,3 +80,24 @@ def test_error_counts_hidden_pixels_only():
     torch.testing.assert_close(inpainting_error(truth, guess, mask), expected)
     with pytest.raises(FlowInputError, match="no hidden pixel"):
         inpainting_error(truth, guess, torch.ones(2, 1, 4, 4))
+
+
+def test_fill_may_be_an_image():
+    """The start may fill the hidden pixels with an image (e.g. the mean training image), one for all or
+    one per image; a wrong shape or a grey level outside [0, 1] is refused."""
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), hidden=8, blocks=1, grey_levels=17)
+    x = torch.randint(0, 17, (2, 1, 8, 8))
+    mask = inpainting_masks(2, size=8, generator=torch.Generator().manual_seed(1))
+    y, m = to_unit(x, 17), mask.expand(2, 1, 8, 8) == 1
+    for fill in (torch.full((1, 1, 8, 8), 0.3), torch.rand(2, 1, 8, 8)):
+        start = inpaint_optimise(model, x, mask, steps=0, fill=fill, progress=False)
+        # Zero steps: the start image itself (through encode and decode) with the observed pixels kept.
+        expected = torch.where(m, y, fill.double().expand_as(y))
+        torch.testing.assert_close(start, expected, atol=1e-4, rtol=0)
+        chains = inpaint_langevin(model, x, mask, samples=3, steps=2, fill=fill, progress=False)
+        assert chains.shape == (3, 2, 1, 8, 8) and all(torch.equal(c[m], y[m]) for c in chains)
+    with pytest.raises(FlowInputError, match="fill"):
+        inpaint_optimise(model, x, mask, steps=1, fill=torch.zeros(3, 1, 8, 8), progress=False)
+    with pytest.raises(FlowInputError, match="fill"):
+        inpaint_optimise(model, x, mask, steps=1, fill=1.5, progress=False)
