@@ -44,7 +44,7 @@ from flowlib._modules import evaluating
 from flowlib.core import Flow, sum_except_batch
 
 __all__ = ["OneHot", "context_map", "context_channels", "ContextPrior", "check_context", "conditioning",
-           "class_log_posterior", "classify"]
+           "class_log_likelihoods", "bayes_log_posterior", "class_log_posterior", "classify"]
 
 
 class OneHot(nn.Module):
@@ -231,35 +231,19 @@ def conditioning(classes: int | None, context_shape: Sequence[int] | None,
 
 
 # -- the flow as a classifier -------------------------------------------------------------------
-def class_log_posterior(model: nn.Module, x: Tensor, samples: int = 1, prior: Tensor | None = None,
-                        batch: int = 500) -> Tensor:
-    """log p(y | x) for every class y, by Bayes' rule from a class-conditional model, shape (n, K):
+def class_log_likelihoods(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 500) -> Tensor:
+    """log p(x | y) for every class y of a class-conditional model, shape (n, K), in nats (float64).
 
-        log p(y | x) = log p(x | y) + log p(y) - logsumexp_y' [ log p(x | y') + log p(y') ]
-
-    ``model`` was built with ``classes=K`` (its ``context_encoder`` is a :class:`OneHot`);
-    ``prior`` p(y), shape (K,), uniform if None. Image models score log P(x | y) by the
-    importance-weighted dequantization bound over ``samples`` draws (see
-    ``ImageFlowModel.bits_per_dim``); vector models by ``log_prob``. In evaluation mode, without
-    gradients, ``batch`` images at a time.
-
-    >>> from flowlib.models import nsf
-    >>> model = nsf(2, layers=1, hidden=4, classes=3)
-    >>> posterior = class_log_posterior(model, torch.randn(5, 2)).exp()   # one distribution a row
-    >>> posterior.sum(1).round(decimals=6).tolist()
-    [1.0, 1.0, 1.0, 1.0, 1.0]
+    ``model`` was built with ``classes=K`` (its ``context_encoder`` is a :class:`OneHot`). Image
+    models score log P(x | y) of the grey levels by the importance-weighted dequantization bound
+    over ``samples`` draws (see ``ImageFlowModel.bits_per_dim``); vector models by ``log_prob``.
+    In evaluation mode, without gradients, ``batch`` images at a time. The costly half of the
+    Bayes classifier: :func:`bayes_log_posterior` turns it into p(y | x) for any prior.
     """
-    encoder = getattr(model, "context_encoder", None)
-    if not isinstance(encoder, OneHot):
-        raise FlowInputError(f"class_log_posterior: expected a class-conditional model (built with "
-                             f"classes=K), got {type(model).__name__} with context_encoder "
-                             f"{type(encoder).__name__}")
-    k = encoder.classes
-    log_prior = (torch.full((k,), -math.log(k)) if prior is None else
-                 _log_prior(prior, k)).to(device=x.device)
+    k = _classes(model, "class_log_likelihoods")
     rows = []
     with torch.no_grad(), evaluating(model):
-        for i in range(0, x.shape[0], integer(batch, "batch", "class_log_posterior")):
+        for i in range(0, x.shape[0], integer(batch, "batch", "class_log_likelihoods")):
             part = x[i:i + batch]
             per_class = []
             for y in range(k):
@@ -270,15 +254,71 @@ def class_log_posterior(model: nn.Module, x: Tensor, samples: int = 1, prior: Te
                 else:
                     per_class.append(model.log_prob(part, labels).double())
             rows.append(torch.stack(per_class, dim=1))
-    joint = torch.cat(rows) + log_prior.double()
+    return torch.cat(rows)
+
+
+def bayes_log_posterior(log_likelihood: Tensor, prior: Tensor | None = None) -> Tensor:
+    """Bayes' rule in log space: log p(y | x) from log p(x | y) (n, K) and the prior p(y) (K,).
+
+        log p(y | x) = log p(x | y) + log p(y) - logsumexp_y' [ log p(x | y') + log p(y') ]
+
+    exact for log-likelihoods of any size (image log-likelihoods are hundreds of nats below 0,
+    where exp underflows). ``prior``: K probabilities summing to 1, uniform if None.
+
+    >>> ll = torch.tensor([[-1000.0, -1000.0 - math.log(3)]], dtype=torch.float64)
+    >>> bayes_log_posterior(ll).exp().round(decimals=12).tolist()
+    [[0.75, 0.25]]
+    """
+    log_likelihood = torch.as_tensor(log_likelihood).double()
+    if log_likelihood.dim() != 2 or log_likelihood.shape[1] == 0:
+        raise FlowInputError(f"bayes_log_posterior: expected log-likelihoods (n, K), got "
+                             f"{tuple(log_likelihood.shape)}")
+    k = log_likelihood.shape[1]
+    log_prior = (torch.full((k,), -math.log(k), dtype=torch.float64) if prior is None else
+                 _log_prior(prior, k)).to(device=log_likelihood.device)
+    joint = log_likelihood + log_prior
     return joint - torch.logsumexp(joint, dim=1, keepdim=True)
+
+
+def class_log_posterior(model: nn.Module, x: Tensor, samples: int = 1, prior: Tensor | None = None,
+                        batch: int = 500) -> Tensor:
+    """log p(y | x) for every class y, by Bayes' rule from a class-conditional model, shape (n, K):
+
+        log p(y | x) = log p(x | y) + log p(y) - logsumexp_y' [ log p(x | y') + log p(y') ]
+
+    ``model`` was built with ``classes=K`` (its ``context_encoder`` is a :class:`OneHot`);
+    ``prior`` p(y), shape (K,), uniform if None. Image models score log P(x | y) by the
+    importance-weighted dequantization bound over ``samples`` draws (see
+    ``ImageFlowModel.bits_per_dim``); vector models by ``log_prob``. In evaluation mode, without
+    gradients, ``batch`` images at a time. (:func:`class_log_likelihoods` then
+    :func:`bayes_log_posterior`: to try several priors, compute the likelihoods once.)
+
+    >>> from flowlib.models import nsf
+    >>> model = nsf(2, layers=1, hidden=4, classes=3)
+    >>> posterior = class_log_posterior(model, torch.randn(5, 2)).exp()   # one distribution a row
+    >>> posterior.sum(1).round(decimals=6).tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    k = _classes(model, "class_log_posterior")
+    if prior is not None:
+        _log_prior(prior, k)  # refused before the costly pass
+    return bayes_log_posterior(class_log_likelihoods(model, x, samples=samples, batch=batch), prior)
+
+
+def _classes(model: nn.Module, who: str) -> int:
+    encoder = getattr(model, "context_encoder", None)
+    if not isinstance(encoder, OneHot):
+        raise FlowInputError(f"{who}: expected a class-conditional model (built with "
+                             f"classes=K), got {type(model).__name__} with context_encoder "
+                             f"{type(encoder).__name__}")
+    return encoder.classes
 
 
 def _log_prior(prior: Tensor, k: int) -> Tensor:
     prior = torch.as_tensor(prior, dtype=torch.float64)
     total = float(prior.sum()) if prior.numel() else 0.0
     if prior.shape != (k,) or bool((prior < 0).any()) or not math.isclose(total, 1.0, rel_tol=1e-6):
-        raise FlowInputError(f"class_log_posterior: prior must be {k} probabilities summing to 1, got "
+        raise FlowInputError(f"bayes_log_posterior: prior must be {k} probabilities summing to 1, got "
                              f"{prior.tolist()}")
     return prior.log()
 

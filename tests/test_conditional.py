@@ -220,3 +220,34 @@ def test_bayes_classifier_on_separated_classes():
         class_log_posterior(nsf(2, layers=1, hidden=4), x[:3])
     with pytest.raises(FlowInputError, match="2 probabilities"):
         class_log_posterior(model, x[:3], prior=torch.tensor([0.5, 0.2]))
+
+
+def test_bayes_rule_in_log_space_from_likelihoods():
+    """bayes_log_posterior on hand values far below 0 (exp underflows there), any prior; and
+    class_log_posterior is class_log_likelihoods followed by it."""
+    import math
+
+    from flowlib.conditional import bayes_log_posterior, class_log_likelihoods, class_log_posterior
+
+    ll = torch.tensor([[-900.0, -900.0 - math.log(3), -2000.0], [-5.0, -5.0, -5.0]], dtype=torch.float64)
+    post = bayes_log_posterior(ll).exp()
+    torch.testing.assert_close(post[0], torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
+    prior = torch.tensor([0.2, 0.3, 0.5])
+    torch.testing.assert_close(bayes_log_posterior(ll, prior).exp()[1], prior.double())  # equal likelihoods
+    # p(y | x) proportional to p(x | y) p(y): 0.2 * 3 : 0.3 * 1 for the first row.
+    torch.testing.assert_close(bayes_log_posterior(ll, prior).exp()[0, :2],
+                               torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+    with pytest.raises(FlowInputError, match="3 probabilities"):
+        bayes_log_posterior(ll, torch.tensor([0.5, 0.5]))
+    with pytest.raises(FlowInputError, match=r"\(n, K\)"):
+        bayes_log_posterior(torch.zeros(3))
+    torch.manual_seed(0)
+    model = nsf(2, layers=1, hidden=4, classes=3).eval()
+    x = torch.randn(7, 2)
+    lik = class_log_likelihoods(model, x, batch=3)
+    assert lik.shape == (7, 3) and lik.dtype == torch.float64
+    ones = torch.ones(7, dtype=torch.long)
+    torch.testing.assert_close(lik[:, 1], model.log_prob(x, ones).double().detach())
+    torch.testing.assert_close(class_log_posterior(model, x, prior=prior), bayes_log_posterior(lik, prior))
+    with pytest.raises(FlowInputError, match="class-conditional"):
+        class_log_likelihoods(nsf(2, layers=1, hidden=4), x)
