@@ -12,12 +12,13 @@ values, so it loads with ``torch.load(..., weights_only=True)`` (no pickled code
      "state_dict": {...}, "data": "mnist", "levels": 256, "metrics": {"test_bpd": ...},
      "command": "...", "hardware": "...", "converted": "...", ...}
 
-The model is rebuilt by the named builder of :mod:`flowlib.image_models` with the stored
+The model is rebuilt by the named builder (:func:`builder`: a fixed table of the builders of
+:mod:`flowlib.image_models` and :func:`flowlib.tarflow.tarflow_image`) with the stored
 keyword arguments, then its weights are loaded (ActNorm's "initialised" flag included, so the
 first batch never re-initialises it).
 
->>> sorted(shipped_checkpoints())
-['glow_mnist', 'nice_mnist', 'realnvp_mnist']
+>>> {"glow_mnist", "nice_mnist", "realnvp_mnist", "tarflow_mnist"} <= set(shipped_checkpoints())
+True
 >>> checkpoint_info("nice_mnist")["builder"]
 'nice_image'
 
