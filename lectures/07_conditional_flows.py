@@ -25,8 +25,8 @@
 # 1. **conditioning, from the toy up**: a neural spline flow on a 2D toy whose shape turns
 #    with a scalar $c$; where the context enters a coupling; you derive why the Jacobian is
 #    taken with respect to $x$ only, write the conditional affine coupling that trains a
-#    second model of the toy, and find the bug of a conditional flow whose loss beats the
-#    truth;
+#    second model of the toy, find the bug of a conditional flow whose loss beats the truth,
+#    and design a conditional flow under a budget;
 # 2. **class-conditional Glow** on MNIST and Fashion-MNIST: samples of each class at several
 #    temperatures, and the same model as a classifier by Bayes' rule,
 #    $p(y \mid x) \propto p(x \mid y)\, p(y)$;
@@ -734,6 +734,61 @@ fixed_flow = couplings_then(FixedPrior())
 fixed_fit = fit(fixed_flow, toy_train, val_data=toy_val, steps=BUG_STEPS, batch_size=256, lr=3e-3, seed=0)
 fixed_flow.eval()
 print(f"validation loss {fixed_fit.best_val:.3f} nats (the floor: {TOY_ENTROPY:.3f})")
+
+# %% [markdown]
+# ### Exercise 4: a conditional flow of the crescents under a budget (design)
+#
+# Design a conditional flow of the toy, $p_X(x \mid c)$ with a scalar context, that reaches a
+# **validation loss below 1.16 nats** (the floor is the entropy printed above, about 1.07) with
+# **at most 3000 parameters** and **400 steps** of Adam at learning rate $5 \cdot 10^{-3}$ on
+# batches of 256 pairs (a few CPU-seconds). Write `design_toy_flow()`, which returns the
+# untrained model: any flowlib builder with `context_shape=(1,)`, or your own layers in a
+# `FlowModel`; the test builds it, counts its parameters, trains it with exactly this budget on
+# the same training pairs (seeded) and scores it on the validation pairs. Think about where
+# the parameters do the most good: how many layers, how wide, which transformer, and what the
+# context must tell each layer.
+
+# %% nbgrader={"grade": false, "grade_id": "07-ex4-design", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def design_toy_flow() -> FlowModel:
+    """An untrained conditional flow of the crescents, p(x | c) with c of shape (1,), <= 3000 parameters."""
+    ### BEGIN SOLUTION
+    # Splines bend the ring with few parameters; four thin couplings (2856 parameters) reach about
+    # 1.12-1.13 nats in 400 steps, where two wide ones stay near 1.17.
+    return nsf(2, layers=4, hidden=16, context_shape=(1,))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "07-ex4-design-test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+HINT_4 = ("Return an untrained FlowModel conditioned on a context of shape (1,), e.g. a flowlib builder with "
+          "context_shape=(1,), of at most 3000 parameters. Spend them on depth: several thin couplings with "
+          "splines bend the ring better than two wide affine ones.")
+DESIGN_BUDGET, DESIGN_STEPS, DESIGN_TARGET = 3000, 400, 1.16
+
+
+def _train_design(seed: int) -> tuple[int, float]:
+    torch.manual_seed(seed)
+    with hint(HINT_4):
+        model = design_toy_flow()
+        assert isinstance(model, FlowModel) and model.conditional, (
+            f"design_toy_flow must return a conditional FlowModel, got {type(model).__name__}. {HINT_4}")
+        size = count_parameters(model)
+        assert size <= DESIGN_BUDGET, f"Your design has {size:,} parameters, over the budget of {DESIGN_BUDGET:,}. {HINT_4}"
+        result = fit(model, toy_train, val_data=toy_val, steps=DESIGN_STEPS, batch_size=256, lr=5e-3, seed=seed,
+                     progress=False, device="cpu")
+    return size, result.best_val
+
+
+_size, _loss = _train_design(seed=0)
+assert math.isfinite(_loss) and _loss < DESIGN_TARGET, (
+    f"After {DESIGN_STEPS} steps your design ({_size:,} parameters) reaches {_loss:.3f} nats on the validation "
+    f"pairs; the target is below {DESIGN_TARGET}. {HINT_4}")
+### BEGIN HIDDEN TESTS
+_size, _loss = _train_design(seed=1)  # another start
+assert math.isfinite(_loss) and _loss < DESIGN_TARGET + 0.01, (
+    f"From another initialisation (seed 1) your design reaches {_loss:.3f} nats; the target is below "
+    f"{DESIGN_TARGET} (0.01 of slack here). {HINT_4}")
+### END HIDDEN TESTS
+print("Exercise 4 passed")
 
 # %% [markdown]
 # ## 2. Class-conditional Glow; 3. what each scale holds, and attribute edits
