@@ -251,3 +251,19 @@ def test_bayes_rule_in_log_space_from_likelihoods():
     torch.testing.assert_close(class_log_posterior(model, x, prior=prior), bayes_log_posterior(lik, prior))
     with pytest.raises(FlowInputError, match="class-conditional"):
         class_log_likelihoods(nsf(2, layers=1, hidden=4), x)
+
+
+def test_class_log_likelihoods_share_the_dequantization_noise_across_classes():
+    """seed: the same noise for every class (reproducible, the caller's random state untouched);
+    None: a fresh draw for each class."""
+    from flowlib.conditional import class_log_likelihoods
+
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), scales=1, depth=1, hidden=4, blocks=1, grey_levels=17, classes=3).eval()
+    x = torch.randint(0, 17, (6, 1, 8, 8))
+    state = torch.random.get_rng_state()
+    a = class_log_likelihoods(model, x, batch=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(a, class_log_likelihoods(model, x, batch=4))
+    b = class_log_likelihoods(model, x, seed=None)
+    assert not torch.allclose(a, b)
