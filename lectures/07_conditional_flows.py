@@ -30,15 +30,15 @@
 # 2. **class-conditional Glow** on MNIST and Fashion-MNIST: samples of each class at several
 #    temperatures, and the same model as a classifier by Bayes' rule,
 #    $p(y \mid x) \propto p(x \mid y)\, p(y)$;
-# 3. **what each scale holds**: resample the latents of one level of a multi-scale flow and
-#    keep the others (the experiment of Dinh et al., 2017), and **attribute edits**, the way
-#    Glow edited faces: move the latent along the difference of the mean latents of images with
-#    and without an attribute;
-# 4. an **inverse problem**, inpainting: complete a digit from the pixels we see, with the
+# 3. **attribute edits**, the way Glow edited faces: move the latent along the difference of
+#    the mean latents of images with and without an attribute (thick strokes, a slant, a class);
+# 4. **what each scale holds**: resample the latents of one level of a multi-scale flow and
+#    keep the others (the experiment of Dinh et al., 2017);
+# 5. an **inverse problem**, inpainting: complete a digit from the pixels we see, with the
 #    unconditional flow (search or sampling in latent space) and with a flow conditioned on the
 #    observed pixels, compared on the same masked test images;
-# 5. **where likelihoods fail**: a flow trained on Fashion-MNIST gives MNIST digits a *higher*
-#    likelihood than its own test images (Nalisnick et al., 2019), and a remedy, measured.
+# 6. **where likelihoods fail**: a flow trained on Fashion-MNIST gives MNIST digits a *higher*
+#    likelihood than its own test images (Nalisnick et al., 2019), and remedies, measured.
 #
 # Notation as in every lecture: $x$ data, $z$ latent, $f$ the map $x \mapsto z$ (the
 # normalizing direction), $p_Z$ the base density and
@@ -47,7 +47,7 @@
 # variables at that fixed $c$:
 # $$p_X(x \mid c) = p_Z\big(f(x; c) \mid c\big)\,\left|\det \frac{\partial f(x; c)}{\partial x}\right| ,$$
 # the Jacobian taken with respect to $x$ only (Winkler et al., 2019; Papamakarios et al.,
-# 2021, section 7). The base density may depend on $c$ too; Glow's class-conditional model
+# 2021). The base density may depend on $c$ too; Glow's class-conditional model
 # learns a Gaussian $p_Z(z \mid c) = \mathcal N(\mu(c), \operatorname{diag} \sigma(c)^2)$
 # (Kingma & Dhariwal, 2018).
 
@@ -791,17 +791,17 @@ assert math.isfinite(_loss) and _loss < DESIGN_TARGET + 0.01, (
 print("Exercise 4 passed")
 
 # %% [markdown]
-# ## 2. Class-conditional Glow; 3. what each scale holds, and attribute edits
+# ## 2. Class-conditional Glow; 3. attribute edits; 4. what each scale holds
 #
-# This section (class-conditional samples, the flow as a classifier, what each scale holds, attribute edits) is still to be written.
+# This section (class-conditional samples, the flow as a classifier, attribute edits, what each scale holds) is still to be written.
 
 # %% [markdown]
-# ## 4. An inverse problem: inpainting
+# ## 5. An inverse problem: inpainting
 #
 # This section (inpainting with an unconditional and a conditional flow) is still to be written.
 
 # %% [markdown]
-# ## 5. Where likelihoods fail
+# ## 6. Where likelihoods fail
 #
 # This section (the likelihood of out-of-distribution images, and a remedy) is still to be written.
 
