@@ -144,7 +144,7 @@ def perturb_pixels(images: Tensor, rate: float = 0.15, grey_levels: int = 256,
     A model trained on such images still learns what is common to all of them (dark, smooth
     backgrounds, the local correlations of neighbouring pixels) but much less of the shapes
     that the noise breaks up: the "background" statistics that :func:`likelihood_ratio_score`
-    divides out. Ren et al. report mutation rates of 0.1 to 0.2 as working best.
+    divides out. The rate is a hyperparameter (Ren et al. tune it on validation data).
     """
     x = torch.as_tensor(images)
     if not 0 <= float(rate) <= 1:
