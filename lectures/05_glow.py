@@ -1284,7 +1284,9 @@ for stem, path in shipped.items():
     except Exception as err:  # a damaged file or an older format: say so and go on
         print(f"{path.name}: could not be read ({type(err).__name__}: {err})")
         continue
-    if info.get("data") == "mnist":
+    # The unconditional NICE, RealNVP and Glow files: conditional ones score p(x | c), not p(x).
+    conditional = {"classes", "context_shape"} & set(info.get("kwargs", {}))
+    if info.get("data") == "mnist" and info.get("builder") in MODEL_NAMES and not conditional:
         mnist_info[stem] = info
 
 table = ["| MNIST model | test bits/dim | parameters | training | hardware, source |",

@@ -35,10 +35,13 @@ for name, file in shipped_checkpoints().items():
     report["files"][name] = str(file)
     model = load_pretrained(name)
     x = torch.randint(0, 256, (2, *model.event_shape), generator=torch.Generator().manual_seed(0))
+    # A conditional file needs its context: a class label, or an (observed image, mask) pair.
+    raw = None if not model.conditional else (torch.zeros(2, dtype=torch.long) if model.context_shape == ()
+                                              else torch.rand(2, *model.context_shape))
     with torch.no_grad():
-        z, logdet = model.flow(model.dequantizer(x.float())[0])
+        z, logdet = model.flow(model.dequantizer(x.float())[0], model._context(raw, 2, "probe"))
         report["finite"][name] = bool(torch.isfinite(z).all() and torch.isfinite(logdet).all()
-                                      and torch.isfinite(model.log_prob(x)).all())
+                                      and torch.isfinite(model.log_prob(x, raw)).all())
 print(json.dumps(report))
 """
 
