@@ -43,7 +43,8 @@ from flowlib._checks import event_shape as _event_shape
 from flowlib._modules import evaluating
 from flowlib.core import Flow, sum_except_batch
 
-__all__ = ["OneHot", "context_map", "context_channels", "ContextPrior", "check_context", "conditioning",
+__all__ = ["OneHot", "context_map", "context_input", "context_channels", "ContextPrior", "check_context",
+           "conditioning",
            "class_log_likelihoods", "bayes_log_posterior", "class_log_posterior", "classify"]
 
 
@@ -98,6 +99,17 @@ def context_map(context: Tensor, like: Tensor, who: str = "context_map") -> Tens
         return context[:, :, None, None].expand(-1, -1, h, w)
     s = _factor(tuple(context.shape[1:]), tuple(like.shape[1:]), who)
     return context if s == 1 else F.pixel_unshuffle(context, s)
+
+
+def context_input(context: Tensor | None, like: Tensor, features: int, who: str) -> Tensor:
+    """What a conditional layer built for ``features`` context channels reads beside ``like``: the
+    context checked (:func:`check_context`), mapped to ``like``'s layout (:func:`context_map`), its
+    channel count checked, in ``like``'s dtype. The one door of every conditional layer."""
+    c = context_map(check_context(context, like.shape[0], who), like, who)
+    if c.shape[1] != features:
+        raise FlowInputError(f"{who}: built for {features} context features, got {c.shape[1]} "
+                             f"(context of shape {tuple(context.shape)})")
+    return c.to(like.dtype)
 
 
 def _factor(context_shape: tuple[int, ...], event_shape: tuple[int, ...], who: str) -> int:
@@ -163,11 +175,7 @@ class ContextPrior(Flow):
 
     def prior_params(self, context: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """mu(c) and log_sigma(c), shaped like ``like`` (the latent batch)."""
-        c = context_map(check_context(context, like.shape[0], type(self).__name__), like,
-                        f"{type(self).__name__}")
-        if c.shape[1] != self.context_features:
-            raise FlowInputError(f"{type(self).__name__}: expected {self.context_features} context "
-                                 f"features, got {c.shape[1]} (context of shape {tuple(context.shape)})")
+        c = context_input(context, like, self.context_features, type(self).__name__)
         mu, h = self.net(c).chunk(2, dim=1)
         log_sigma = self.bound * torch.tanh(h / self.bound)
         return mu.expand_as(like), log_sigma.expand_as(like)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, choice, integer, number
 from flowlib._checks import event_shape as _event_shape
-from flowlib.conditional import check_context, context_map
+from flowlib.conditional import context_input
 from flowlib.core import Flow, sum_except_batch
 from flowlib.transformers import Additive, Affine, Transformer, soft_clamp
 
@@ -252,12 +252,8 @@ class Coupling(Flow):
     def _h(self, kept: Tensor, n: int, context: Tensor | None) -> Tensor:
         """The conditioner's output, checked: (batch, params * n, *rest)."""
         if self.takes_context:
-            who = f"{type(self).__name__}"
-            c = context_map(check_context(context, kept.shape[0], who), kept, who)
-            if c.shape[1] != self.context_features:
-                raise FlowInputError(f"{who}: built for {self.context_features} context features, got "
-                                     f"{c.shape[1]} (context of shape {tuple(context.shape)})")
-            h = self.conditioner(torch.cat([kept, c.to(kept.dtype)], dim=1))
+            c = context_input(context, kept, self.context_features, type(self).__name__)
+            h = self.conditioner(torch.cat([kept, c], dim=1))
         else:
             h = self.conditioner(kept)
         p = self.transformer.params

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from flowlib._checks import event_shape as _event_shape
 from flowlib._checks import integer, number, renamed
-from flowlib.conditional import check_context, context_map
+from flowlib.conditional import context_input
 from flowlib.convnets import ZeroConv2d
 from flowlib.core import Compose, Flow, FlowInputError, apply, sum_except_batch
 
@@ -131,12 +131,8 @@ class GaussianSplitPrior(Flow):
     def prior_params(self, z1: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """mu and log_sigma of the conditional prior p(z2 | z1) (or p(z2 | z1, c))."""
         if self.takes_context:
-            who = type(self).__name__
-            c = context_map(check_context(context, z1.shape[0], who), z1, who)
-            if c.shape[1] != self.context_features:
-                raise FlowInputError(f"{who}: built for {self.context_features} context features, got "
-                                     f"{c.shape[1]} (context of shape {tuple(context.shape)})")
-            z1 = torch.cat([z1, c.to(z1.dtype)], dim=1)
+            c = context_input(context, z1, self.context_features, type(self).__name__)
+            z1 = torch.cat([z1, c], dim=1)
         mu, h = self.net(z1).chunk(2, dim=1)
         return mu, self.bound * torch.tanh(h / self.bound)
 
