@@ -36,8 +36,8 @@ from flowlib._checks import FlowInputError, integer, number
 from flowlib._modules import evaluating
 from flowlib.core import FlowModel
 
-__all__ = ["inpainting_masks", "to_unit", "inpainting_context", "inpaint_optimise", "inpaint_langevin",
-           "inpaint_conditional", "inpainting_error"]
+__all__ = ["inpainting_masks", "to_unit", "inpainting_context", "latent_log_posterior", "map_latent",
+           "langevin_step", "inpaint_optimise", "inpaint_langevin", "inpaint_conditional", "inpainting_error"]
 
 
 def inpainting_masks(n: int, size: int = 28, generator: torch.Generator | None = None,
@@ -107,6 +107,26 @@ def _neg_log_posterior(model: FlowModel, z: Tensor, y_obs: Tensor, mask: Tensor,
     return misfit - model.base.log_prob(z)
 
 
+def latent_log_posterior(model: FlowModel, z: Tensor, x: Tensor, mask: Tensor, sigma: float) -> Tensor:
+    """log p(z | y_obs) up to the constant of the observation noise, one value per image, shape (n,).
+
+    -|| m * (f^{-1}(z) - y) ||^2 / (2 sigma^2) + log p_Z(z), with y = :func:`to_unit` of the grey
+    levels ``x``, f^{-1} = ``model.decode`` and p_Z the model's base density (its normalising
+    constant included); computed in the dtype of ``z``.
+
+    >>> from flowlib.image_models import glow_image
+    >>> model = glow_image((1, 4, 4), scales=1, depth=1, hidden=4)
+    >>> x = torch.randint(0, 256, (2, 1, 4, 4))
+    >>> z = model.encode(to_unit(x, 256).float())
+    >>> latent_log_posterior(model, z, x, torch.ones(2, 1, 4, 4), sigma=0.1).shape
+    torch.Size([2])
+    """
+    _check(model, x, mask, "latent_log_posterior")
+    sigma = number(sigma, "sigma", "latent_log_posterior", minimum=0.0, strict=True)
+    y_obs = to_unit(x, model.grey_levels).to(z.dtype)
+    return -_neg_log_posterior(model, z, y_obs, mask.to(z.dtype), sigma)
+
+
 def _start(model: FlowModel, y_obs: Tensor, mask: Tensor, fill: float | Tensor) -> Tensor:
     """The latent of the image with its hidden pixels set to ``fill`` (a start inside the data).
 
@@ -124,9 +144,55 @@ def _start(model: FlowModel, y_obs: Tensor, mask: Tensor, fill: float | Tensor) 
         return model.encode(m * y_obs + (1 - m) * fill)
 
 
+def map_latent(model: FlowModel, x: Tensor, mask: Tensor, steps: int = 50, lr: float = 0.2,
+               sigma: float = 0.3, fill: float | Tensor = 0.0, progress: bool = True) -> Tensor:
+    """The latent argmax_z log p(z | y_obs) found by ``steps`` Adam steps (:func:`inpaint_optimise`).
+
+    The search starts at the latent of the image whose hidden pixels are set to ``fill`` (a grey
+    level or images (1 or n, C, H, W)) and minimises the negative of
+    :func:`latent_log_posterior`, both its terms: without the prior term the search fits the
+    observed pixels ever more closely and carries z away from where the flow puts its mass.
+    Returns the latent (n, ...) in the model's dtype, detached.
+    """
+    from tqdm.auto import tqdm
+
+    _check(model, x, mask, "map_latent")
+    steps = integer(steps, "steps", "map_latent", minimum=0)
+    sigma = number(sigma, "sigma", "map_latent", minimum=0.0, strict=True)
+    lr = number(lr, "lr", "map_latent", minimum=0.0, strict=True)
+    dtype = next(model.parameters()).dtype
+    y_obs, mask = to_unit(x, model.grey_levels).to(dtype), mask.to(dtype)
+    # enable_grad: the search differentiates through the flow even when called under no_grad.
+    with evaluating(model, grad=True), torch.enable_grad():
+        z = _start(model, y_obs, mask, fill).clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in tqdm(range(steps), desc="inpaint (MAP)", disable=not progress, leave=False):
+            opt.zero_grad(set_to_none=True)
+            _neg_log_posterior(model, z, y_obs, mask, sigma).sum().backward()
+            opt.step()
+    return z.detach()
+
+
+def langevin_step(z: Tensor, score: Tensor, step_size: float, noise: Tensor) -> Tensor:
+    """One step of unadjusted Langevin dynamics, z + eps * score + sqrt(2 eps) * noise.
+
+    ``score`` = grad_z log p(z) at ``z``, ``noise`` standard normal of z's shape, eps =
+    ``step_size``. The noise scale sqrt(2 eps) makes p the chain's stationary density as eps -> 0
+    (Roberts & Tweedie, 1996); for a standard normal target the chain settles at variance
+    1 / (1 - eps / 2), so a finite step leaves a bias of order eps.
+
+    >>> z = torch.zeros(3)
+    >>> langevin_step(z, -z, 0.02, torch.ones(3))
+    tensor([0.2000, 0.2000, 0.2000])
+    """
+    eps = number(step_size, "step_size", "langevin_step", minimum=0.0, strict=True)
+    return z + eps * score + (2 * eps) ** 0.5 * noise
+
+
 def inpaint_optimise(model: FlowModel, x: Tensor, mask: Tensor, steps: int = 50, lr: float = 0.2,
                      sigma: float = 0.3, fill: float | Tensor = 0.0, progress: bool = True) -> Tensor:
-    """MAP completion: argmax_z log p(z | y_obs) by Adam, then the observed pixels pasted back.
+    """MAP completion: argmax_z log p(z | y_obs) by Adam (:func:`map_latent`), then the observed
+    pixels pasted back.
 
     ``x``: grey levels (n, C, H, W) of an unconditional image model (the hidden ones are ignored);
     ``mask`` (n, 1 or C, H, W), 1 = observed; ``sigma``: the observation noise of the posterior;
@@ -139,23 +205,10 @@ def inpaint_optimise(model: FlowModel, x: Tensor, mask: Tensor, steps: int = 50,
     for filling with the mean training image. From the mean image the error rose with the steps:
     the posterior's mode is not a better guess than the mean.
     """
-    from tqdm.auto import tqdm
-
     _check(model, x, mask, "inpaint_optimise")
-    steps = integer(steps, "steps", "inpaint_optimise", minimum=0)
-    sigma = number(sigma, "sigma", "inpaint_optimise", minimum=0.0, strict=True)
-    dtype = next(model.parameters()).dtype
-    y_exact = to_unit(x, model.grey_levels)
-    y_obs, mask = y_exact.to(dtype), mask.to(dtype)
-    with evaluating(model, grad=True):
-        z = _start(model, y_obs, mask, fill).clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=number(lr, "lr", "inpaint_optimise", minimum=0.0, strict=True))
-        for _ in tqdm(range(steps), desc="inpaint (MAP)", disable=not progress, leave=False):
-            opt.zero_grad(set_to_none=True)
-            _neg_log_posterior(model, z, y_obs, mask, sigma).sum().backward()
-            opt.step()
-        with torch.no_grad():
-            return _paste(y_exact, mask, model.decode(z.detach()))
+    z = map_latent(model, x, mask, steps=steps, lr=lr, sigma=sigma, fill=fill, progress=progress)
+    with torch.no_grad(), evaluating(model):
+        return _paste(to_unit(x, model.grey_levels), mask, model.decode(z))
 
 
 def inpaint_langevin(model: FlowModel, x: Tensor, mask: Tensor, samples: int = 4, steps: int = 10,
@@ -186,7 +239,7 @@ def inpaint_langevin(model: FlowModel, x: Tensor, mask: Tensor, samples: int = 4
     n = x.shape[0]
     y_exact = to_unit(x, model.grey_levels).repeat(samples, 1, 1, 1)
     y_rep, m_rep = y_exact.to(dtype), mask.to(dtype).repeat(samples, 1, 1, 1)
-    with evaluating(model, grad=True):
+    with evaluating(model, grad=True), torch.enable_grad():
         if isinstance(fill, Tensor) and fill.dim() == 4 and fill.shape[0] == n and n > 1:
             fill = fill.repeat(samples, 1, 1, 1)  # one fill image per image, the same for its chains
         z = _start(model, y_rep, m_rep, fill)
@@ -194,7 +247,7 @@ def inpaint_langevin(model: FlowModel, x: Tensor, mask: Tensor, samples: int = 4
             z = z.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(_neg_log_posterior(model, z, y_rep, m_rep, sigma).sum(), z)
             noise = torch.randn(z.shape, generator=g, dtype=z.dtype).to(z.device)
-            z = z - eps * grad + (2 * eps) ** 0.5 * noise
+            z = langevin_step(z, -grad, eps, noise)
         with torch.no_grad():
             out = _paste(y_exact, m_rep, model.decode(z.detach()))
     return out.reshape(samples, n, *out.shape[1:])

@@ -14,6 +14,9 @@ from flowlib.inpainting import (
     inpainting_context,
     inpainting_error,
     inpainting_masks,
+    langevin_step,
+    latent_log_posterior,
+    map_latent,
     to_unit,
 )
 
@@ -101,3 +104,43 @@ def test_fill_may_be_an_image():
         inpaint_optimise(model, x, mask, steps=1, fill=torch.zeros(3, 1, 8, 8), progress=False)
     with pytest.raises(FlowInputError, match="fill"):
         inpaint_optimise(model, x, mask, steps=1, fill=1.5, progress=False)
+
+
+def test_latent_log_posterior_is_the_formula_and_map_climbs_it():
+    """log p(z | y_obs) = -|m (decode(z) - y)|^2 / (2 sigma^2) + log N(z; 0, I) for a flow whose base is
+    the standard normal; map_latent ends higher than its start, and inpaint_optimise decodes that latent."""
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), hidden=8, blocks=1, grey_levels=17).double()
+    x = torch.randint(0, 17, (3, 1, 8, 8))
+    mask = inpainting_masks(3, size=8, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        misfit = ((mask * (model.decode(z) - to_unit(x, 17))) ** 2).flatten(1).sum(1) / (2 * 0.2 ** 2)
+        by_hand = -0.5 * (z ** 2).flatten(1).sum(1) - 32 * torch.log(torch.tensor(2 * torch.pi)) - misfit
+        torch.testing.assert_close(latent_log_posterior(model, z, x, mask, 0.2), by_hand)
+        start = map_latent(model, x, mask, steps=0, sigma=0.2, progress=False)
+    found = map_latent(model, x, mask, steps=30, lr=0.05, sigma=0.2, progress=False)
+    with torch.no_grad():
+        assert bool((latent_log_posterior(model, found, x, mask, 0.2)
+                     > latent_log_posterior(model, start, x, mask, 0.2)).all())
+        y = to_unit(x, 17)
+        filled = inpaint_optimise(model, x, mask, steps=30, lr=0.05, sigma=0.2, progress=False)
+        torch.testing.assert_close(filled, torch.where(mask == 1, y, model.decode(found).clamp(0, 1)))
+    with pytest.raises(FlowInputError, match="latent_log_posterior: expected images"):
+        latent_log_posterior(model, z, x[:, :, :4], mask, 0.2)
+    with pytest.raises(FlowInputError, match="sigma"):
+        map_latent(model, x, mask, sigma=0.0, progress=False)
+
+
+def test_langevin_step_samples_a_gaussian():
+    """Chains of langevin_step on N(mu, s^2) settle at mean mu and at the variance of the unadjusted
+    chain, s^2 / (1 - eps / (2 s^2)); a step size that is not positive is refused."""
+    g = torch.Generator().manual_seed(0)
+    mu, s, eps = 2.0, 0.5, 0.01
+    z = torch.zeros(20000, dtype=torch.float64)
+    for _ in range(400):
+        z = langevin_step(z, -(z - mu) / s ** 2, eps, torch.randn(20000, generator=g, dtype=torch.float64))
+    assert abs(float(z.mean()) - mu) < 0.01
+    assert abs(float(z.var()) - s ** 2 / (1 - eps / (2 * s ** 2))) < 0.01
+    with pytest.raises(FlowInputError, match="step_size"):
+        langevin_step(z, z, 0.0, z)
