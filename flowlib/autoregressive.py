@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, integer
-from flowlib.conditional import check_context
+from flowlib.conditional import context_input
 from flowlib.core import Flow, sum_except_batch
 from flowlib.transformers import Transformer
 
@@ -193,11 +193,7 @@ class MADE(nn.Module):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise FlowInputError(f"MADE: expected input of shape (batch, {self.features}), got {got}")
         if self.context_features:
-            c = check_context(context, x.shape[0], "MADE")
-            if c.dim() != 2 or c.shape[1] != self.context_features:
-                raise FlowInputError(f"MADE: expected a context of shape (batch, {self.context_features}), "
-                                     f"got {tuple(c.shape)}")
-            x = torch.cat([x, c.to(x.dtype)], dim=1)
+            x = torch.cat([x, context_input(context, x, self.context_features, "MADE")], dim=1)
         elif context is not None:
             raise FlowInputError("MADE: built without context inputs (context_features=0), got a context")
         return self.net(x)

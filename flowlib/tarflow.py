@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, event_shape, flag, integer
-from flowlib.conditional import ContextPrior, check_context, conditioning
+from flowlib.conditional import ContextPrior, conditioning, context_input
 from flowlib.core import Compose, Flow, sum_except_batch
 from flowlib.dequantize import LogitPreprocess
 from flowlib.distributions import StandardNormal
@@ -162,24 +162,21 @@ class TransformerAutoregressive(Flow):
         # sequence: h of shape (n, params * D, T).
         return self.conditioner(tokens, context).transpose(1, 2)
 
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
+    def _context(self, context: Tensor | None, x: Tensor) -> Tensor | None:
         if not self.takes_context:
             return None
-        c = check_context(context, n, type(self).__name__)
-        if c.dim() != 2 or c.shape[1] != self.context_features:
-            raise FlowInputError(f"{type(self).__name__}: expected a context vector of shape (batch, "
-                                 f"{self.context_features}), got {tuple(c.shape)}")
-        return c
+        # Beside the flattened batch, so that the context must be vectors (batch, k): every token reads it.
+        return context_input(context, x.flatten(1), self.context_features, type(self).__name__)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x, "forward")
-        tokens, c = self._sequence(x), self._context(context, x.shape[0])
+        tokens, c = self._sequence(x), self._context(context, x)
         z, log_derivative = self.transformer(tokens.transpose(1, 2), self._params(tokens, c))
         return self._image(z.transpose(1, 2)), sum_except_batch(log_derivative)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(z, "inverse")
-        c = self._context(context, z.shape[0])
+        c = self._context(context, z)
         target = self._sequence(z).transpose(1, 2)
         x = torch.zeros_like(target)
         # After pass t the first t tokens are exact, so are the parameters of token t + 1; the
