@@ -31,6 +31,7 @@ __all__ = [
     "Bounds",
     "LogProbLike",
     "bits_per_dim",
+    "bits_per_dim_each",
     "mean_bits_per_dim",
     "box_bounds",
     "KLEstimate",
@@ -115,26 +116,41 @@ class KLEstimate:
         return self.value
 
 
-def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
-                      context: Tensor | None = None) -> float:
-    """Mean of ``model.bits_per_dim`` over the images ``x``, in batches, in evaluation mode.
+def bits_per_dim_each(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
+                      context: Tensor | None = None) -> Tensor:
+    """``model.bits_per_dim`` of every image of ``x``, shape (n,), float64: in batches of
+    ``batch`` images, in evaluation mode, without gradients.
 
     ``samples`` > 1 importance-weights over that many dequantization draws per image (see
     :meth:`ImageFlowModel.bits_per_dim`); ``context`` (one row per image) for a conditional
     model. Every module's train/eval flag is restored afterwards.
     """
-    batch = integer(batch, "batch", "mean_bits_per_dim")
+    batch = integer(batch, "batch", "bits_per_dim_each")
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise FlowInputError(f"bits_per_dim_each: no images to score (got {got}); pass a batch of at "
+                             f"least one image")
+    if context is not None and (not isinstance(context, Tensor) or context.shape[:1] != x.shape[:1]):
+        got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+        raise FlowInputError(f"bits_per_dim_each: expected one context row per image ({x.shape[0]}), "
+                             f"got {got}")
+
+    def rows(i: int) -> dict:
+        return {} if context is None else {"context": context[i:i + batch]}
+
+    with torch.no_grad(), evaluating(model):
+        return torch.cat([model.bits_per_dim(x[i:i + batch], samples=samples, **rows(i)).double()
+                          for i in range(0, x.shape[0], batch)])
+
+
+def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
+                      context: Tensor | None = None) -> float:
+    """Mean of ``model.bits_per_dim`` over the images ``x`` (:func:`bits_per_dim_each`)."""
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise FlowInputError(f"mean_bits_per_dim: no images to average (got {got}); pass a batch of at "
                              f"least one image")
-    def rows(i: int) -> dict:
-        return {} if context is None else {"context": context[i:i + batch]}
-
-    with evaluating(model):
-        total = sum(float(model.bits_per_dim(x[i:i + batch], samples=samples, **rows(i)).double().sum())
-                    for i in range(0, x.shape[0], batch))
-    return total / x.shape[0]
+    return float(bits_per_dim_each(model, x, samples=samples, batch=batch, context=context).mean())
 
 
 def _log_prob_fn(model_or_fn: object, who: str) -> Callable[[Tensor], Tensor]:

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from flowlib._checks import FlowInputError, integer
-from flowlib._modules import evaluating
 from flowlib.image_models import ImageFlowModel
+from flowlib.metrics import bits_per_dim_each
 
 __all__ = ["auroc", "roc_curve", "nll_score", "complexity_bits", "complexity_corrected_score",
            "perturb_pixels", "likelihood_ratio_score", "typicality_score"]
@@ -97,10 +97,7 @@ def nll_score(model: ImageFlowModel, x: Tensor, samples: int = 1, batch: int = 2
     """
     if not isinstance(model, ImageFlowModel):
         raise FlowInputError(f"nll_score: expected an ImageFlowModel, got {type(model).__name__}")
-    batch = integer(batch, "batch", "nll_score")
-    with torch.no_grad(), evaluating(model):
-        return torch.cat([model.bits_per_dim(x[i:i + batch], samples=samples).double()
-                          for i in range(0, x.shape[0], batch)])
+    return bits_per_dim_each(model, x, samples=samples, batch=integer(batch, "batch", "nll_score"))
 
 
 def complexity_bits(images: Tensor, grey_levels: int = 256, level: int = 9) -> Tensor:

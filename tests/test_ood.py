@@ -106,3 +106,23 @@ def test_perturb_pixels():
     assert torch.equal(perturb_pixels(x, 0.0), x)
     with pytest.raises(FlowInputError, match="rate"):
         perturb_pixels(x, 1.5)
+
+
+def test_bits_per_dim_each_is_the_model_figure_in_any_batches():
+    """The one per-image bits/dim of flowlib (nll_score and mean_bits_per_dim are built on it): the
+    model's own bits_per_dim, the same for any batch size with the same noise, a context per row."""
+    from flowlib.metrics import bits_per_dim_each, mean_bits_per_dim
+
+    torch.manual_seed(0)
+    model = glow_image((1, 8, 8), hidden=8, blocks=1, grey_levels=17, classes=3)
+    x, y = torch.randint(0, 17, (7, 1, 8, 8)), torch.randint(0, 3, (7,))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        whole = model.eval().bits_per_dim(x, context=y).double()
+    for batch in (7, 3, 1):
+        torch.manual_seed(5)  # uniform dequantization draws one row at a time: batching keeps the noise
+        torch.testing.assert_close(bits_per_dim_each(model, x, batch=batch, context=y), whole)
+    torch.manual_seed(5)
+    assert mean_bits_per_dim(model, x, context=y) == pytest.approx(float(whole.mean()))
+    with pytest.raises(FlowInputError, match="one context row per image"):
+        bits_per_dim_each(model, x, context=y[:3])
