@@ -29,7 +29,7 @@ from torch import Tensor
 from flowlib._checks import FlowInputError, integer, number
 from flowlib._modules import evaluating
 from flowlib.core import FlowModel
-from flowlib.inpainting import to_unit
+from flowlib.inpainting import check_image_model, to_unit
 from flowlib.multiscale import MultiScale
 
 __all__ = ["stroke_thickness", "slant", "attribute_direction", "edit", "resample_scale"]
@@ -82,9 +82,8 @@ def slant(images: Tensor) -> Tensor:
     return -mu11 / mu02.clamp_min(1e-12)
 
 
-def _encode(model: FlowModel, x: Tensor, context: object, batch: int = 256) -> Tensor:
-    if not isinstance(model, FlowModel) or not hasattr(model, "grey_levels"):
-        raise FlowInputError(f"expected an image flow model (ImageFlowModel), got {type(model).__name__}")
+def _encode(model: FlowModel, x: Tensor, context: object, who: str, batch: int = 256) -> Tensor:
+    check_image_model(model, who)
     dtype = next(model.parameters()).dtype
     with evaluating(model):
         parts = []
@@ -104,14 +103,14 @@ def attribute_direction(model: FlowModel, x: Tensor, has_attribute: Tensor, cont
     if has.numel() != x.shape[0] or not bool(has.any()) or bool(has.all()):
         raise FlowInputError(f"attribute_direction: expected {x.shape[0]} booleans with both groups "
                              f"non-empty, got {int(has.sum())} of {has.numel()} with the attribute")
-    z = _encode(model, x, context)
+    z = _encode(model, x, context, "attribute_direction")
     return z[has.to(z.device)].mean(0) - z[~has.to(z.device)].mean(0)
 
 
 def edit(model: FlowModel, x: Tensor, direction: Tensor, alphas: Sequence[float],
          context: object = None) -> Tensor:
     """f^{-1}(f(x) + alpha d) for each alpha: shape (len(alphas), n, C, H, W), in [0, 1]."""
-    z = _encode(model, x, context)
+    z = _encode(model, x, context, "edit")
     d = direction.to(z)
     out = []
     with torch.no_grad(), evaluating(model):
@@ -138,7 +137,7 @@ def resample_scale(model: FlowModel, x: Tensor, scale: int, temperature: float =
         raise FlowInputError(f"resample_scale: scale must be in 0..{multiscale.scales - 1}, got {scale}")
     temperature = number(temperature, "temperature", "resample_scale", minimum=0.0)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    z = _encode(model, x, context)
+    z = _encode(model, x, context, "resample_scale")
     latents = multiscale.split_latents(z)
     fresh = torch.randn(latents[scale].shape, generator=g, dtype=z.dtype).to(z.device)
     latents[scale] = temperature * fresh

@@ -74,10 +74,15 @@ def to_unit(x_levels: Tensor, grey_levels: int) -> Tensor:
     return (x_levels.double() + 0.5) / grey_levels
 
 
-def _check(model: FlowModel, x: Tensor, mask: Tensor, who: str) -> None:
+def check_image_model(model: object, who: str) -> None:
+    """``model`` must be an image flow model (a FlowModel with ``grey_levels``: ImageFlowModel)."""
     if not isinstance(model, FlowModel) or not hasattr(model, "grey_levels"):
         raise FlowInputError(f"{who}: expected an image flow model (ImageFlowModel), got "
                              f"{type(model).__name__}")
+
+
+def _check(model: FlowModel, x: Tensor, mask: Tensor, who: str) -> None:
+    check_image_model(model, who)
     if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.event_shape):
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         shape = ", ".join(map(str, model.event_shape))
