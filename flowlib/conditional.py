@@ -252,7 +252,9 @@ def class_log_likelihoods(model: nn.Module, x: Tensor, samples: int = 1, batch: 
     ``seed``: every class is scored with the SAME dequantization noise (drawn from this seed,
     the caller's random state left as it was), so that the differences between classes, which
     decide the class, carry no noise of their own (common random numbers); None draws afresh for
-    each class. On the shipped MNIST model this doubles the accuracy of one draw.
+    each class. On a first, short-trained MNIST model (924 steps) this doubled the accuracy of
+    one draw (28% to 64% on 200 test images); on the shipped one (4210 steps), whose differences
+    between classes are larger than that noise, it changes little (88.2% against 88.1% on 1000).
     """
     k = _classes(model, "class_log_likelihoods")
     rows = []
