@@ -1,8 +1,20 @@
 """The other generative families beside flows, small enough to read, for side-by-side comparisons.
 
-- :mod:`flowlib.families.vae`: the VAE (ELBO, reparameterisation), the IWAE bound, a flow posterior.
+- :mod:`flowlib.families.vae`: the VAE (ELBO, reparameterisation), the IWAE bound, a flow posterior;
+- :mod:`flowlib.families.gan`: the GAN (minimax and non-saturating losses) and WGAN-GP.
+
+Their samples are compared with the flows' by :func:`flowlib.metrics.energy_distance` and
+:func:`flowlib.metrics.modes_covered`, which need no density.
 """
 
+from flowlib.families.gan import (
+    GAN,
+    critic_loss,
+    discriminator_loss,
+    fit_gan,
+    generator_loss,
+    gradient_penalty,
+)
 from flowlib.families.vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "GAN", "fit_gan", "discriminator_loss", "generator_loss", "critic_loss", "gradient_penalty"]
