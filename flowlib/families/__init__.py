@@ -1,12 +1,15 @@
 """The other generative families beside flows, small enough to read, for side-by-side comparisons.
 
 - :mod:`flowlib.families.vae`: the VAE (ELBO, reparameterisation), the IWAE bound, a flow posterior;
-- :mod:`flowlib.families.gan`: the GAN (minimax and non-saturating losses) and WGAN-GP.
+- :mod:`flowlib.families.gan`: the GAN (minimax and non-saturating losses) and WGAN-GP;
+- :mod:`flowlib.families.flow_matching`: a continuous flow trained by flow matching, with exact
+  log-likelihoods through the divergence of its velocity field.
 
 Their samples are compared with the flows' by :func:`flowlib.metrics.energy_distance` and
 :func:`flowlib.metrics.modes_covered`, which need no density.
 """
 
+from flowlib.families.flow_matching import FlowMatching, divergence
 from flowlib.families.gan import (
     GAN,
     critic_loss,
@@ -17,4 +20,5 @@ from flowlib.families.gan import (
 )
 from flowlib.families.vae import VAE
 
-__all__ = ["VAE", "GAN", "fit_gan", "discriminator_loss", "generator_loss", "critic_loss", "gradient_penalty"]
+__all__ = ["VAE", "GAN", "FlowMatching", "divergence", "fit_gan", "discriminator_loss", "generator_loss",
+           "critic_loss", "gradient_penalty"]
