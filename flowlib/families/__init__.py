@@ -3,7 +3,9 @@
 - :mod:`flowlib.families.vae`: the VAE (ELBO, reparameterisation), the IWAE bound, a flow posterior;
 - :mod:`flowlib.families.gan`: the GAN (minimax and non-saturating losses) and WGAN-GP;
 - :mod:`flowlib.families.flow_matching`: a continuous flow trained by flow matching, with exact
-  log-likelihoods through the divergence of its velocity field.
+  log-likelihoods through the divergence of its velocity field;
+- :mod:`flowlib.families.rbm`: the RBM, contrastive divergence, and log Z by annealed importance
+  sampling (or exactly, for few hidden units).
 
 Their samples are compared with the flows' by :func:`flowlib.metrics.energy_distance` and
 :func:`flowlib.metrics.modes_covered`, which need no density.
@@ -18,7 +20,8 @@ from flowlib.families.gan import (
     generator_loss,
     gradient_penalty,
 )
+from flowlib.families.rbm import RBM
 from flowlib.families.vae import VAE
 
-__all__ = ["VAE", "GAN", "FlowMatching", "divergence", "fit_gan", "discriminator_loss", "generator_loss",
+__all__ = ["VAE", "GAN", "FlowMatching", "RBM", "divergence", "fit_gan", "discriminator_loss", "generator_loss",
            "critic_loss", "gradient_penalty"]
