@@ -23,5 +23,5 @@ from flowlib.families.gan import (
 from flowlib.families.rbm import RBM
 from flowlib.families.vae import VAE
 
-__all__ = ["VAE", "GAN", "FlowMatching", "RBM", "divergence", "fit_gan", "discriminator_loss", "generator_loss",
-           "critic_loss", "gradient_penalty"]
+__all__ = ["VAE", "GAN", "FlowMatching", "RBM", "divergence", "fit_gan", "discriminator_loss",
+           "generator_loss", "critic_loss", "gradient_penalty"]
