@@ -161,3 +161,19 @@ def test_bad_input_names_the_call():
         VAE(4, 2, likelihood="poisson")
     with pytest.raises(FlowInputError, match="posterior_flow"):
         VAE(4, 2, posterior_flow=nn.Linear(2, 2))
+
+
+def test_fit_trains_a_vae_like_a_flow():
+    """flowlib.train.fit minimises VAE.loss = -ELBO (train_samples=1), with validation in nats."""
+    from flowlib.data import load_digits
+    from flowlib.train import fit
+
+    x = (load_digits()[0].float().flatten(1) > 8).float()
+    torch.manual_seed(0)
+    vae = VAE(64, 8, hidden=64)
+    with torch.no_grad():
+        before = float(vae.elbo(x[1000:]).mean())
+    result = fit(vae, x[:1000], val_data=x[1000:], steps=200, batch_size=64, lr=3e-3, seed=0, progress=False)
+    with torch.no_grad():
+        after = float(vae.elbo(x[1000:], k=10).mean())
+    assert after > before + 10 and result.best_val < -before

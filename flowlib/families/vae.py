@@ -140,9 +140,15 @@ class VAE(nn.Module):
         k = integer(k, "k", "VAE.iwae")
         return torch.logsumexp(self.log_weights(x, k), dim=0) - math.log(k)
 
+    loss_unit = "nats"  # what flowlib.train.fit reports: -bound per sample
+
     def log_prob(self, x: Tensor) -> Tensor:
         """The training objective, a LOWER BOUND on log p(x): IWAE with ``train_samples`` samples."""
         return self.iwae(x, self.train_samples)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """What :func:`flowlib.train.fit` minimises, one value per sample: -log_prob(x), in nats."""
+        return -self.log_prob(x)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, mean: bool = True) -> Tensor:
