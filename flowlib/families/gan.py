@@ -121,17 +121,21 @@ class GAN(nn.Module):
 
 def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_size: int = 128,
             lr: float = 1e-3, betas: tuple[float, float] = (0.5, 0.9), critic_steps: int | None = None,
-            seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Alternate ``critic_steps`` discriminator (critic) steps and one generator step, ``steps`` times.
+            seed: int = 0, progress: bool = True, seconds: float | None = None) -> dict[str, list[float]]:
+    """Alternate ``critic_steps`` discriminator (critic) steps and one generator step, ``steps`` times
+    (or until ``seconds`` of wall-clock time are spent, whichever comes first).
 
     ``data``: a tensor (n, D), batches drawn from it at random, or a function n -> (n, D) samples
     (a toy's sampler). ``critic_steps``: 5 for WGAN-GP (its critic must stay near the optimum for
     the gradient to estimate the earth mover's distance; Gulrajani et al., 2017), 1 otherwise.
     Adam with ``betas`` (a small first moment steadies the game). Returns the losses per step.
     """
+    import time
+
     from tqdm.auto import tqdm
 
     who = "fit_gan"
+    deadline = None if seconds is None else time.perf_counter() + number(seconds, "seconds", who, minimum=0.0)
     steps, batch_size = integer(steps, "steps", who, minimum=0), integer(batch_size, "batch_size", who)
     critic_steps = integer(critic_steps if critic_steps is not None else (5 if gan.loss == "wgan-gp" else 1),
                            "critic_steps", who)
@@ -161,7 +165,9 @@ def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        history["discriminator"].append(float(d_loss))
-        history["generator"].append(float(g_loss))
+        history["discriminator"].append(float(d_loss.detach()))
+        history["generator"].append(float(g_loss.detach()))
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
     gan.eval()
     return history
