@@ -321,10 +321,12 @@ def energy_distance(x: Tensor, y: Tensor, max_points: int = 2000,
     return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))
 
 
-def modes_covered(samples: Tensor, centres: Tensor, share: float = 0.05) -> int:
+def modes_covered(samples: Tensor, centres: Tensor, share: float = 0.05, radius: float | None = None) -> int:
     """How many of the modes ``centres`` (k, d) hold at least ``share`` of the samples (n, d), each
     sample counted for its nearest centre: the mode-coverage measure of the eight Gaussians (a
-    model that drops modes, as GANs do, covers fewer than k)."""
+    model that drops modes, as GANs do, covers fewer than k). ``radius``: a sample farther than
+    this from every centre counts for none (still in the total), e.g. 3 standard deviations of a
+    mode, as Srivastava et al. (2017) count high-quality samples."""
     who = "modes_covered"
     if not isinstance(samples, Tensor) or samples.dim() != 2 or samples.shape[0] == 0:
         raise FlowInputError(f"{who}: expected samples of shape (n, d), got "
@@ -333,6 +335,8 @@ def modes_covered(samples: Tensor, centres: Tensor, share: float = 0.05) -> int:
         raise FlowInputError(f"{who}: expected centres of shape (k, {samples.shape[1]}), got "
                              f"{getattr(centres, 'shape', centres)}")
     share = number(share, "share", who, minimum=0.0, maximum=1.0)
-    nearest = torch.cdist(samples.double(), centres.double().to(samples.device)).argmin(1)
+    distance, nearest = torch.cdist(samples.double(), centres.double().to(samples.device)).min(1)
+    if radius is not None:
+        nearest = nearest[distance <= number(radius, "radius", who, minimum=0.0, strict=True)]
     counts = torch.bincount(nearest, minlength=centres.shape[0]).double()
     return int((counts / samples.shape[0] >= share).sum())

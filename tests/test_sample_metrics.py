@@ -44,5 +44,10 @@ def test_modes_covered_counts_the_modes_that_hold_enough_samples():
     dropped = samples[nearest >= 3]  # a "GAN" that lost three modes
     assert modes_covered(dropped, toy.centres) == 5
     assert modes_covered(dropped, toy.centres, share=0.5) == 0
+    # Samples between the modes: nearest-centre counting credits them, a radius does not.
+    between = torch.cat([samples[:2000], 0.5 * (toy.centres[1:3] + toy.centres[2:4]).float().repeat(1000, 1)])
+    assert modes_covered(between, toy.centres) == 8
+    assert modes_covered(between, toy.centres, radius=3 * toy.std) == 8  # half the samples still near modes
+    assert modes_covered(between, toy.centres, share=0.1, radius=3 * toy.std) == 0  # 2000 / 8 / 4000 < 10%
     with pytest.raises(FlowInputError, match="centres"):
         modes_covered(samples, torch.zeros(8, 3))
