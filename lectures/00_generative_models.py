@@ -134,6 +134,11 @@ for row in [HEADER, *FAMILIES]:
 # constant $Z$. Flows are the family whose likelihood is exact **and** whose sampling is one pass
 # of a network; what they give up is freedom in the architecture (every layer must be
 # invertible), which has cost them some sample quality.
+#
+# These rows are the usual verdicts of the literature, not measurements. Lecture 8 trains one
+# small member of each family on the same 2D toy and the same digits and measures every column:
+# the likelihood each can report (exact, a bound, an estimate or none), a sample-quality score
+# that needs only samples, the modes covered and the time to draw 10,000 samples.
 
 # %% [markdown]
 # ## Maximum likelihood: fitting a Gaussian
@@ -327,6 +332,10 @@ plt.show()
 # | **03** NICE | additive coupling: a triangular Jacobian with determinant 1, reversible blocks (Dinh et al. 2014) | 2D toys, then digits |
 # | **04** RealNVP | affine coupling, masks, multi-scale architecture, dequantization (Dinh et al. 2016) | images |
 # | **05** Glow | ActNorm, invertible 1x1 convolutions, temperature and interpolation (Kingma & Dhariwal 2018) | images |
+# | **06** autoregressive and spline flows | MADE, MAF and IAF, rational-quadratic splines, a transformer flow (Papamakarios et al. 2017; Durkan et al. 2019) | 2D toys, digits, MNIST |
+# | **07** conditional flows | $p_X(x \mid c)$; class-conditional Glow as a classifier, attribute edits, inpainting, out-of-distribution inputs | 2D toy, MNIST, Fashion-MNIST |
+# | **08** flows among the generative families | VAE and IWAE, GAN and WGAN-GP, flow matching, RBM with AIS, measured side by side: the trilemma in figures | 2D toys, digits |
+# | **10** capstone | your own multi-scale flow assembled from the course's layers, graded on Fashion-MNIST | images |
 #
 # The order is by difficulty, not by date: NICE (Dinh, Krueger & Bengio, arXiv 2014) appeared
 # about seven months before the planar and radial flows (arXiv 2015), and the idea of a density

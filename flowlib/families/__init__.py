@@ -21,7 +21,7 @@ from flowlib.families.gan import (
     gradient_penalty,
 )
 from flowlib.families.rbm import RBM
-from flowlib.families.vae import VAE
+from flowlib.families.vae import VAE, importance_weighted_bound
 
 __all__ = ["VAE", "GAN", "FlowMatching", "RBM", "divergence", "fit_gan", "discriminator_loss",
-           "generator_loss", "critic_loss", "gradient_penalty"]
+           "generator_loss", "critic_loss", "gradient_penalty", "importance_weighted_bound"]

@@ -121,14 +121,17 @@ class GAN(nn.Module):
 
 def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_size: int = 128,
             lr: float = 1e-3, betas: tuple[float, float] = (0.5, 0.9), critic_steps: int | None = None,
-            seed: int = 0, progress: bool = True, seconds: float | None = None) -> dict[str, list[float]]:
+            seed: int = 0, progress: bool = True, seconds: float | None = None,
+            callback: Callable[[int, GAN], None] | None = None) -> dict[str, list[float]]:
     """Alternate ``critic_steps`` discriminator (critic) steps and one generator step, ``steps`` times
     (or until ``seconds`` of wall-clock time are spent, whichever comes first).
 
     ``data``: a tensor (n, D), batches drawn from it at random, or a function n -> (n, D) samples
     (a toy's sampler). ``critic_steps``: 5 for WGAN-GP (its critic must stay near the optimum for
     the gradient to estimate the earth mover's distance; Gulrajani et al., 2017), 1 otherwise.
-    Adam with ``betas`` (a small first moment steadies the game). Returns the losses per step.
+    Adam with ``betas`` (a small first moment steadies the game). ``callback(step, gan)``, if
+    given, runs after each generator step (``step`` counts from 1), e.g. to measure the samples
+    along the way without restarting the optimisers. Returns the losses per step.
     """
     import time
 
@@ -155,7 +158,9 @@ def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_
     opt_g = torch.optim.Adam(gan.generator.parameters(), lr=lr, betas=betas)
     history: dict[str, list[float]] = {"discriminator": [], "generator": []}
     gan.train()
-    for _ in tqdm(range(steps), desc=f"GAN ({gan.loss})", disable=not progress, leave=False):
+    if callback is not None and not callable(callback):
+        raise FlowInputError(f"{who}: callback must be a function (step, gan) -> None, got {type(callback).__name__}")
+    for step in tqdm(range(1, steps + 1), desc=f"GAN ({gan.loss})", disable=not progress, leave=False):
         for _ in range(critic_steps):
             d_loss, _ = gan.losses(draw(batch_size), generator=g)
             opt_d.zero_grad(set_to_none=True)
@@ -167,6 +172,9 @@ def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_
         opt_g.step()
         history["discriminator"].append(float(d_loss.detach()))
         history["generator"].append(float(g_loss.detach()))
+        if callback is not None:
+            callback(step, gan)
+            gan.train()  # the callback may have switched to eval mode to draw samples
         if deadline is not None and time.perf_counter() >= deadline:
             break
     gan.eval()

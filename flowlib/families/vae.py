@@ -44,9 +44,27 @@ from flowlib._checks import FlowInputError, choice, integer, number
 from flowlib.core import Flow
 from flowlib.nets import MLP
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "importance_weighted_bound"]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def importance_weighted_bound(log_weights: Tensor) -> Tensor:
+    """log (1/k) sum_i exp(w_i) over the first axis of log-weights (k, n): shape (n,).
+
+    The importance-weighted bound of Burda et al. (2016) from its k log-weights
+    w_i = log p(x, z_i) - log q(z_i | x); computed as logsumexp(w) - log k, so log-weights of
+    -1000 nats (common for images) do not underflow to log 0. With k = 1 it is the ELBO's
+    one-sample estimate.
+
+    >>> importance_weighted_bound(torch.tensor([[-1000.0], [-1000.0 + math.log(3)]]))
+    tensor([-999.3069])
+    """
+    if not isinstance(log_weights, Tensor) or log_weights.dim() != 2 or log_weights.shape[0] == 0:
+        got = tuple(log_weights.shape) if isinstance(log_weights, Tensor) else type(log_weights).__name__
+        raise FlowInputError(f"importance_weighted_bound: expected log-weights of shape (k, n) with k >= 1, "
+                             f"got {got}")
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
 
 
 def _standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -143,8 +161,7 @@ class VAE(nn.Module):
 
     def iwae(self, x: Tensor, k: int) -> Tensor:
         """The importance-weighted bound log (1/k) sum_i exp(w_i) of each row: shape (n,)."""
-        k = integer(k, "k", "VAE.iwae")
-        return torch.logsumexp(self.log_weights(x, k), dim=0) - math.log(k)
+        return importance_weighted_bound(self.log_weights(x, integer(k, "k", "VAE.iwae")))
 
     loss_unit = "nats"  # what flowlib.train.fit reports: -bound per sample
 
