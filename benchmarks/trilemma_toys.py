@@ -99,8 +99,7 @@ def main() -> None:
         rows.append({"system": name, "steps": steps, "train s": spent, "ll": ll, "kind": kind,
                      "kl": None if ll is None else data_ll - ll,
                      "energy": energy_distance(samples[:5000], reference),
-                     "modes": modes_covered(samples, toy.centres) if hasattr(toy, "centres") and
-                     args.toy == "eight_gaussians" else None,
+                     "modes": modes_covered(samples, toy.centres) if args.toy == "eight_gaussians" else None,
                      "sample s": sample_seconds})
 
     print(f"\n{args.toy}, {args.seconds:g} s of training per system, {args.threads} thread(s); "

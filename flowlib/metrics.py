@@ -118,6 +118,12 @@ class KLEstimate:
         return self.value
 
 
+def _need_images(x: object, who: str, verb: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise FlowInputError(f"{who}: no images to {verb} (got {got}); pass a batch of at least one image")
+
+
 def bits_per_dim_each(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
                       context: Tensor | None = None) -> Tensor:
     """``model.bits_per_dim`` of every image of ``x``, shape (n,), float64: in batches of
@@ -128,10 +134,7 @@ def bits_per_dim_each(model: nn.Module, x: Tensor, samples: int = 1, batch: int 
     model. Every module's train/eval flag is restored afterwards.
     """
     batch = integer(batch, "batch", "bits_per_dim_each")
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise FlowInputError(f"bits_per_dim_each: no images to score (got {got}); pass a batch of at "
-                             f"least one image")
+    _need_images(x, "bits_per_dim_each", "score")
     if context is not None and (not isinstance(context, Tensor) or context.shape[:1] != x.shape[:1]):
         got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
         raise FlowInputError(f"bits_per_dim_each: expected one context row per image ({x.shape[0]}), "
@@ -148,10 +151,7 @@ def bits_per_dim_each(model: nn.Module, x: Tensor, samples: int = 1, batch: int 
 def mean_bits_per_dim(model: nn.Module, x: Tensor, samples: int = 1, batch: int = 256,
                       context: Tensor | None = None) -> float:
     """Mean of ``model.bits_per_dim`` over the images ``x`` (:func:`bits_per_dim_each`)."""
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise FlowInputError(f"mean_bits_per_dim: no images to average (got {got}); pass a batch of at "
-                             f"least one image")
+    _need_images(x, "mean_bits_per_dim", "average")  # checked here too, so the error names this call
     return float(bits_per_dim_each(model, x, samples=samples, batch=batch, context=context).mean())
 
 

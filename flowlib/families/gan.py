@@ -142,8 +142,9 @@ def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_
     steps, batch_size = integer(steps, "steps", who, minimum=0), integer(batch_size, "batch_size", who)
     critic_steps = integer(critic_steps if critic_steps is not None else (5 if gan.loss == "wgan-gp" else 1),
                            "critic_steps", who)
-    g = torch.Generator().manual_seed(integer(seed, "seed", who, minimum=0))
-    torch.manual_seed(integer(seed, "seed", who, minimum=0))
+    seed = integer(seed, "seed", who, minimum=0)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     if isinstance(data, Tensor):
         pool = data
 
@@ -159,7 +160,8 @@ def fit_gan(gan: GAN, data: Tensor | Callable[[int], Tensor], steps: int, batch_
     history: dict[str, list[float]] = {"discriminator": [], "generator": []}
     gan.train()
     if callback is not None and not callable(callback):
-        raise FlowInputError(f"{who}: callback must be a function (step, gan) -> None, got {type(callback).__name__}")
+        raise FlowInputError(f"{who}: callback must be a function (step, gan) -> None, "
+                             f"got {type(callback).__name__}")
     for step in tqdm(range(1, steps + 1), desc=f"GAN ({gan.loss})", disable=not progress, leave=False):
         for _ in range(critic_steps):
             d_loss, _ = gan.losses(draw(batch_size), generator=g)
