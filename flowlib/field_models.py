@@ -13,7 +13,8 @@ first batch the model sees in training mode (give it a large one, under ``torch.
 which also brings maps of standard deviation 0.02 to unit scale. A conditional field model,
 p(x | theta), reads a parameter vector as its context (``context_shape=(k,)``): every coupling
 and split prior sees it, and the top latent gets a learned prior N(mu(theta), sigma(theta)^2), as
-in lecture 7; that is a field-level likelihood for inference of the parameters (Dai & Seljak, 2022; Diaz Rivero & Dvorkin, 2020).
+in lecture 7; that is a field-level likelihood for inference of the parameters (Dai & Seljak,
+2022; Diaz Rivero & Dvorkin, 2020).
 
 >>> import torch
 >>> model = glow_field((1, 8, 8), depth=2, hidden=8, blocks=1)
