@@ -86,8 +86,7 @@ def spectrum_bins(size: int, bins: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     modes = torch.bincount(which[inside], minlength=bins).to(torch.float64)
     if bool((modes == 0).any()):
         raise FlowInputError(f"{who}: {bins} bins leave some without a Fourier mode on a {size} x {size} "
-                             f"map; "
-                             f"use fewer bins")
+                             f"map; use fewer bins")
     centres = torch.bincount(which[inside], weights=k.flatten()[inside], minlength=bins) / modes
     return edges, centres, modes
 

@@ -13,7 +13,8 @@ values, so it loads with ``torch.load(..., weights_only=True)`` (no pickled code
      "command": "...", "hardware": "...", "converted": "...", ...}
 
 The model is rebuilt by the named builder (:func:`builder`: a fixed table of the builders of
-:mod:`flowlib.image_models` and :func:`flowlib.tarflow.tarflow_image`) with the stored
+:mod:`flowlib.image_models`, :func:`flowlib.tarflow.tarflow_image` and, for real-valued maps,
+:func:`flowlib.field_models.glow_field`, written by ``scripts/train_field_flow.py``) with the stored
 keyword arguments, then its weights are loaded (ActNorm's "initialised" flag included, so the
 first batch never re-initialises it).
 
@@ -58,6 +59,7 @@ import torch
 from flowlib import image_models
 from flowlib._checks import FlowInputError
 from flowlib._integrity import require_finite, verify_checksum
+from flowlib.core import FlowModel
 from flowlib.image_models import ImageFlowModel
 
 try:
@@ -70,7 +72,7 @@ __all__ = ["FORMAT", "BUILDERS", "MANIFEST", "MAX_KWARGS", "MAX_PARAMETERS", "lo
 
 FORMAT = "flowlib.pretrained/1"
 #: Only these builders may be named by a file: a file never chooses arbitrary code to call.
-BUILDERS = frozenset({"nice_image", "realnvp_image", "glow_image", "tarflow_image"})
+BUILDERS = frozenset({"nice_image", "realnvp_image", "glow_image", "tarflow_image", "glow_field"})
 #: The shipped files' manifest, beside them in ``flowlib/checkpoints/``.
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "flowlib.checkpoints-manifest/1"
@@ -88,10 +90,11 @@ Source = str | os.PathLike | Traversable
 def builder(name: str):
     """The builder function a file may name (:data:`BUILDERS`), from a fixed table: never looked up
     by an arbitrary name."""
-    from flowlib import tarflow  # the transformer flow builds on image_models: imported when asked for
+    from flowlib import field_models, tarflow  # both build on image_models: imported when asked for
 
     table = {"nice_image": image_models.nice_image, "realnvp_image": image_models.realnvp_image,
-             "glow_image": image_models.glow_image, "tarflow_image": tarflow.tarflow_image}
+             "glow_image": image_models.glow_image, "tarflow_image": tarflow.tarflow_image,
+             "glow_field": field_models.glow_field}
     if name not in table:
         raise FlowInputError(f"load_pretrained: unknown builder {name!r}, expected one of {sorted(table)}")
     return table[name]
@@ -316,7 +319,7 @@ def checkpoint_info(source: Source) -> dict:
     return {k: v for k, v in _read(source).items() if k != "state_dict"}
 
 
-def load_pretrained(source: Source, map_location: str | torch.device = "cpu") -> ImageFlowModel:
+def load_pretrained(source: Source, map_location: str | torch.device = "cpu") -> ImageFlowModel | FlowModel:
     """Rebuild a checkpoint's model, in evaluation mode, on ``map_location``.
 
     ``source`` is a shipped name (``"glow_mnist"``, see :func:`shipped_checkpoints`) or the

@@ -71,7 +71,7 @@ BUILDERS = {"glow": "glow_image", "realnvp": "realnvp_image", "nice": "nice_imag
             "tarflow": "tarflow_image"}
 #: The builders a shipped file may name: nothing else is ever looked up by name.
 ALLOWED_BUILDERS = PRETRAINED_BUILDERS
-assert set(BUILDERS.values()) == ALLOWED_BUILDERS
+assert set(BUILDERS.values()) <= ALLOWED_BUILDERS  # glow_field is scripts/train_field_flow.py's
 #: Sizes for a CPU: small conditioners, few flow steps. Override any of them with --set KEY=VALUE.
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "glow": {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1},
@@ -142,20 +142,24 @@ def hardware() -> str:
             f"torch {torch.__version__}, cpu")
 
 
-def update_readme(readme: Path, file_name: str, row: str) -> None:
-    """Put ``row`` in the table of ``readme`` (created if missing), replacing the row of ``file_name``."""
+def update_readme(readme: Path, file_name: str, row: str, start: str = README_START, end: str = README_END,
+                  header: str = README_HEADER) -> None:
+    """Put ``row`` in the table of ``readme`` (created if missing), replacing the row of ``file_name``.
+
+    ``start``, ``end``, ``header``: the markers and the header of the table (another script's table
+    in the same README has its own)."""
     text = readme.read_text(encoding="utf-8") if readme.exists() else (
         "# Shipped checkpoints\n\nWritten by `scripts/train_image_flow.py`.\n\n")
-    if README_START not in text:
-        text = text.rstrip("\n") + f"\n\n{README_START}\n{README_HEADER}\n{README_END}\n"
-    head, rest = text.split(README_START, 1)
-    table, tail = rest.split(README_END, 1)
+    if start not in text:
+        text = text.rstrip("\n") + f"\n\n{start}\n{header}\n{end}\n"
+    head, rest = text.split(start, 1)
+    table, tail = rest.split(end, 1)
     key = f"| `{file_name}` |"
     rows = [r for r in table.strip().splitlines()[2:] if r.strip() and not r.startswith(key)]
     rows.append(row)
     rows.sort()
     with atomic_write(readme, "w") as f:
-        f.write(f"{head}{README_START}\n{README_HEADER}\n" + "\n".join(rows) + f"\n{README_END}{tail}")
+        f.write(f"{head}{start}\n{header}\n" + "\n".join(rows) + f"\n{end}{tail}")
 
 
 # -- main ------------------------------------------------------------------------------------------
