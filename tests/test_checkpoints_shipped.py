@@ -21,7 +21,6 @@ the MNIST one (256 test images, fixed dequantization noise) runs where MNIST is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import warnings
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts_loader import load_script
 
 from flowlib import image_models
 from flowlib._checks import FlowInputError
@@ -46,17 +46,7 @@ REFERENCE = json.loads((Path(__file__).parent / "checkpoint_reference.json").rea
 CONVERTED = [p for p in CHECKPOINTS if p.stem in REFERENCE["models"]]
 MAX_BYTES = 10 * 1024 * 1024
 OLD_KEYWORDS = {"levels", "steps", "bins", "coupling"}
-
-
-def _script(name: str):
-    """scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CONVERT = _script("convert_checkpoints")
+CONVERT = load_script("convert_checkpoints")
 
 
 def _rebuild(path: Path) -> tuple[dict, image_models.ImageFlowModel]:
@@ -247,7 +237,7 @@ def test_same_map_as_before_on_mnist_test_images(path: Path) -> None:
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
 def test_script_loader_matches_the_recipe(path: Path) -> None:
-    model = _script("train_image_flow").load_pretrained(path)
+    model = load_script("train_image_flow").load_pretrained(path)
     _, again = _rebuild(path)
     assert not model.training
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
@@ -533,9 +523,10 @@ def test_train_image_flow_writes_the_checksum_and_updates_a_manifest_beside_it(t
 
     out = tmp_path / "tiny.pt"
     (tmp_path / "MANIFEST.json").write_text(json.dumps({"checkpoints": {"other": {"file": "other.pt"}}}))
-    _script("train_image_flow").main(["--model", "nice", "--data", "digits", "--minutes", "0.002", "--out",
-                                      str(out), "--state", str(tmp_path / "state.pt"), "--set", "hidden=4",
-                                      "--set", "couplings=2", "--iw-samples", "1", "--no-readme"])
+    load_script("train_image_flow").main(["--model", "nice", "--data", "digits", "--minutes", "0.002",
+                                          "--out", str(out), "--state", str(tmp_path / "state.pt"),
+                                          "--set", "hidden=4", "--set", "couplings=2", "--iw-samples", "1",
+                                          "--no-readme"])
     blob = torch.load(out, weights_only=True)
     assert CHECKSUM_KEY in blob and load_pretrained(out).event_shape == (1, 8, 8)
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())["checkpoints"]

@@ -3,11 +3,11 @@ load_pretrained, and refused when their conditional keywords are out of bounds."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from scripts_loader import load_script
 
 from flowlib import FlowInputError
 from flowlib._integrity import with_checksum
@@ -15,21 +15,11 @@ from flowlib.data import load_digits
 from flowlib.pretrained import checkpoint_info, load_pretrained
 from flowlib.train import save_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _script():
-    path = ROOT / "scripts" / "train_image_flow.py"
-    spec = importlib.util.spec_from_file_location("train_image_flow", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, Path]:
     """Three tiny files from the script, a few seconds of training each on the digits."""
-    script, folder = _script(), tmp_path_factory.mktemp("pretrained")
+    script, folder = load_script("train_image_flow"), tmp_path_factory.mktemp("pretrained")
     runs = {"classes": ["--model", "glow", "--classes", "--set", "hidden=8"],
             "inpaint": ["--model", "glow", "--inpaint", "--set", "hidden=8"],
             "tarflow": ["--model", "tarflow", "--set", "patch=2", "--set", "width=16", "--set", "heads=2"]}

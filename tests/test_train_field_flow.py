@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from scripts_loader import load_script
 
 from flowlib.pretrained import checkpoint_info, load_pretrained
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    path = ROOT / "scripts" / "train_field_flow.py"
-    spec = importlib.util.spec_from_file_location("train_field_flow", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_field_flow")
 
 
 def test_augment_gives_the_eight_symmetries_of_the_square():
