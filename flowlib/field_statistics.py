@@ -40,9 +40,10 @@ import torch
 from torch import Tensor
 
 from flowlib._checks import FlowInputError, integer, number
+from flowlib.data.lensing import frequency_grid
 
-__all__ = ["power_spectrum", "spectrum_bins", "one_point_pdf", "peak_counts", "minkowski_functionals",
-           "gaussian_minkowski", "gradient_std"]
+__all__ = ["power_spectrum", "spectrum_bins", "bin_modes", "one_point_pdf", "peak_counts",
+           "minkowski_functionals", "gaussian_minkowski", "gradient_std"]
 
 
 def _maps(maps: Tensor, who: str) -> Tensor:
@@ -66,6 +67,23 @@ def _edges(edges: Tensor, who: str, name: str = "edges") -> Tensor:
     return edges
 
 
+def _mode_bins(size: int, bins: int, who: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(edges, the bin of every mode of the FFT grid (flattened; -1 or ``bins`` outside), the modes
+    per bin, the mean |k| per bin): the one place where modes are put into bins."""
+    size, bins = integer(size, "size", who, minimum=4), integer(bins, "bins", who)
+    edges = torch.logspace(math.log10(1 / size), math.log10(0.5), bins + 1, dtype=torch.float64)
+    edges[-1] += 1e-12  # |k| = 1/2 belongs to the last bin
+    k = frequency_grid(size).flatten()
+    which = torch.bucketize(k, edges, right=True) - 1
+    inside = (which >= 0) & (which < bins)
+    modes = torch.bincount(which[inside], minlength=bins).to(torch.float64)
+    if bool((modes == 0).any()):
+        raise FlowInputError(f"{who}: {bins} bins leave some without a Fourier mode on a {size} x {size} "
+                             f"map; use fewer bins")
+    centres = torch.bincount(which[inside], weights=k[inside], minlength=bins) / modes
+    return edges, which, modes, centres
+
+
 def spectrum_bins(size: int, bins: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """Logarithmic bins of |k| from 1/size to 1/2 (cycles per pixel) for :func:`power_spectrum`.
 
@@ -76,24 +94,27 @@ def spectrum_bins(size: int, bins: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     >>> int(modes.sum()) <= 32 * 32, bool((centres > edges[:-1]).all())
     (True, True)
     """
-    who = "spectrum_bins"
-    size, bins = integer(size, "size", who, minimum=4), integer(bins, "bins", who)
-    edges = torch.logspace(math.log10(1 / size), math.log10(0.5), bins + 1, dtype=torch.float64)
-    edges[-1] += 1e-12  # |k| = 1/2 belongs to the last bin
-    k = _frequencies(size)
-    which = torch.bucketize(k.flatten(), edges, right=True) - 1
-    inside = (which >= 0) & (which < bins)
-    modes = torch.bincount(which[inside], minlength=bins).to(torch.float64)
-    if bool((modes == 0).any()):
-        raise FlowInputError(f"{who}: {bins} bins leave some without a Fourier mode on a {size} x {size} "
-                             f"map; use fewer bins")
-    centres = torch.bincount(which[inside], weights=k.flatten()[inside], minlength=bins) / modes
+    edges, _, modes, centres = _mode_bins(size, bins, "spectrum_bins")
     return edges, centres, modes
 
 
-def _frequencies(size: int) -> Tensor:
-    f = torch.fft.fftfreq(size, dtype=torch.float64)
-    return torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+def bin_modes(values: Tensor, bins: int = 8) -> Tensor:
+    """The mean of ``values`` (..., size, size), given on the FFT grid, over the modes of each bin of
+    :func:`spectrum_bins`: shape (..., bins). A spectrum S(k) binned as :func:`power_spectrum` bins
+    its estimates, so the two compare bin for bin.
+
+    >>> bin_modes(torch.ones(32, 32), bins=4).tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() < 2 or values.shape[-1] != values.shape[-2]:
+        raise FlowInputError(f"bin_modes: expected values of shape (..., size, size), "
+                             f"got {tuple(values.shape)}")
+    _, which, modes, _ = _mode_bins(values.shape[-1], bins, "bin_modes")
+    inside = (which >= 0) & (which < len(modes))
+    flat = values.reshape(*values.shape[:-2], -1)[..., inside]
+    sums = torch.zeros(*flat.shape[:-1], len(modes), dtype=torch.float64).index_add_(-1, which[inside], flat)
+    return sums / modes
 
 
 def power_spectrum(maps: Tensor, bins: int = 8) -> tuple[Tensor, Tensor]:
@@ -105,13 +126,8 @@ def power_spectrum(maps: Tensor, bins: int = 8) -> tuple[Tensor, Tensor]:
     True
     """
     maps = _maps(maps, "power_spectrum")
-    n, size = maps.shape[0], maps.shape[1]
-    edges, centres, modes = spectrum_bins(size, bins)
-    power = (torch.fft.fft2(maps).abs() ** 2).reshape(n, -1) / size**2
-    which = torch.bucketize(_frequencies(size).flatten(), edges, right=True) - 1
-    inside = (which >= 0) & (which < len(modes))
-    sums = torch.zeros(n, len(modes), dtype=torch.float64).index_add_(1, which[inside], power[:, inside])
-    return centres, sums / modes
+    _, centres, _ = spectrum_bins(maps.shape[1], bins)
+    return centres, bin_modes(torch.fft.fft2(maps).abs() ** 2 / maps.shape[1] ** 2, bins)
 
 
 def one_point_pdf(maps: Tensor, edges: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from flowlib.data.lensing import (
     spectrum_shape,
 )
 from flowlib.field_statistics import (
+    bin_modes,
     gaussian_minkowski,
     gradient_std,
     minkowski_functionals,
@@ -30,23 +31,12 @@ from flowlib.field_statistics import (
 )
 
 
-def _bin_means(spectrum: torch.Tensor, bins: int) -> torch.Tensor:
-    """The mean of a spectrum S(k) over the modes of each bin of spectrum_bins."""
-    size = spectrum.shape[0]
-    edges, _, modes = spectrum_bins(size, bins)
-    f = torch.fft.fftfreq(size, dtype=torch.float64)
-    k = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).flatten()
-    which = torch.bucketize(k, edges, right=True) - 1
-    inside = (which >= 0) & (which < bins)
-    return torch.bincount(which[inside], weights=spectrum.flatten()[inside], minlength=bins) / modes
-
-
 @pytest.mark.parametrize(("size", "omega_m"), [(32, 0.3), (64, 0.2)])
 def test_the_input_spectrum_is_recovered_within_its_sampling_error(size, omega_m):
     spectrum = spectrum_shape(size, omega_m)
     maps = gaussian_field(300, size, spectrum, torch.Generator().manual_seed(0))
     _, estimates = power_spectrum(maps, bins=6)
-    expected = _bin_means(spectrum, 6)
+    expected = bin_modes(spectrum, 6)
     error = estimates.std(0) / math.sqrt(estimates.shape[0])
     assert ((estimates.mean(0) - expected).abs() < 4 * error).all(), (estimates.mean(0), expected, error)
     # The scatter of one map's estimate is that of a chi-square with 2 degrees of freedom per pair of modes.
@@ -160,10 +150,10 @@ def test_the_lognormal_spectrum_is_the_transform_of_its_correlation_function():
     s2 = math.log1p((convergence_std() / LOGNORMAL_SHIFT) ** 2)
     xi_u = torch.fft.ifft2(spectrum_shape(size)).real
     spectrum = torch.fft.fft2(LOGNORMAL_SHIFT**2 * torch.expm1(s2 * xi_u)).real
-    expected = _bin_means(spectrum, 6)
+    expected = bin_modes(spectrum, 6)
     error = estimates.std(0) / math.sqrt(estimates.shape[0])
     assert ((estimates.mean(0) - expected).abs() < 4 * error).all(), (estimates.mean(0), expected, error)
-    gaussian = _bin_means(spectrum_shape(size), 6) * convergence_std() ** 2
+    gaussian = bin_modes(spectrum_shape(size), 6) * convergence_std() ** 2
     assert float(expected[0] / gaussian[0]) < 0.95 and float(expected[-1] / gaussian[-1]) > 1.0
     v = minkowski_functionals(maps, torch.linspace(-0.01, 0.01, 3, dtype=torch.float64)).mean(0)
     assert float(v[0, 1]) < 0.5  # the skewed field spends less than half its area above its mean

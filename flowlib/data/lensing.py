@@ -47,8 +47,8 @@ from torch import Tensor
 
 from flowlib._checks import FlowInputError, integer, number
 
-__all__ = ["LOGNORMAL_SHIFT", "spectrum_shape", "gaussian_field", "convergence_std", "convergence_maps",
-           "shape_noise_sigma"]
+__all__ = ["LOGNORMAL_SHIFT", "frequency_grid", "spectrum_shape", "gaussian_field", "convergence_std",
+           "convergence_maps", "shape_noise_sigma"]
 
 #: The shift lambda of the log-normal map: kappa >= -lambda.
 LOGNORMAL_SHIFT = 0.03
@@ -56,8 +56,12 @@ _SIGMA_KAPPA = 0.02  # the convergence's standard deviation at sigma_8 = 0.8, Om
 _TURNOVER = 0.08  # k_t at Omega_m = 0.3, in cycles per pixel
 
 
-def _frequencies(size: int, dtype: torch.dtype) -> Tensor:
-    """|k| in cycles per pixel on the size x size grid of the FFT, shape (size, size)."""
+def frequency_grid(size: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """|k| in cycles per pixel on the size x size grid of the FFT, shape (size, size).
+
+    >>> frequency_grid(4)[0].tolist()
+    [0.0, 0.25, 0.5, 0.25]
+    """
     f = torch.fft.fftfreq(size, dtype=dtype)
     return torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
 
@@ -77,7 +81,7 @@ def spectrum_shape(size: int, omega_m: float = 0.3, dtype: torch.dtype = torch.f
     who = "spectrum_shape"
     size = integer(size, "size", who, minimum=4)
     omega_m = number(omega_m, "omega_m", who, minimum=0.0, strict=True)
-    q = _frequencies(size, dtype) / (_TURNOVER * omega_m / 0.3)
+    q = frequency_grid(size, dtype) / (_TURNOVER * omega_m / 0.3)
     shape = q / (1 + q**2) ** 1.5  # 0 at k = 0: the map has no mean to carry
     return shape / shape.mean()
 
