@@ -29,7 +29,6 @@ from. The file is a ``flowlib.pretrained/1`` dictionary with the builder ``glow_
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import sys
 import time
@@ -47,7 +46,7 @@ from flowlib.image_models import count_parameters
 from flowlib.train import fit, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_image_flow import hardware, update_readme  # noqa: E402  (the one record of every shipped file)
+from train_image_flow import apply_overrides, hardware, update_readme  # noqa: E402  (one recipe for both scripts)
 
 #: Sizes for a CPU; override any with --set KEY=VALUE.
 DEFAULT_KWARGS: dict[str, Any] = {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1}
@@ -155,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"shape": list(shape), **DEFAULT_KWARGS}
     if args.conditional:
         kwargs["context_shape"] = [2]
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        kwargs[key] = ast.literal_eval(value)
+    apply_overrides(kwargs, args.set)
     splits = {
         "train": simulate(args.maps, args.size, args.seed, args.conditional, args.noise),
         "val": simulate(500, args.size, SEEDS["val"], args.conditional, args.noise),

@@ -205,7 +205,12 @@ def builder_kwargs(args: argparse.Namespace, shape: tuple[int, int, int], grey_l
         kwargs["classes"] = 10
     if args.inpaint:
         kwargs["context_shape"] = [2 * shape[0], shape[1], shape[2]]
-    for item in args.set:
+    return apply_overrides(kwargs, args.set)
+
+
+def apply_overrides(kwargs: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``kwargs`` updated by ``--set KEY=VALUE`` items: Python literals, else plain strings."""
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
