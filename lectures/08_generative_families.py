@@ -209,7 +209,7 @@ def vae_log_weights(vae: VAE, x: Tensor, k: int, chunk: int = 100) -> Tensor:
         return torch.cat([vae.log_weights(part, k=k) for part in x.split(chunk)], dim=1)
 
 
-def toy_log_likelihood(name: str, model) -> tuple[float | None, str]:
+def toy_log_likelihood(model) -> tuple[float | None, str]:
     """The mean test log-likelihood of a toy model and what kind of number it is."""
     if isinstance(model, GAN):
         return None, "none (no density)"
@@ -227,7 +227,7 @@ def score_toy(name: str, model) -> dict:
     start = time.perf_counter()
     samples = draw(model, 10_000)
     sample_seconds = time.perf_counter() - start
-    log_likelihood, kind = toy_log_likelihood(name, model)
+    log_likelihood, kind = toy_log_likelihood(model)
     return {"family": name, "log-likelihood": log_likelihood, "kind": kind,
             "energy": energy_distance(samples[:5000], toy_reference, max_points=5000,
                                       generator=torch.Generator().manual_seed(1)),
@@ -243,6 +243,11 @@ def print_table(rows: list[dict], likelihood_header: str, quality_columns: list[
         ll = r["kind"] if r["log-likelihood"] is None else f"{r['log-likelihood']:.3f} ({r['kind']})"
         quality = [format(r[key], spec) for key, _, spec in quality_columns]
         lines.append([r["family"], ll, *quality, f"{r['sample s']:.3f}", f"{r['train s']:.0f}"])
+    print_aligned(header, lines)
+
+
+def print_aligned(header: list[str], lines: list[list[str]]) -> None:
+    """Print rows of strings under a header, each column as wide as its widest cell."""
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
     for line in [header, *lines]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
@@ -1013,9 +1018,9 @@ print(f"the fixed classifier's accuracy on the test digits: "
       f"{classifier.score(digits_test.numpy(), digit_test_labels.numpy()):.3f}")
 
 
-def classifier_scores(samples: Tensor) -> tuple[float, int]:
-    """The classifier's mean confidence on samples, and how many classes get at least 5% of them."""
-    probabilities = classifier.predict_proba(samples.double().numpy())
+def classifier_scores(samples: Tensor, model: LogisticRegression = classifier) -> tuple[float, int]:
+    """A fixed classifier's mean confidence on samples, and how many classes get at least 5% of them."""
+    probabilities = model.predict_proba(samples.double().numpy())
     shares = np.bincount(probabilities.argmax(1), minlength=10) / len(samples)
     return float(probabilities.max(1).mean()), int((shares >= 0.05).sum())
 
@@ -1252,12 +1257,6 @@ pixel_means = binary_train.mean(0).clamp(1e-3, 1 - 1e-3)
 binary_classifier = LogisticRegression(max_iter=3000).fit(binary_train.numpy(), digit_labels.numpy())
 
 
-def binary_scores(samples: Tensor) -> tuple[float, int]:
-    probabilities = binary_classifier.predict_proba(samples.double().numpy())
-    shares = np.bincount(probabilities.argmax(1), minlength=10) / len(samples)
-    return float(probabilities.max(1).mean()), int((shares >= 0.05).sum())
-
-
 _start = time.perf_counter()
 rbm_log_z = rbm.log_partition_ais(runs=200, betas=1000, generator=torch.Generator().manual_seed(0))
 rbm_ais_seconds = time.perf_counter() - _start
@@ -1285,8 +1284,8 @@ for _row in binary_rows:
     with torch.no_grad():
         binary_samples[_row["family"]] = _samplers[_row["family"]](10_000)
     _row["sample s"] = time.perf_counter() - _start
-    _row["confidence"], _row["classes"] = binary_scores(binary_samples[_row["family"]])
-_real = binary_scores(binary_test)
+    _row["confidence"], _row["classes"] = classifier_scores(binary_samples[_row["family"]], binary_classifier)
+_real = classifier_scores(binary_test, binary_classifier)
 print(f"binarised 8x8 digits, test log-likelihood in nats per image; real test digits: classifier confidence "
       f"{_real[0]:.3f}, {_real[1]}/10 classes\n")
 print_table(binary_rows, "test log-likelihood (nats per image)",
@@ -1339,11 +1338,9 @@ for _name in toy_models:
 _rbm_row = binary_rows[1]
 summary.append(["RBM (binary digits)", "-", f"AIS: {_rbm_row['log-likelihood']:.1f} nats/image", "-",
                 f"{_rbm_row['confidence']:.3f} (binary)", "-", "-", "-", f"{_rbm_row['sample s']:.3f}"])
-_widths = [max(len(str(x)) for x in column) for column in zip(summary_header, *summary, strict=True)]
 print(f"data: toy log-likelihood {data_log_likelihood:.3f} nats, {data_modes}/8 modes; real digits: classifier "
       f"confidence {_real_confidence:.3f}\n")
-for _line in [summary_header, *summary]:
-    print("  ".join(str(c).ljust(w) for c, w in zip(_line, _widths, strict=True)).rstrip())
+print_aligned(summary_header, summary)
 
 # %% [markdown]
 # What the measurements say, and what they do not:
