@@ -13,6 +13,7 @@ import torch
 from flowlib import FlowInputError
 from flowlib.data.lensing import (
     LOGNORMAL_SHIFT,
+    convergence_log_prob,
     convergence_maps,
     convergence_std,
     gaussian_field,
@@ -157,3 +158,67 @@ def test_the_lognormal_spectrum_is_the_transform_of_its_correlation_function():
     assert float(expected[0] / gaussian[0]) < 0.95 and float(expected[-1] / gaussian[-1]) > 1.0
     v = minkowski_functionals(maps, torch.linspace(-0.01, 0.01, 3, dtype=torch.float64)).mean(0)
     assert float(v[0, 1]) < 0.5  # the skewed field spends less than half its area above its mean
+
+
+def _pixel_covariance(size: int, omega_m: float) -> torch.Tensor:
+    """The covariance of u between all pixel pairs, C_ab = xi_u(a - b), from the spectrum by brute force."""
+    xi = torch.fft.ifft2(spectrum_shape(size, omega_m)).real
+    i = torch.arange(size)
+    rows, cols = (t.flatten() for t in torch.meshgrid(i, i, indexing="ij"))
+    return xi[(rows[:, None] - rows[None]) % size, (cols[:, None] - cols[None]) % size]
+
+
+@pytest.mark.parametrize("lognormal", [True, False], ids=["log-normal", "Gaussian"])
+def test_the_exact_log_density_is_the_change_of_variables_of_a_dense_gaussian(lognormal):
+    """Against a multivariate normal with the full pixel covariance (no Fourier shortcut) and, for
+    the log-normal map, the log-derivative of u(kappa) by autograd."""
+    size, sigma_8, omega_m = 6, 0.9, 0.25
+    kappa = convergence_maps(4, size, sigma_8=sigma_8, omega_m=omega_m, lognormal=lognormal,
+                             generator=torch.Generator().manual_seed(3))
+    sigma_kappa = convergence_std(sigma_8, omega_m)
+    flat = kappa[:, 0].double().flatten(1)
+    if lognormal:
+        s = math.sqrt(math.log1p((sigma_kappa / LOGNORMAL_SHIFT) ** 2))
+
+        def to_u(k):
+            return (torch.log1p(k / LOGNORMAL_SHIFT) + s**2 / 2) / s
+    else:
+        def to_u(k):
+            return k / sigma_kappa
+    gauss = torch.distributions.MultivariateNormal(torch.zeros(size**2, dtype=torch.float64),
+                                                   covariance_matrix=_pixel_covariance(size, omega_m))
+    jacobians = [torch.autograd.functional.jacobian(to_u, row) for row in flat]
+    log_det = torch.stack([torch.linalg.slogdet(j)[1] for j in jacobians])
+    expected = gauss.log_prob(to_u(flat)) + log_det
+    got = convergence_log_prob(kappa, sigma_8=sigma_8, omega_m=omega_m, lognormal=lognormal)
+    assert got.dtype == torch.float64 and torch.allclose(got, expected, atol=1e-8, rtol=0)
+
+
+def test_the_exact_log_density_peaks_near_the_truth_and_refuses_what_it_cannot_score():
+    kappa = convergence_maps(50, 32, sigma_8=0.8, generator=torch.Generator().manual_seed(4))
+    grid = torch.linspace(0.6, 1.0, 41)
+    total = torch.stack([convergence_log_prob(kappa, sigma_8=float(s)).sum() for s in grid])
+    assert abs(float(grid[total.argmax()]) - 0.8) <= 0.02
+    # One parameter per map; a pixel below -lambda is outside the support.
+    per_map = convergence_log_prob(kappa[:2], sigma_8=torch.tensor([0.8, 0.9]))
+    assert torch.allclose(per_map, torch.stack([convergence_log_prob(kappa[:1])[0],
+                                                convergence_log_prob(kappa[1:2], sigma_8=0.9)[0]]))
+    below = kappa[:2].clone()
+    below[0, 0, 3, 3] = -1.01 * LOGNORMAL_SHIFT
+    out = convergence_log_prob(below)
+    assert out[0] == -math.inf and torch.isfinite(out[1])
+    with pytest.raises(FlowInputError, match=r"convergence_log_prob: expected maps of shape \(n, 1, N, N\)"):
+        convergence_log_prob(kappa[:, 0])
+    with pytest.raises(FlowInputError, match="convergence_log_prob: sigma_8 must be"):
+        convergence_log_prob(kappa, sigma_8=torch.tensor([0.8, 0.9]))
+
+
+def test_every_map_has_a_density_the_patch_mean_varies():
+    """S(0) > 0: the mean of a patch varies from map to map as the fundamental mode's power says."""
+    size = 32
+    spectrum = spectrum_shape(size)
+    assert float(spectrum[0, 0]) == float(spectrum[0, 1]) > 0
+    u = gaussian_field(2000, size, spectrum, torch.Generator().manual_seed(5))
+    means = u.mean((1, 2))
+    expected = math.sqrt(float(spectrum[0, 0])) / size  # Var(mean) = S(0) / N^2
+    assert abs(float(means.std()) / expected - 1) < 0.1

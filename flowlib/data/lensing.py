@@ -48,7 +48,7 @@ from torch import Tensor
 from flowlib._checks import FlowInputError, integer, number
 
 __all__ = ["LOGNORMAL_SHIFT", "frequency_grid", "spectrum_shape", "gaussian_field", "convergence_std",
-           "convergence_maps", "shape_noise_sigma"]
+           "convergence_maps", "shape_noise_sigma", "convergence_log_prob"]
 
 #: The shift lambda of the log-normal map: kappa >= -lambda.
 LOGNORMAL_SHIFT = 0.03
@@ -74,15 +74,21 @@ def _parameters(sigma_8: float, omega_m: float, who: str) -> tuple[float, float]
 def spectrum_shape(size: int, omega_m: float = 0.3, dtype: torch.dtype = torch.float64) -> Tensor:
     """S(k) on the FFT grid of a size x size map, normalised to (1/N^2) sum S = 1 (unit variance).
 
+    The mean of the patch, the mode k = 0, gets the power of the fundamental mode |k| = 1/N: a patch
+    cut from a larger sky has a mean convergence that differs from patch to patch (super-sample
+    variance), and with S(0) = 0 every map would lie on the hyperplane sum u = 0, where no density
+    in N^2 dimensions exists (a flow's likelihood could then grow without bound).
+
     >>> s = spectrum_shape(16)
-    >>> float(s[0, 0]), round(float(s.mean()), 6)
-    (0.0, 1.0)
+    >>> bool(s[0, 0] == s[0, 1]), round(float(s.mean()), 6)
+    (True, 1.0)
     """
     who = "spectrum_shape"
     size = integer(size, "size", who, minimum=4)
     omega_m = number(omega_m, "omega_m", who, minimum=0.0, strict=True)
-    q = frequency_grid(size, dtype) / (_TURNOVER * omega_m / 0.3)
-    shape = q / (1 + q**2) ** 1.5  # 0 at k = 0: the map has no mean to carry
+    k = frequency_grid(size, dtype).clamp(min=1.0 / size)  # k = 0 gets the fundamental mode's power
+    q = k / (_TURNOVER * omega_m / 0.3)
+    shape = q / (1 + q**2) ** 1.5
     return shape / shape.mean()
 
 
@@ -128,6 +134,16 @@ def shape_noise_sigma(sigma_e: float = 0.26, n_gal: float = 30.0, pixel_arcmin: 
     return sigma_e / math.sqrt(n_gal * pixel**2)
 
 
+def _per_map(value: float | Tensor, name: str, n: int, who: str) -> Tensor:
+    """A parameter as n float64 values (one per map): a positive number, or n positive values."""
+    values = torch.as_tensor(value, dtype=torch.float64).flatten()
+    bad = bool((values <= 0).any()) or not bool(torch.isfinite(values).all())
+    if values.numel() not in (1, n) or bad:
+        raise FlowInputError(f"{who}: {name} must be a positive number or {n} positive values "
+                             f"(one per map), got {values.tolist()[:6]}")
+    return values.expand(n)
+
+
 def convergence_maps(n: int, size: int = 32, sigma_8: float | Tensor = 0.8, omega_m: float | Tensor = 0.3,
                      noise: float = 0.0, generator: torch.Generator | None = None,
                      lognormal: bool = True) -> Tensor:
@@ -147,15 +163,7 @@ def convergence_maps(n: int, size: int = 32, sigma_8: float | Tensor = 0.8, omeg
     who = "convergence_maps"
     n, size = integer(n, "n", who), integer(size, "size", who, minimum=4)
     noise = number(noise, "noise", who, minimum=0.0)
-    per_map = []
-    for name, value in (("sigma_8", sigma_8), ("omega_m", omega_m)):
-        values = torch.as_tensor(value, dtype=torch.float64).flatten()
-        bad = bool((values <= 0).any()) or not bool(torch.isfinite(values).all())
-        if values.numel() not in (1, n) or bad:
-            raise FlowInputError(f"{who}: {name} must be a positive number or {n} positive values "
-                                 f"(one per map), got {values.tolist()[:6]}")
-        per_map.append(values.expand(n))
-    sigma_8s, omega_ms = per_map
+    sigma_8s, omega_ms = _per_map(sigma_8, "sigma_8", n, who), _per_map(omega_m, "omega_m", n, who)
     out = torch.empty(n, size, size, dtype=torch.float64)
     # Maps that share Omega_m share the spectrum: colour them together.
     for omega in torch.unique(omega_ms):
@@ -170,3 +178,53 @@ def convergence_maps(n: int, size: int = 32, sigma_8: float | Tensor = 0.8, omeg
     if noise > 0:
         out = out + noise * torch.randn(out.shape, generator=generator, dtype=torch.float64)
     return out[:, None].to(torch.float32)
+
+
+def convergence_log_prob(maps: Tensor, sigma_8: float | Tensor = 0.8, omega_m: float | Tensor = 0.3,
+                         lognormal: bool = True) -> Tensor:
+    """The exact log-density log p(kappa | sigma_8, Omega_m) of noise-free maps (n, 1, N, N): (n,), float64.
+
+    The simulator is itself a flow. With f(kappa) = u = (log(1 + kappa / lambda) + s^2 / 2) / s
+    pixel by pixel, the Gaussian latent u ~ N(0, C) and C diagonal in Fourier space with the
+    spectrum S (C = U^H diag(S) U for the unitary DFT U), the change of variables gives
+
+        log p(kappa) = -1/2 sum_k |FFT(u)_k|^2 / (N^2 S_k) - 1/2 sum_k log S_k - (N^2 / 2) log 2 pi
+                       - sum_pixels log(s (kappa + lambda)),
+
+    the last sum being log |det df/dkappa| (df/dkappa = 1 / (s (kappa + lambda))). For
+    ``lognormal=False`` (kappa = sigma_kappa u) it is -N^2 log sigma_kappa instead. Maps with a
+    pixel at or below -lambda are outside the support: -inf. ``sigma_8``, ``omega_m``: numbers or
+    n values (one pair per map, e.g. a grid of parameters for a posterior). Shape noise has no
+    closed form here: pass maps without it.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> kappa = convergence_maps(200, size=16, generator=g)
+    >>> right, wrong = convergence_log_prob(kappa), convergence_log_prob(kappa, sigma_8=0.9)
+    >>> bool((right.mean() > wrong.mean()) and right.isfinite().all())
+    True
+    """
+    who = "convergence_log_prob"
+    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1 \
+            or maps.shape[2] != maps.shape[3]:
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise FlowInputError(f"{who}: expected maps of shape (n, 1, N, N), got {got}")
+    n, size = maps.shape[0], maps.shape[-1]
+    kappa = maps[:, 0].to(torch.float64)
+    sigma_8s, omega_ms = _per_map(sigma_8, "sigma_8", n, who), _per_map(omega_m, "omega_m", n, who)
+    sigma_kappa = (_SIGMA_KAPPA * (sigma_8s / 0.8) * torch.sqrt(omega_ms / 0.3))[:, None, None]
+    if lognormal:
+        s = torch.sqrt(torch.log1p((sigma_kappa / LOGNORMAL_SHIFT) ** 2))
+        inside = (kappa > -LOGNORMAL_SHIFT).flatten(1).all(1)
+        shifted = (kappa + LOGNORMAL_SHIFT).clamp(min=1e-300)
+        u = (torch.log(shifted / LOGNORMAL_SHIFT) + s**2 / 2) / s
+        log_det = -torch.log(s * shifted).sum((1, 2))
+    else:
+        inside = torch.ones(n, dtype=torch.bool)
+        u = kappa / sigma_kappa
+        log_det = -size**2 * torch.log(sigma_kappa[:, 0, 0])
+    spectra = torch.stack([spectrum_shape(size, float(o)) for o in omega_ms])
+    power = torch.fft.fft2(u).abs() ** 2 / size**2
+    log_gauss = -0.5 * (power / spectra).sum((1, 2)) - 0.5 * spectra.log().sum((1, 2)) \
+        - 0.5 * size**2 * math.log(2 * math.pi)
+    out = log_gauss + log_det
+    return torch.where(inside, out, torch.full_like(out, -math.inf))
