@@ -27,12 +27,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 from flowlib.core import Compose, FlowInputError, FlowModel
 from flowlib.dequantize import LogitPreprocess
 from flowlib.distributions import StandardNormal
 from flowlib.image_models import glow_image
 
-__all__ = ["glow_field"]
+__all__ = ["glow_field", "PRIOR_BOX", "theta_context"]
+
+#: The prior box of the conditional lensing model: (low, high) of sigma_8 and of Omega_m, uniform.
+PRIOR_BOX: dict[str, tuple[float, float]] = {"sigma_8": (0.6, 1.0), "omega_m": (0.2, 0.4)}
+
+
+def theta_context(theta: Tensor) -> Tensor:
+    """Rows (sigma_8, Omega_m) (n, 2) rescaled from :data:`PRIOR_BOX` to [-1, 1]: the context of p(x | theta).
+
+    A network reads inputs of order one best, so the conditional model was trained on this
+    rescaling; score and sample it with the same one.
+
+    >>> theta_context(torch.tensor([[0.6, 0.4], [0.8, 0.3]])).round(decimals=6).tolist()
+    [[-1.0, 1.0], [0.0, 0.0]]
+    """
+    if not isinstance(theta, Tensor) or theta.dim() != 2 or theta.shape[1] != 2:
+        got = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
+        raise FlowInputError(f"theta_context: expected rows (sigma_8, Omega_m) of shape (n, 2), got {got}")
+    low = torch.tensor([PRIOR_BOX["sigma_8"][0], PRIOR_BOX["omega_m"][0]], dtype=theta.dtype)
+    high = torch.tensor([PRIOR_BOX["sigma_8"][1], PRIOR_BOX["omega_m"][1]], dtype=theta.dtype)
+    return 2 * (theta - low) / (high - low) - 1
 
 
 def glow_field(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: int = 64, blocks: int = 2,

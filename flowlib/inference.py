@@ -32,7 +32,8 @@ from torch import Tensor
 
 from flowlib._checks import FlowInputError, integer, number
 
-__all__ = ["grid_posterior", "credible_interval", "posterior_moments", "coverage", "gaussian_log_likelihood"]
+__all__ = ["grid_posterior", "credible_interval", "posterior_moments", "coverage", "gaussian_log_likelihood",
+           "conditional_log_likelihood"]
 
 
 def _rows(values: Tensor, who: str, name: str) -> Tensor:
@@ -190,3 +191,40 @@ def gaussian_log_likelihood(summaries: Tensor, mean: Tensor, covariance: Tensor,
     quad = factor * (white**2).sum(1)  # (G, n)
     log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1) - d * math.log(factor)
     return (-0.5 * (quad + log_det[:, None] + d * math.log(2 * math.pi))).T
+
+
+def conditional_log_likelihood(model: torch.nn.Module, x: Tensor, contexts: Tensor,
+                               batch: int = 1024) -> Tensor:
+    """log p(x_i | c_g) of a conditional model for every observation x_i and context c_g: shape (n, G).
+
+    ``model``: anything with ``log_prob(x, context=c)`` (a conditional
+    :class:`~flowlib.core.FlowModel`), in evaluation mode; ``x``: (n, ...) observations;
+    ``contexts``: (G, k), the grid of contexts (the model's own rescaling, e.g.
+    :func:`flowlib.field_models.theta_context`). Every pair is scored once, ``batch`` pairs at a
+    time, without gradients; the result is float64 for the posterior's sums.
+
+    >>> class Shift(torch.nn.Module):  # p(x | c) = N(x; c, 1) in one dimension
+    ...     def log_prob(self, x, context):
+    ...         return -0.5 * (x[:, 0] - context[:, 0]) ** 2 - 0.5 * math.log(2 * math.pi)
+    >>> grid = torch.tensor([[0.0], [1.0], [2.0]])
+    >>> conditional_log_likelihood(Shift().eval(), torch.tensor([[0.0], [1.0]]), grid).argmax(1).tolist()
+    [0, 1]
+    """
+    who = "conditional_log_likelihood"
+    if not callable(getattr(model, "log_prob", None)):
+        raise FlowInputError(f"{who}: expected a model with log_prob(x, context=...), got "
+                             f"{type(model).__name__}")
+    if getattr(model, "training", False):
+        raise FlowInputError(f"{who}: the model is in training mode (ActNorm or dropout would change it); "
+                             f"call model.eval() first")
+    if not isinstance(x, Tensor) or not isinstance(contexts, Tensor) or contexts.dim() != 2 or x.dim() < 2:
+        raise FlowInputError(f"{who}: expected observations (n, ...) and contexts (G, k) as tensors")
+    batch = integer(batch, "batch", who)
+    n, g = x.shape[0], contexts.shape[0]
+    pairs = torch.arange(n * g)
+    out = torch.empty(n * g, dtype=torch.float64)
+    with torch.no_grad():
+        for part in pairs.split(batch):
+            i, j = part // g, part % g
+            out[part] = model.log_prob(x[i], context=contexts[j]).to(torch.float64)
+    return out.reshape(n, g)

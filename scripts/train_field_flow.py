@@ -9,7 +9,7 @@ The maps come from :func:`flowlib.data.lensing.convergence_maps`, simulated here
 - a fixed **training suite** of ``--maps`` maps (seed ``--seed``), at sigma_8 = 0.8 and
   Omega_m = 0.3, or with ``--conditional`` one parameter pair per map drawn uniformly from the
   prior box sigma_8 in [0.6, 1.0], Omega_m in [0.2, 0.4] (the model is then p(x | theta), the
-  parameters rescaled to [-1, 1] as its context: :func:`theta_context`);
+  parameters rescaled to [-1, 1] as its context: :func:`flowlib.field_models.theta_context`);
 - ``--augment``: the suite enlarged by the 8 symmetries of the square (rotations by 90 degrees and
   reflections), which leave the statistics of an isotropic periodic field unchanged; the mitigation
   that Armijo, Thiele & Liu (2026) measure against a flow's underestimated covariances, with noisy
@@ -40,7 +40,7 @@ import torch
 from flowlib import pretrained
 from flowlib._integrity import with_checksum
 from flowlib.data.lensing import convergence_maps
-from flowlib.field_models import glow_field
+from flowlib.field_models import PRIOR_BOX, glow_field, theta_context
 from flowlib.field_statistics import power_spectrum
 from flowlib.image_models import count_parameters
 from flowlib.train import fit, save_checkpoint
@@ -50,8 +50,6 @@ from train_image_flow import apply_overrides, hardware, update_readme  # noqa: E
 
 #: Sizes for a CPU; override any with --set KEY=VALUE.
 DEFAULT_KWARGS: dict[str, Any] = {"scales": 2, "depth": 4, "hidden": 32, "blocks": 1}
-#: The prior box of the conditional model: (low, high) of sigma_8 and of Omega_m.
-PRIOR = {"sigma_8": (0.6, 1.0), "omega_m": (0.2, 0.4)}
 SEEDS = {"val": 1001, "test": 1002, "samples": 1003}
 README_START, README_END = "<!-- field-checkpoints:start -->", "<!-- field-checkpoints:end -->"
 README_HEADER = (
@@ -59,13 +57,6 @@ README_HEADER = (
     "off-diagonal correlation (samples, maps) | parameters | steps | training time | command |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
-
-
-def theta_context(theta: torch.Tensor) -> torch.Tensor:
-    """(sigma_8, Omega_m) rows rescaled from the prior box to [-1, 1]: the conditional model's context."""
-    low = torch.tensor([PRIOR["sigma_8"][0], PRIOR["omega_m"][0]], dtype=theta.dtype)
-    high = torch.tensor([PRIOR["sigma_8"][1], PRIOR["omega_m"][1]], dtype=theta.dtype)
-    return 2 * (theta - low) / (high - low) - 1
 
 
 def simulate(
@@ -78,7 +69,7 @@ def simulate(
         u = torch.rand(n, 2, generator=g, dtype=torch.float64)
         theta = torch.stack(
             [
-                PRIOR[k][0] + (PRIOR[k][1] - PRIOR[k][0]) * u[:, i]
+                PRIOR_BOX[k][0] + (PRIOR_BOX[k][1] - PRIOR_BOX[k][0]) * u[:, i]
                 for i, k in enumerate(("sigma_8", "omega_m"))
             ],
             dim=1,
@@ -225,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "augment": args.augment,
             "noise": args.noise,
             "conditional": args.conditional,
-            "prior": PRIOR if args.conditional else None,
+            "prior": PRIOR_BOX if args.conditional else None,
             "seed": args.seed,
         },
         "metrics": metrics,

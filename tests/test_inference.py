@@ -95,3 +95,19 @@ def test_the_gaussian_likelihood_matches_torch_and_hartlap_scales_the_precision(
         gaussian_log_likelihood(t, mean, -cov)
     with pytest.raises(FlowInputError, match="simulations"):
         gaussian_log_likelihood(t, mean, cov, simulations=d + 2)
+
+
+def test_conditional_log_likelihood_scores_every_pair_once_and_refuses_a_training_model():
+    from flowlib.inference import conditional_log_likelihood
+    from flowlib.models import realnvp
+
+    torch.manual_seed(0)
+    model = realnvp(2, couplings=2, hidden=8, context_shape=(1,)).eval()
+    x, contexts = torch.randn(5, 2), torch.linspace(-1, 1, 3)[:, None]
+    got = conditional_log_likelihood(model, x, contexts, batch=4)  # pairs split across batches
+    with torch.no_grad():
+        want = torch.stack([model.log_prob(x, context=c.expand(5, 1)) for c in contexts], 1)
+    assert got.shape == (5, 3) and got.dtype == torch.float64
+    assert torch.allclose(got, want.double(), atol=1e-6)
+    with pytest.raises(FlowInputError, match="conditional_log_likelihood: the model is in training mode"):
+        conditional_log_likelihood(model.train(), x, contexts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from scripts_loader import load_script
 
+from flowlib.field_models import theta_context
 from flowlib.pretrained import checkpoint_info, load_pretrained
 
 
@@ -37,6 +38,6 @@ def test_a_tiny_run_writes_a_loadable_field_model(tmp_path):
     conditional = script.main([*tiny[:-3], "--conditional", "--augment", "--out", str(tmp_path / "theta.pt"),
                                "--state", str(tmp_path / "theta_state.pt"), "--no-readme"])
     assert conditional["kwargs"]["context_shape"] == [2]
-    theta = script.theta_context(torch.tensor([[0.6, 0.2], [1.0, 0.4]]))
+    theta = theta_context(torch.tensor([[0.6, 0.2], [1.0, 0.4]]))
     torch.testing.assert_close(theta, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
     assert load_pretrained(tmp_path / "theta.pt").conditional
