@@ -335,6 +335,7 @@ plt.show()
 # | **06** autoregressive and spline flows | MADE, MAF and IAF, rational-quadratic splines, a transformer flow (Papamakarios et al. 2017; Durkan et al. 2019) | 2D toys, digits, MNIST |
 # | **07** conditional flows | $p_X(x \mid c)$; class-conditional Glow as a classifier, attribute edits, inpainting, out-of-distribution inputs | 2D toy, MNIST, Fashion-MNIST |
 # | **08** flows among the generative families | VAE and IWAE, GAN and WGAN-GP, flow matching, RBM with AIS, measured side by side: the trilemma in figures | 2D toys, digits |
+# | **09** Glow for science | weak-lensing maps: a flow's samples against simulations on every summary statistic and their covariance; a conditional flow as a field-level likelihood, with posteriors and a coverage test against the exact one | simulated convergence maps |
 # | **10** capstone | your own multi-scale flow assembled from the course's layers, graded on Fashion-MNIST | images |
 #
 # The order is by difficulty, not by date: NICE (Dinh, Krueger & Bengio, arXiv 2014) appeared

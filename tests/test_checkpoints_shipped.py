@@ -39,7 +39,11 @@ from flowlib.pretrained import BUILDERS, builder, checkpoint_info, load_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "flowlib" / "checkpoints"
-CHECKPOINTS = sorted(FOLDER.glob("*.pt"))
+#: Every shipped file; the image flows among them (the field flows of lecture 9, builder
+#: ``glow_field``, have tests of their own in tests/test_field_checkpoints.py).
+FILES = sorted(FOLDER.glob("*.pt"))
+CHECKPOINTS = [p for p in FILES
+               if torch.load(p, map_location="cpu", weights_only=True)["builder"] != "glow_field"]
 REFERENCE = json.loads((Path(__file__).parent / "checkpoint_reference.json").read_text())
 #: Files converted once by scripts/convert_checkpoints.py, with float64 figures recorded before the
 #: conversion; every other file is written, as it is, by scripts/train_image_flow.py.
@@ -99,7 +103,7 @@ def _test_batch(blob: dict, n: int = 8) -> tuple[torch.Tensor, torch.Tensor | No
 def test_some_checkpoints_are_shipped() -> None:
     assert CHECKPOINTS, "no flowlib/checkpoints/*.pt: train them with scripts/train_image_flow.py"
     # importlib.resources finds the same files as the folder listing, and every one has figures.
-    assert sorted(shipped_checkpoints()) == [p.stem for p in CHECKPOINTS]
+    assert sorted(shipped_checkpoints()) == [p.stem for p in FILES]
     # The three converted files are all still there (the others came later, from the script).
     assert [p.stem for p in CONVERTED] == sorted(REFERENCE["models"])
     assert not (ROOT / "checkpoints").exists() or not list((ROOT / "checkpoints").glob("*.pt"))
@@ -362,7 +366,7 @@ def _largest_weight(blob: dict) -> str:
                key=lambda k: blob["state_dict"][k].numel())
 
 
-@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.name for p in CHECKPOINTS])
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_each_shipped_file_records_its_tensor_checksum_and_the_manifest_its_bytes(path: Path) -> None:
     from flowlib._integrity import CHECKSUM_KEY, file_sha256, state_checksum
 
@@ -376,7 +380,7 @@ def test_each_shipped_file_records_its_tensor_checksum_and_the_manifest_its_byte
 
 
 def test_the_manifest_lists_exactly_the_shipped_files() -> None:
-    assert sorted(json.loads(MANIFEST.read_text())["checkpoints"]) == [p.stem for p in CHECKPOINTS]
+    assert sorted(json.loads(MANIFEST.read_text())["checkpoints"]) == [p.stem for p in FILES]
 
 
 def test_a_flipped_byte_inside_a_tensor_record_is_refused(tmp_path: Path) -> None:
@@ -433,14 +437,14 @@ def test_checksum_subcommand_records_checksums_and_manifest_without_changing_a_w
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    for p in CHECKPOINTS:  # the files as they were before checksums: no entry, no manifest
+    for p in FILES:  # the files as they were before checksums: no entry, no manifest
         blob = torch.load(p, weights_only=True)
         blob.pop(CHECKSUM_KEY, None)
         torch.save(blob, folder / p.name)
     shutil.copy(FOLDER / "README.md", folder)
     CONVERT.main(["checksum", "--checkpoints", str(folder)])
     manifest = json.loads((folder / "MANIFEST.json").read_text())
-    for p in CHECKPOINTS:
+    for p in FILES:
         before, after = torch.load(p, weights_only=True), torch.load(folder / p.name, weights_only=True)
         assert after[CHECKSUM_KEY] == before[CHECKSUM_KEY]
         assert {k: v for k, v in after.items() if k != "state_dict"} == \

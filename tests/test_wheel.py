@@ -34,6 +34,12 @@ report = {"flowlib": flowlib.__file__, "files": {}, "finite": {}}
 for name, file in shipped_checkpoints().items():
     report["files"][name] = str(file)
     model = load_pretrained(name)
+    if not hasattr(model, "dequantizer"):  # a field flow (lecture 9): real-valued maps, in nats
+        x = 0.02 * torch.randn(2, *model.event_shape, generator=torch.Generator().manual_seed(0))
+        theta = torch.rand(2, *model.context_shape) * 2 - 1 if model.conditional else None
+        with torch.no_grad():
+            report["finite"][name] = bool(torch.isfinite(model.log_prob(x, context=theta)).all())
+        continue
     x = torch.randint(0, 256, (2, *model.event_shape), generator=torch.Generator().manual_seed(0))
     # A conditional file needs its context: a class label, or an (observed image, mask) pair.
     raw = None if not model.conditional else (torch.zeros(2, dtype=torch.long) if model.context_shape == ()
