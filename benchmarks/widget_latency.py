@@ -25,7 +25,7 @@ import numpy as np
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from flowlib.widgets import MAPS_1D, ChangeOfVariables1D, PlanarFlow2D  # noqa: E402
+from flowlib.widgets import MAPS_1D, ChangeOfVariables1D, ConvergenceMap, PlanarFlow2D  # noqa: E402
 
 TARGET_MS = 150.0
 
@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             names = ["kind", "layers", "enforce_invertibility", *names]
         report(f"PlanarFlow2D ({kind}, K = {layers}, grid {flow.resolution}x{flow.resolution})",
                flow, names, args.steps, rows)
+
+    lensing = ConvergenceMap(size=64)  # lecture 9
+    report("ConvergenceMap (64x64 map, its histogram and spectrum)", lensing, ["sigma_8", "omega_m"],
+           args.steps, rows)
 
     walls = [r["median"] for _, _, r in rows]
     over = [(t, n) for t, n, r in rows if r["p90"] > TARGET_MS]

@@ -40,7 +40,7 @@
 # every claim can be checked against the truth:
 #
 # 1. **the maps**: log-normal convergence fields on a 32 x 32 patch; you derive the
-#    skewness that $\sigma_8$ gives them;
+#    skewness that $\sigma_8$ gives them and predict, then slide, what the amplitude does to a map;
 # 2. **their statistics**: the power spectrum (you write its estimator, which the rest of the
 #    lecture uses), the one-point PDF, peak counts and Minkowski functionals, and where the
 #    log-normal field departs from a Gaussian one;
@@ -71,7 +71,7 @@ N_SIMS = 400 if SMOKE else 10_000  # held-out simulations, the reference of ever
 N_SAMPLES = 200 if SMOKE else 4000  # samples of each flow, and a second set of simulations as large (section 3)
 N_COVERAGE = 30 if SMOKE else 1000  # observed maps of the coverage test (section 4)
 GRID_POINTS = 81  # the sigma_8 grid of every posterior, from 0.6 to 1.0
-SIMS_PER_POINT = 250  # simulations per grid value for a Gaussian likelihood (Exercise 5's budget too)
+SIMS_PER_POINT = 250  # simulations per grid value for a Gaussian likelihood (Exercise 7's budget too)
 SIZE = 32  # pixels on a side (1 arcminute each)
 # Small networks: on a shared 2-core machine (Binder) one thread is fastest, because threads
 # that compete for the cores cost more than they bring.
@@ -117,6 +117,7 @@ from flowlib.inference import (
     grid_posterior,
 )
 from flowlib.pretrained import checkpoint_info, load_pretrained
+from flowlib.widgets import ConvergenceMap
 
 torch.manual_seed(0)
 np.random.seed(0)  # noqa: NPY002  (the global generator, for any code that draws from it)
@@ -276,13 +277,74 @@ for _s8 in (0.6, 0.8, 1.0):
     print(f"sigma_8 = {_s8}: skewness of the pixels {_measured:.2f}, closed form {_closed:.2f}")
 
 # %% [markdown]
+# ### Exercise 2: slide the amplitude (a prediction, then the widget)
+#
+# The widget below shows one map of the simulator, 64 x 64 pixels, with its Gaussian latent $u$
+# held fixed while you move $\sigma_8$ and $\Omega_m$: the map, the histogram of its pixels
+# beside the Gaussian field of the same spectrum and variance, and both spectra. **Before you
+# slide** $\sigma_8$ from 0.6 to 1.0, predict with `predicted_minimum()` what the lowest pixel
+# of the map does: **a**: it falls towards $-\lambda$; **b**: it stays where it is; **c**: it
+# rises towards 0. And with `predicted_peak()` what the highest pixel does *in units of*
+# $\sigma_\kappa$, $\max \kappa / \sigma_\kappa$: **a**: it grows; **b**: it stays (the map is
+# only rescaled); **c**: it shrinks. Then slide, and explain what you see from the formula of
+# $\kappa$.
+
+# %% nbgrader={"grade": false, "grade_id": "09-ex2-predict-amplitude", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predicted_minimum() -> str:
+    """Your prediction for the lowest pixel as sigma_8 grows: "a" (towards -lambda), "b" (stays), "c" (rises)."""
+    ### BEGIN SOLUTION
+    # kappa_min = lambda (exp(s u_min - s^2 / 2) - 1) with u_min < 0: a larger s makes the exponent
+    # more negative, so kappa_min falls towards -lambda (and never reaches it).
+    return "a"
+    ### END SOLUTION
+
+
+def predicted_peak() -> str:
+    """Your prediction for max kappa / sigma_kappa as sigma_8 grows: "a" (grows), "b" (stays), "c" (shrinks)."""
+    ### BEGIN SOLUTION
+    # kappa_max = lambda (exp(s u_max - s^2 / 2) - 1) grows exponentially in s for u_max of about 3,
+    # faster than sigma_kappa = lambda (e^{s^2} - 1)^(1/2): the peaks stretch, the skewness grows.
+    return "a"
+    ### END SOLUTION
+
+
+# %% tags=["nbval-ignore-output"]
+lensing_widget = ConvergenceMap(size=64)
+lensing_widget
+
+# %% nbgrader={"grade": true, "grade_id": "09-ex2-predict-amplitude-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+HINT_2 = ("Hold u fixed in kappa = lambda (exp(s u - s^2 / 2) - 1) and let s grow (sigma_8 sets s): what happens to "
+          "the term in the exponent for the most negative u, and for the most positive one? Compare with how "
+          "sigma_kappa grows.")
+with hint(HINT_2):
+    _lowest = check_choice(predicted_minimum(), ["a", "b", "c"], "Answer with one letter.")
+    _highest = check_choice(predicted_peak(), ["a", "b", "c"], "Answer with one letter.")
+### BEGIN HIDDEN TESTS
+_w = ConvergenceMap(size=64, sigma_8=0.6)
+_low_min, _low_peak = _w.minimum, _w.maximum / _w.sigma_kappa
+_w.controls["sigma_8"].value = 1.0
+_high_min, _high_peak = _w.minimum, _w.maximum / _w.sigma_kappa
+assert _lowest == ("a" if _high_min < _low_min else "c"), (
+    f"Not {_lowest!r}: the lowest pixel goes from {_low_min:+.4f} to {_high_min:+.4f}. {HINT_2}")
+assert _highest == ("a" if _high_peak > _low_peak else "c"), (
+    f"Not {_highest!r}: max kappa / sigma_kappa goes from {_low_peak:.2f} to {_high_peak:.2f}. {HINT_2}")
+### END HIDDEN TESTS
+print("Exercise 2 passed")
+
+# %% [markdown]
+# The log-normal transform is where $\sigma_8$ leaves its mark beyond the variance: a larger
+# amplitude empties the voids against the bound $-\lambda$ and stretches the peaks, so the
+# shape of the histogram changes, not only its width, while the Gaussian field beside it is
+# merely rescaled.
+
+# %% [markdown]
 # ## 2. The statistics of a map
 #
 # An analysis compresses each map to a few numbers. `flowlib.field_statistics` computes four
 # families, one row per map:
 #
 # - the **power spectrum** $P(k)$, the variance of the map's Fourier modes in bins of the
-#   frequency $|k|$ (Exercise 2);
+#   frequency $|k|$ (Exercise 3);
 # - the **one-point PDF**, the histogram of the pixel values;
 # - **peak counts**, the number of local maxima per bin of height, which trace the haloes
 #   (Kratochvil, Haiman & May, 2010);
@@ -292,7 +354,7 @@ for _s8 in (0.6, 0.8, 1.0):
 #   have closed forms (Tomita, 1986), so their departure from those is a measure of
 #   non-Gaussianity.
 #
-# ### Exercise 2: the power spectrum estimator (used for every spectrum of this lecture)
+# ### Exercise 3: the power spectrum estimator (used for every spectrum of this lecture)
 #
 # For a map $x$ of $N \times N$ pixels with discrete Fourier transform
 # $\hat x_k = \sum_{j} x_j e^{-2\pi i k \cdot j / N}$ (`torch.fft.fft2`), the estimator of the
@@ -307,7 +369,7 @@ for _s8 in (0.6, 0.8, 1.0):
 # whose modes have variance $S(k)$, $E|\hat x_k|^2/N^2 = S(k)$: white noise of unit variance
 # gives 1 in every bin.
 
-# %% nbgrader={"grade": false, "grade_id": "09-ex2-power-spectrum", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "09-ex3-power-spectrum", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_power_spectrum(maps: Tensor, bins: int = 6) -> tuple[Tensor, Tensor]:
     """(centres (bins,), P (n, bins)): the mean of |FFT(x)_k|^2 / N^2 over the modes of each bin of spectrum_bins."""
     ### BEGIN SOLUTION
@@ -323,22 +385,22 @@ def my_power_spectrum(maps: Tensor, bins: int = 6) -> tuple[Tensor, Tensor]:
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "09-ex2-power-spectrum-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-HINT_2 = ("Build |k| for every mode of the N x N FFT grid from torch.fft.fftfreq(N) (rows and columns), find each "
+# %% nbgrader={"grade": true, "grade_id": "09-ex3-power-spectrum-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+HINT_3 = ("Build |k| for every mode of the N x N FFT grid from torch.fft.fftfreq(N) (rows and columns), find each "
           "mode's bin with torch.bucketize(|k|, edges, right=True) - 1, drop the modes outside 0..bins-1, and "
           "average |fft2(x)|^2 / N^2 over each bin's modes (a one-hot matrix and a matrix product do it for all "
           "maps at once).")
-with hint(HINT_2):
+with hint(HINT_3):
     _white = torch.randn(400, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     _centres, _p = my_power_spectrum(_white, 6)
-    assert _p.shape == (400, 6), f"Expected P of shape (400, 6), got {tuple(_p.shape)}. {HINT_2}"
+    assert _p.shape == (400, 6), f"Expected P of shape (400, 6), got {tuple(_p.shape)}. {HINT_3}"
     assert bool(((_p.mean(0) - 1).abs() < 0.1).all()), (
-        f"White noise of unit variance has P = 1 in every bin; yours averages {_p.mean(0).tolist()}. {HINT_2}")
+        f"White noise of unit variance has P = 1 in every bin; yours averages {_p.mean(0).tolist()}. {HINT_3}")
     for _maps, _bins in ((held_out[:50], 6), (_white[:20, :, :16, :16], 4)):
         _ref_centres, _ref = power_spectrum(_maps, bins=_bins)
         _c, _mine = my_power_spectrum(_maps, _bins)
         check_close(_c, _ref_centres, "Return the centres of spectrum_bins.", atol=1e-12)
-        check_close(_mine, _ref, f"Your spectrum differs from the estimator defined above. {HINT_2}", atol=1e-12,
+        check_close(_mine, _ref, f"Your spectrum differs from the estimator defined above. {HINT_3}", atol=1e-12,
                     rtol=1e-9)
     check_vectorised(lambda m: my_power_spectrum(m, 6), lambda n: (torch.randn(n, 1, 32, 32),),
                      "Compute all maps at once, with tensor operations (no loop over maps or bins).")
@@ -350,10 +412,10 @@ with hint(HINT_2):
 for _size in (16, 64):
     _m = simulations(8, 7)[:, :, :_size, :_size] if _size == 16 else convergence_maps(
         8, 64, generator=torch.Generator().manual_seed(8))
-    check_close(my_power_spectrum(_m, 5)[1], power_spectrum(_m, bins=5)[1], f"At size {_size}. {HINT_2}",
+    check_close(my_power_spectrum(_m, 5)[1], power_spectrum(_m, bins=5)[1], f"At size {_size}. {HINT_3}",
                 atol=1e-12, rtol=1e-9)
 ### END HIDDEN TESTS
-print("Exercise 2 passed")
+print("Exercise 3 passed")
 
 # %% [markdown]
 # Your estimator computes every spectrum from here on. On the 10,000 held-out maps: the spectrum
@@ -364,7 +426,7 @@ print("Exercise 2 passed")
 # needs and what a generator of maps must reproduce.
 
 # %% tags=["nbval-ignore-output"]
-spectrum = yours_or_reference(my_power_spectrum, power_spectrum, "Exercise 2")
+spectrum = yours_or_reference(my_power_spectrum, power_spectrum, "Exercise 3")
 BINS = 6
 
 
@@ -644,7 +706,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Exercise 3: the colleague's posterior (debugging; used for every flow posterior below)
+# ### Exercise 4: the colleague's posterior (debugging; used for every flow posterior below)
 #
 # The three exact posteriors sit on their truths; the colleague's do not follow the maps at
 # all. Find the bug in `colleague_log_likelihood` and write `pairwise_log_likelihood(model, x,
@@ -654,7 +716,7 @@ plt.show()
 # `flowlib.inference.conditional_log_likelihood`, which you may not call). The test checks it on
 # a model whose answer is known and on the conditional Glow.
 
-# %% nbgrader={"grade": false, "grade_id": "09-ex3-pairwise-likelihood", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "09-ex4-pairwise-likelihood", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def pairwise_log_likelihood(model, x: Tensor, contexts: Tensor) -> Tensor:
     """L[i, g] = log p(x_i | c_g) for maps x (n, ...) and contexts (G, k): shape (n, G), float64."""
     ### BEGIN SOLUTION
@@ -669,8 +731,8 @@ def pairwise_log_likelihood(model, x: Tensor, contexts: Tensor) -> Tensor:
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "09-ex3-pairwise-likelihood-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-HINT_3 = ("Print which (map, context) pair lands in each row of the colleague's batch for n = 2 maps and g = 3 "
+# %% nbgrader={"grade": true, "grade_id": "09-ex4-pairwise-likelihood-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+HINT_4 = ("Print which (map, context) pair lands in each row of the colleague's batch for n = 2 maps and g = 3 "
           "contexts, and which entry [i, g] reshape(n, g) makes of that row. x.repeat(g, ...) cycles the maps "
           "(0, 1, 0, 1, ...); repeat_interleave(g) repeats each one g times (0, 0, 0, 1, 1, 1).")
 
@@ -682,16 +744,16 @@ class _Shift(torch.nn.Module):
         return -0.5 * (x[:, 0] - context[:, 0]) ** 2 - 0.5 * math.log(2 * math.pi)
 
 
-with hint(HINT_3):
+with hint(HINT_4):
     _x, _c = torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [1.0], [3.0]])
     _mine = pairwise_log_likelihood(_Shift().eval(), _x, _c)
-    assert tuple(_mine.shape) == (2, 3), f"Expected L of shape (2, 3), got {tuple(_mine.shape)}. {HINT_3}"
+    assert tuple(_mine.shape) == (2, 3), f"Expected L of shape (2, 3), got {tuple(_mine.shape)}. {HINT_4}"
     check_close(_mine, (-0.5 * (_x - _c.T) ** 2 - 0.5 * math.log(2 * math.pi)).double(),
-                f"For p(x | c) = N(x; c, 1), L[i, g] = -(x_i - c_g)^2 / 2 - log(2 pi) / 2. {HINT_3}")
+                f"For p(x | c) = N(x; c, 1), L[i, g] = -(x_i - c_g)^2 / 2 - log(2 pi) / 2. {HINT_4}")
     assert _mine.dtype == torch.float64, "Return float64 (the posterior sums thousands of nats)."
     _flow = pairwise_log_likelihood(likelihood_flow, three_maps, GRID_CONTEXTS[::10])
     check_close(_flow, conditional_log_likelihood(likelihood_flow, three_maps, GRID_CONTEXTS[::10]),
-                f"On the conditional Glow your grid differs from the pairs scored one by one. {HINT_3}",
+                f"On the conditional Glow your grid differs from the pairs scored one by one. {HINT_4}",
                 atol=1e-3, rtol=1e-6)
     assert not _flow.requires_grad, "Score without gradients (torch.no_grad()): a grid needs no backward pass."
 ### BEGIN HIDDEN TESTS
@@ -705,12 +767,12 @@ class _Counting(_Shift):
 
 
 _big = pairwise_log_likelihood(_Counting().eval(), torch.randn(7, 1), torch.randn(5, 1))
-assert _calls == [35], f"Score the 35 pairs in one call of log_prob, not {_calls}. {HINT_3}"
+assert _calls == [35], f"Score the 35 pairs in one call of log_prob, not {_calls}. {HINT_4}"
 ### END HIDDEN TESTS
-print("Exercise 3 passed")
+print("Exercise 4 passed")
 
 # %% [markdown]
-# ### Exercise 4: the central credible interval (used for every interval below)
+# ### Exercise 5: the central credible interval (used for every interval below)
 #
 # A posterior on a grid is a list of masses $w_g$ at the grid values $\theta_g$. Spread each
 # mass evenly over its cell, from the midpoint with the value before to the midpoint with the
@@ -721,7 +783,7 @@ print("Exercise 3 passed")
 # `(low, high)`, each of shape `(n,)`, vectorised over the rows, with torch operations and
 # without flowlib.
 
-# %% nbgrader={"grade": false, "grade_id": "09-ex4-credible-interval", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "09-ex5-credible-interval", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_credible_interval(grid: Tensor, posterior: Tensor, level: float) -> tuple[Tensor, Tensor]:
     """The central interval of ``level`` of each posterior row (n, G) on ``grid`` (G,): (low (n,), high (n,))."""
     ### BEGIN SOLUTION
@@ -741,16 +803,16 @@ def my_credible_interval(grid: Tensor, posterior: Tensor, level: float) -> tuple
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "09-ex4-credible-interval-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-HINT_4 = ("The cell edges are the midpoints of the grid plus one half-cell beyond each end; F is 0 at the first "
+# %% nbgrader={"grade": true, "grade_id": "09-ex5-credible-interval-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+HINT_5 = ("The cell edges are the midpoints of the grid plus one half-cell beyond each end; F is 0 at the first "
           "edge and the cumulative sum of the masses at the others. torch.searchsorted finds, for each row, the "
           "first edge where F reaches the target, and a straight line between that edge and the one before "
           "gives the crossing.")
-with hint(HINT_4):
+with hint(HINT_5):
     _low, _high = my_credible_interval(torch.arange(5.0), torch.full((1, 5), 0.2), 0.6)
     check_close(torch.stack([_low, _high]).double(), torch.tensor([[0.5], [3.5]], dtype=torch.float64),
                 f"Five equal masses on 0..4 fill the cells [-0.5, 4.5] evenly: the central 60% is [0.5, 3.5]. "
-                f"{HINT_4}", atol=1e-9)
+                f"{HINT_5}", atol=1e-9)
     _fine = torch.linspace(-6, 6, 1201, dtype=torch.float64)
     _post = grid_posterior(torch.stack([-0.5 * (_fine - 1) ** 2, -0.5 * (_fine / 0.5) ** 2]))
     for _level in (0.68, 0.95):
@@ -759,7 +821,7 @@ with hint(HINT_4):
         check_close(torch.stack([_low, _high]).double(), torch.tensor([[1 - _z, -0.5 * _z], [1 + _z, 0.5 * _z]],
                                                                          dtype=torch.float64),
                     f"Gaussian posteriors N(1, 1) and N(0, 0.25): the central {_level:.0%} is mean +- {_z:.3f} "
-                    f"standard deviations. {HINT_4}", atol=2e-3)
+                    f"standard deviations. {HINT_5}", atol=2e-3)
     check_vectorised(lambda p: my_credible_interval(_fine, p, 0.68),
                      lambda n: (torch.softmax(torch.randn(n, len(_fine)), 1),),
                      "Compute every row at once, with tensor operations.")
@@ -771,10 +833,10 @@ _masses = torch.softmax(torch.randn(6, 30, generator=_g4, dtype=torch.float64) *
 for _level in (0.5, 0.68, 0.9):
     _ref = credible_interval(_rough, _masses, _level)
     _got = my_credible_interval(_rough, _masses, _level)
-    check_close(torch.stack(_got).double(), torch.stack(_ref), f"On an uneven grid, level {_level}. {HINT_4}",
+    check_close(torch.stack(_got).double(), torch.stack(_ref), f"On an uneven grid, level {_level}. {HINT_5}",
                 atol=1e-9)
 ### END HIDDEN TESTS
-print("Exercise 4 passed")
+print("Exercise 5 passed")
 
 # %% [markdown]
 # The three maps again, now with three likelihoods: the exact one, your corrected flow
@@ -787,8 +849,8 @@ print("Exercise 4 passed")
 # every Gaussian likelihood of this lecture.
 
 # %% tags=["nbval-ignore-output"]
-flow_log_likelihood = yours_or_reference(pairwise_log_likelihood, conditional_log_likelihood, "Exercise 3")
-interval = yours_or_reference(my_credible_interval, credible_interval, "Exercise 4")
+flow_log_likelihood = yours_or_reference(pairwise_log_likelihood, conditional_log_likelihood, "Exercise 4")
+interval = yours_or_reference(my_credible_interval, credible_interval, "Exercise 5")
 _start = time.perf_counter()
 grid_sims = [simulations(SIMS_PER_POINT, SEEDS["grid sims"] + g, sigma_8=float(s)) for g, s in enumerate(GRID)]
 print(f"{GRID_POINTS} x {SIMS_PER_POINT} = {GRID_POINTS * SIMS_PER_POINT:,} simulations for the Gaussian likelihoods "
@@ -840,7 +902,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Exercise 5: coverage (a prediction)
+# ### Exercise 6: coverage (a prediction)
 #
 # One map says little; a **coverage test** says whether a posterior can be trusted. Draw
 # $\sigma_8$ from the prior for each of many maps, simulate the map, compute its posterior,
@@ -852,7 +914,7 @@ plt.show()
 # **a**: the exact one, **b**: the Gaussian likelihood of the power spectrum, **c**: they are
 # about as wide.
 
-# %% nbgrader={"grade": false, "grade_id": "09-ex5-predict-coverage", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "09-ex6-predict-coverage", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def predicted_exact_coverage() -> str:
     """Your prediction: "a" (about 68%), "b" (clearly less) or "c" (clearly more)."""
     ### BEGIN SOLUTION
@@ -885,7 +947,7 @@ print(f"{len(observed_posteriors)} posteriors of {N_COVERAGE} maps in {time.perf
 
 
 def coverage_table(posts: dict[str, Tensor]) -> dict[str, tuple[float, float, float]]:
-    """Per posterior: (mean width of the 68% interval, coverage at 68%, at 95%); the intervals of Exercise 4."""
+    """Per posterior: (mean width of the 68% interval, coverage at 68%, at 95%); the intervals of Exercise 5."""
     out = {}
     for name, post in posts.items():
         low, high = interval(GRID, post, 0.68)
@@ -905,24 +967,24 @@ def print_coverage(table: dict[str, tuple[float, float, float]]) -> None:
 coverage_results = coverage_table(observed_posteriors)
 print_coverage(coverage_results)
 
-# %% nbgrader={"grade": true, "grade_id": "09-ex5-predict-coverage-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-HINT_5 = ("If theta is drawn from the prior and x from p(x | theta), the exact posterior p(theta | x) is the "
+# %% nbgrader={"grade": true, "grade_id": "09-ex6-predict-coverage-test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+HINT_6 = ("If theta is drawn from the prior and x from p(x | theta), the exact posterior p(theta | x) is the "
           "distribution of theta given x: how often must its 68% interval contain theta? And can a summary of "
           "the map hold more information about sigma_8 than the map?")
-with hint(HINT_5):
+with hint(HINT_6):
     _coverage = check_choice(predicted_exact_coverage(), ["a", "b", "c"], "Answer with one letter.")
     _narrowest = check_choice(predicted_narrowest(), ["a", "b", "c"], "Answer with one letter.")
 ### BEGIN HIDDEN TESTS
 _width_exact, _c68, _ = coverage_results["exact"]
 _spread = math.sqrt(0.68 * 0.32 / N_COVERAGE)
 _right = "a" if abs(_c68 - 0.68) < 4 * _spread else ("b" if _c68 < 0.68 else "c")
-assert _coverage == _right, f"Not {_coverage!r}: the exact 68% intervals covered {_c68:.0%} of the maps. {HINT_5}"
+assert _coverage == _right, f"Not {_coverage!r}: the exact 68% intervals covered {_c68:.0%} of the maps. {HINT_6}"
 _width_pk = coverage_results["Gaussian P(k)"][0]
 _right = "a" if _width_exact < 0.8 * _width_pk else ("b" if _width_pk < 0.8 * _width_exact else "c")
 assert _narrowest == _right, (f"Not {_narrowest!r}: mean widths {_width_exact:.3f} (exact) and {_width_pk:.3f} "
-                              f"(Gaussian P(k)). {HINT_5}")
+                              f"(Gaussian P(k)). {HINT_6}")
 ### END HIDDEN TESTS
-print("Exercise 5 passed")
+print("Exercise 6 passed")
 
 # %% [markdown]
 # On 1000 maps with $\sigma_8$ drawn from the prior (and $\Omega_m = 0.3$):
@@ -969,7 +1031,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Exercise 6: a better summary, under a budget (design)
+# ### Exercise 7: a better summary, under a budget (design)
 #
 # The Gaussian likelihood is only as good as its summary. Design `my_summary(maps)`: at most
 # 16 numbers per map (shape `(n, d)`, $d \le 16$, float64) computed from the map with torch
@@ -982,7 +1044,7 @@ plt.show()
 # once in 5,000 tries). Think about which summaries see the skewness of section 1, and which
 # transform makes a summary closer to Gaussian across maps.
 
-# %% nbgrader={"grade": false, "grade_id": "09-ex6-design-summary", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "09-ex7-design-summary", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_summary(maps: Tensor) -> Tensor:
     """At most 16 numbers per map (n, d), float64, for the Gaussian likelihood of sigma_8."""
     ### BEGIN SOLUTION
@@ -992,11 +1054,11 @@ def my_summary(maps: Tensor) -> Tensor:
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "09-ex6-design-summary-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-HINT_6 = ("The power spectrum sees sigma_8 through the variance only; the one-point PDF (or peak counts, or V0) "
+# %% nbgrader={"grade": true, "grade_id": "09-ex7-design-summary-test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+HINT_7 = ("The power spectrum sees sigma_8 through the variance only; the one-point PDF (or peak counts, or V0) "
           "sees the skewness too. Bins that are empty in some maps make the covariance singular: choose edges "
           "where every map has pixels, and keep d well below the number of simulations per grid value.")
-with hint(HINT_6):
+with hint(HINT_7):
     _rows = my_summary(grid_sims[0])
     assert _rows.dim() == 2 and _rows.shape[0] == SIMS_PER_POINT and 1 <= _rows.shape[1] <= 16, (
         f"Return (n, d) with d <= 16; got {tuple(_rows.shape)}.")
@@ -1004,14 +1066,14 @@ with hint(HINT_6):
     _designed = grid_posterior(summary_likelihood(lambda m: my_summary(m).double(), observed))
     _width, _c68, _c95 = coverage_table({"yours": _designed})["yours"]
     _e68, _e95 = (4 * math.sqrt(p * (1 - p) / N_COVERAGE) for p in (0.68, 0.95))
-    assert _width <= 0.07, f"Mean 68% width {_width:.4f}: the target is at most 0.07. {HINT_6}"
+    assert _width <= 0.07, f"Mean 68% width {_width:.4f}: the target is at most 0.07. {HINT_7}"
     assert abs(_c68 - 0.68) <= _e68 and abs(_c95 - 0.95) <= _e95, (
         f"Coverage {_c68:.3f} and {_c95:.3f}: a narrow posterior must still cover the truth (68% +- {_e68:.3f}, "
-        f"95% +- {_e95:.3f}). {HINT_6}")
+        f"95% +- {_e95:.3f}). {HINT_7}")
 ### BEGIN HIDDEN TESTS
 assert _width < coverage_results["Gaussian P(k)"][0], "Your summary must do better than the power spectrum alone."
 ### END HIDDEN TESTS
-print("Exercise 6 passed")
+print("Exercise 7 passed")
 
 # %% [markdown]
 # A summary that sees the one-point distribution meets the target: the skewness that

@@ -18,6 +18,7 @@ from flowlib.widgets import (
     MAPS_1D,
     AttributeSlider,
     ChangeOfVariables1D,
+    ConvergenceMap,
     DequantizationBound,
     MasksAndSqueeze,
     PlanarFlow2D,
@@ -265,9 +266,10 @@ def _attribute_slider() -> AttributeSlider:
                                   lambda: MasksAndSqueeze(size=8),
                                   lambda: DequantizationBound(quadrature=400, curve_points=24),
                                   lambda: SplineKnots(grid_points=401),
-                                  lambda: _attribute_slider()],
+                                  lambda: _attribute_slider(),
+                                  lambda: ConvergenceMap(size=32)],
                          ids=["ChangeOfVariables1D", "PlanarFlow2D", "ShearAndScale2D", "MasksAndSqueeze",
-                              "DequantizationBound", "SplineKnots", "AttributeSlider"])
+                              "DequantizationBound", "SplineKnots", "AttributeSlider", "ConvergenceMap"])
 def test_widgets_fit_the_notebook_column(make) -> None:
     """The figure is at most MAX_WIDTH_PX wide (a 1280 px JupyterLab window with the file browser
     open leaves about 850 px), and the controls sit below it in rows that wrap."""

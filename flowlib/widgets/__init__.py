@@ -16,6 +16,7 @@ through their public API (``encode``, ``decode``, ``base.latent``), and never ch
 * :class:`LatentInterpolation` (lecture 5): the decoded path between the latents of two images.
 * :class:`SplineKnots` (lecture 6): a spline's knots and slopes under sliders, its derivative and density.
 * :class:`AttributeSlider` (lecture 7): images moved along a latent direction, f^{-1}(f(x) + alpha d).
+* :class:`ConvergenceMap` (lecture 9): a log-normal convergence map under sliders for sigma_8 and Omega_m.
 """
 
 from flowlib.viz import tile_images
@@ -25,6 +26,7 @@ from flowlib.widgets.canvas import Canvas, ControlledUpdates
 from flowlib.widgets.change_of_variables import ChangeOfVariables1D
 from flowlib.widgets.dequantization import DequantizationBound
 from flowlib.widgets.interpolation import LatentInterpolation
+from flowlib.widgets.lensing import ConvergenceMap
 from flowlib.widgets.masks import MasksAndSqueeze
 from flowlib.widgets.planar import PlanarFlow2D
 from flowlib.widgets.shear import ShearAndScale2D
@@ -41,6 +43,7 @@ __all__ = [
     "LatentInterpolation",
     "SplineKnots",
     "AttributeSlider",
+    "ConvergenceMap",
     "PAPER_TEMPERATURES",
     "BASES_1D",
     "MAPS_1D",
