@@ -638,12 +638,13 @@ for name, r in covariance_ratios.items():
 #   three.
 # - **Means and variances.** The augmented flow's one-point PDF and $V_0$ are within 0.06 of the
 #   map-to-map scatter of the simulations' means, its peak counts within 0.14, $V_1$ and $V_2$
-#   within a third, and the standard deviations of all four within 6%; the plain flow is off by
-#   up to half the scatter (0.89 for $V_2$). The power spectrum is where both fall short: the
+#   within a third, and the standard deviations of all five within 6%; the plain flow's means
+#   are off by about half the scatter for the PDF and $V_0$ and by 0.89 of it for $V_2$. The
+#   power spectrum is where both fall short: the
 #   mean power of bins 1 and 2 (the large scales) is 16% and 10% low for the plain flow and 11%
 #   and 7% low for the augmented one, and the scatter of the bins up to 16% and 13% low. That is
-#   not the percent level the paper reports for flows much larger than these and trained far
-#   longer on GPUs; ours had 12 minutes of one CPU core.
+#   not the percent level the paper reports; these flows are small (170,000 parameters) and had
+#   12 minutes of one CPU core each.
 # - **Covariance.** The plain flow's off-diagonal covariances are 0.82 ± 0.04 of the simulations'
 #   on average and 0.63 for the worst pair: the shortfall of Armijo, Thiele & Liu (2026), here
 #   about 18%. Its correlation coefficients are nearly right (0.325 on average against 0.341), so
@@ -712,9 +713,9 @@ plt.show()
 # all. Find the bug in `colleague_log_likelihood` and write `pairwise_log_likelihood(model, x,
 # contexts)` that returns, for maps `x` of shape `(n, ...)` and contexts of shape `(G, k)`, the
 # matrix `L[i, g] = log p(x_i | c_g)` of shape `(n, G)`, float64, without gradients, scoring all
-# pairs in one call of `model.log_prob` (you may use flowlib's models; the reference is
-# `flowlib.inference.conditional_log_likelihood`, which you may not call). The test checks it on
-# a model whose answer is known and on the conditional Glow.
+# pairs in one call of `model.log_prob` (flowlib's reference is
+# `flowlib.inference.conditional_log_likelihood`; write your own). The test checks it on a model
+# whose answer is known and on the conditional Glow.
 
 # %% nbgrader={"grade": false, "grade_id": "09-ex4-pairwise-likelihood", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def pairwise_log_likelihood(model, x: Tensor, contexts: Tensor) -> Tensor:
@@ -997,8 +998,8 @@ print("Exercise 6 passed")
 # - the **Gaussian likelihood of the power spectrum** is 2.3 times wider (0.092) and covers too
 #   rarely at 68% (63.2%, three binomial errors low): the power in a bin of few modes is a sum
 #   of squares, skewed across maps, and a Gaussian for it is wrong where it matters;
-# - its **logarithm** is closer to Gaussian and covers correctly (69.6%, 96.6%), at a slightly
-#   larger width (0.098).
+# - its **logarithm** is closer to Gaussian and covers as it should at 68% (69.6%) and a little
+#   too often at 95% (96.6%, 2.3 errors high), at a slightly larger width (0.098).
 #
 # Díaz Rivero & Dvorkin's point, in numbers: the field-level likelihood beats the Gaussian
 # likelihood of a summary twice, in width and in calibration.
@@ -1076,11 +1077,10 @@ assert _width < coverage_results["Gaussian P(k)"][0], "Your summary must do bett
 print("Exercise 7 passed")
 
 # %% [markdown]
-# A summary that sees the one-point distribution meets the target: the skewness that
-# $\sigma_8$ sets (Exercise 1) is information the power spectrum does not have. No summary of a
-# few numbers reaches the width of the exact posterior, 0.040: only the whole map does, and the
-# conditional flow is the one likelihood of this lecture that uses it without knowing the
-# simulator's formula.
+# A summary that sees the one-point distribution can meet the target: the skewness that
+# $\sigma_8$ sets (Exercise 1) is information the power spectrum does not have. The target,
+# 0.07, is still far from the exact posterior's 0.040; the conditional flow reached that width
+# from the maps alone, without the simulator's formula.
 
 # %% [markdown]
 # ## Summary
@@ -1098,7 +1098,7 @@ print("Exercise 7 passed")
 # - A Glow conditioned on $(\sigma_8, \Omega_m)$ as a field-level likelihood: posteriors of
 #   $\sigma_8$ as narrow as the exact ones and calibrated on 1000 maps, where the Gaussian
 #   likelihood of the power spectrum is 2.3 times wider and covers too rarely; a better summary
-#   narrows that gap but does not close it.
+#   narrows the gap (Exercise 7).
 # - The simulator's exact likelihood made the checks possible. Real convergence maps have none,
 #   which is why a flow that was checked where the truth is known is worth having.
 #

@@ -1,8 +1,11 @@
 """Train Glow on simulated weak-lensing convergence maps and write it as a loadable file.
 
-    python scripts/train_field_flow.py --minutes 12 --out runs/glow_lensing.pt
-    python scripts/train_field_flow.py --minutes 12 --augment --out runs/glow_lensing_augmented.pt
-    python scripts/train_field_flow.py --minutes 12 --conditional --maps 4000 --out runs/glow_lensing_theta.pt
+    python scripts/train_field_flow.py --minutes 12 --out flowlib/checkpoints/glow_lensing.pt
+    python scripts/train_field_flow.py --minutes 12 --augment --out flowlib/checkpoints/glow_lensing_augmented.pt
+    python scripts/train_field_flow.py --minutes 27 --conditional --maps 4000 --augment \
+        --out flowlib/checkpoints/glow_lensing_theta.pt
+
+(the shipped files' exact commands are in flowlib/checkpoints/README.md; lecture 9 uses them)
 
 The maps come from :func:`flowlib.data.lensing.convergence_maps`, simulated here (no download):
 
