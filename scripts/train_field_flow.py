@@ -1,7 +1,8 @@
 """Train Glow on simulated weak-lensing convergence maps and write it as a loadable file.
 
     python scripts/train_field_flow.py --minutes 12 --out flowlib/checkpoints/glow_lensing.pt
-    python scripts/train_field_flow.py --minutes 12 --augment --out flowlib/checkpoints/glow_lensing_augmented.pt
+    python scripts/train_field_flow.py --minutes 12 --augment \
+        --out flowlib/checkpoints/glow_lensing_augmented.pt
     python scripts/train_field_flow.py --minutes 27 --conditional --maps 4000 --augment \
         --out flowlib/checkpoints/glow_lensing_theta.pt
 
