@@ -288,6 +288,30 @@ class Coupling(Flow):
         self.check_input(z, "inverse")
         return self._couple(z, self.transformer.inverse, context)
 
+    def recompute_from_output(self, z: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
+        """For memory-saving backprop: the input from the output and the forward again, with ONE
+        conditioner call (sliced layers without context only).
+
+        The kept half is the same on both sides, so the conditioner's output h(x_A) = h(z_A)
+        serves to undo the moved half, x_B = tau^{-1}(z_B; h), and to redo the forward with
+        gradients, z_B = tau(x_B; h): the generic recomputation (inverse, then forward) would
+        evaluate the conditioner twice. Returns the leaves (x_A, x_B), which require grad,
+        the recomputed output join(x_A, tau(x_B; h)) and its log-determinant, both attached to
+        the graph of h; :meth:`join` assembles the leaves' gradients into the input's.
+        """
+        if not self.sliced or self.takes_context:
+            raise FlowInputError(f"{type(self).__name__}.recompute_from_output: only for sliced layers "
+                                 f"without context")
+        self.check_input(z, "recompute_from_output")
+        kept, moved_z = self.slice(z.detach())
+        kept = kept.contiguous().requires_grad_(True)
+        h = self._h(kept, self.moved_size, None)
+        with torch.no_grad():
+            moved_x, _ = self.transformer.inverse(moved_z, h)
+        moved_x = moved_x.requires_grad_(True)
+        y, log_derivative = self.transformer.forward(moved_x, h)
+        return (kept, moved_x), self.join(kept, y), sum_except_batch(log_derivative)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
         key = prefix + "mask"

@@ -12,7 +12,9 @@ output z = x_K, and in the backward pass walks the layers from last to first: in
 layer to get its input, run that layer's forward again with gradients on, and backpropagate
 through it alone. Saved activations are then O(1) in the depth instead of O(depth), plus one
 layer's graph at a time during the backward; the price is one extra inverse and one extra
-forward per layer.
+forward per layer. A sliced coupling without context pays less: its kept half is the same on
+both sides, so one call of its conditioner undoes the layer and redoes it with gradients
+(:meth:`~flowlib.coupling.Coupling.recompute_from_output`), one conditioner call instead of two.
 
 Conditions (the user's responsibility; documented rather than guessed at):
 
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from flowlib.core import Compose, Flow, FlowInputError
+from flowlib.coupling import Coupling
 
 __all__ = ["MemorySavingCompose", "memory_saving"]
 
@@ -56,11 +59,14 @@ class _Walk:
     """What the autograd function needs to know besides tensors (kept off the tensor inputs)."""
 
     def __init__(self, do: list[_Step], undo: list[_Step], params: list[list[int]],
-                 all_params: list[nn.Parameter]) -> None:
+                 all_params: list[nn.Parameter], redo: list | None = None) -> None:
         self.do = do          # step k maps x_{k-1} -> (x_k, logdet_k)
         self.undo = undo      # step k maps x_k -> x_{k-1} (its logdet is not needed)
         self.params = params  # indices into all_params of the parameters step k uses
         self.all_params = all_params
+        # Step k's layer when it can undo and redo itself with one conditioner call (a sliced
+        # coupling: Coupling.recompute_from_output), else None (undo, then do).
+        self.redo = redo if redo is not None else [None] * len(do)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -108,12 +114,28 @@ class _RecomputeFromInverse(torch.autograd.Function):
         grads: list[Tensor | None] = [None] * len(walk.all_params)
         t = z.detach()
         for k in range(len(walk.do) - 1, -1, -1):
+            mine = [walk.all_params[i] for i in walk.params[k]]
+            layer = walk.redo[k]
+            if layer is not None and not ctx.autocast["enabled"] and t.dtype == ctx.x_dtype:
+                # One conditioner call undoes the coupling and redoes it with gradients.
+                with torch.enable_grad():
+                    leaves, out, ld = layer.recompute_from_output(t)
+                pairs = [(o, g) for o, g in ((out, grad_z), (ld, grad_logdet)) if o.requires_grad]
+                got = torch.autograd.grad([o for o, _ in pairs], [*leaves, *mine], [g for _, g in pairs],
+                                          allow_unused=True)
+                parts = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(got[:2], leaves,
+                                                                                          strict=True)]
+                grad_z = layer.join(*parts)
+                for i, g in zip(walk.params[k], got[2:], strict=True):
+                    if g is not None:
+                        grads[i] = g if grads[i] is None else grads[i] + g
+                t = layer.join(*(leaf.detach() for leaf in leaves))
+                continue
             # Undo the layer; the result is cast to the input's dtype, since round-off in the
             # recomputed inputs is all that separates these gradients from plain autograd's.
             with torch.no_grad(), torch.autocast(**ctx.autocast):
                 x_prev, _ = walk.undo[k](t)
             x_prev = x_prev.to(ctx.x_dtype).detach().requires_grad_(True)
-            mine = [walk.all_params[i] for i in walk.params[k]]
             with torch.enable_grad(), torch.autocast(**ctx.autocast):
                 out, ld = walk.do[k](x_prev)
             # The logdet of the whole stack is the sum of the layers', so every layer gets the
@@ -143,12 +165,15 @@ class MemorySavingCompose(Compose):
     See the module docstring for the conditions: exact invertibility (errors grow with
     depth), no randomness, ActNorm initialised beforehand.
 
-    Set ``memory_saving = False`` on an instance to fall back to plain autograd.
+    Set ``memory_saving = False`` on an instance to fall back to plain autograd, and
+    ``one_call_couplings = False`` to recompute sliced couplings the generic way too (inverse,
+    then forward: two conditioner calls; for comparisons).
     """
 
     def __init__(self, *flows: Flow | Iterable[Flow]) -> None:
         super().__init__(*flows)
         self.memory_saving = True
+        self.one_call_couplings = True
 
     # -- when to recompute -------------------------------------------------------------
     def _recompute(self, t: Tensor, inverse: bool = False) -> bool:
@@ -193,13 +218,17 @@ class MemorySavingCompose(Compose):
             # parameters() de-duplicates inside one layer; a module shared between layers
             # appears under each of them and its gradients are summed.
             params.append([index[id(p)] for p in f.parameters() if id(p) in index])
+        redo = None  # the generic recomputation for every layer
         if inverse:
             do = [f.inverse for f in layers]
             undo = [f.forward for f in layers]
         else:
             do = [f.forward for f in layers]
             undo = [f.inverse for f in layers]
-        return _Walk(do, undo, params, all_params), all_params
+            if self.one_call_couplings:
+                redo = [f if isinstance(f, Coupling) and f.sliced and not f.takes_context else None
+                        for f in layers]
+        return _Walk(do, undo, params, all_params, redo), all_params
 
     # -- the contract ------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -361,3 +361,25 @@ def test_autocast_state_is_replayed():
     # agree closely (exactly, here); undoing the layers in float32 instead is ~5% off.
     _assert_same(got, want, 1e-3, 1e-3)
     assert got[0].dtype == torch.float32
+
+
+def test_a_sliced_coupling_is_undone_and_redone_with_one_conditioner_call():
+    """The backward of a sliced coupling calls its conditioner once (not twice: undo, then redo),
+    and the gradients are still plain autograd's; a coupling with a context is refused there."""
+    g = torch.Generator().manual_seed(3)
+    calls = []
+    layers = affine_coupling_stack(4, g)
+    couplings = [f for f in layers if isinstance(f, AffineCoupling)]
+    assert couplings and all(f.sliced for f in couplings)
+    for f in couplings:
+        f.conditioner.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(16, DIM, generator=g, dtype=torch.float64)
+    plain, saving = Compose(*layers).double().train(), MemorySavingCompose(*layers).train()
+    want = _grads(plain, x)
+    calls.clear()
+    got = _grads(saving, x)
+    assert len(calls) == 2 * len(couplings), f"{len(calls)} conditioner calls for {len(couplings)} couplings"
+    _assert_same(got, want, 1e-10, 1e-10)
+    conditioned = AffineCoupling(half_mask(DIM, 0), MLP(HALF + 2, 2 * HALF, 16, 1), context_features=2)
+    with pytest.raises(flowlib.FlowInputError, match="recompute_from_output: only for sliced layers"):
+        conditioned.double().recompute_from_output(x)
