@@ -308,3 +308,19 @@ def test_noise_follows_a_channels_last_model_and_changes_no_image(glow) -> None:
     assert torch.allclose(old.images, plain.images, atol=1e-4)
     with pytest.raises(FlowInputError, match="channels_last must be True or False"):
         TemperatureGrid(glow, n=4, channels_last="yes")
+
+
+def test_bfloat16_decoding_is_close_to_float32_or_refused_where_the_cpu_has_no_bf16(glow) -> None:
+    """On a CPU with bfloat16 units the bfloat16 grid is the float32 one within a few grey levels;
+    on one without, asking for it is refused (it would be slower, not faster)."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(FlowInputError, match="bfloat16=True needs a CPU with bfloat16 units"):
+            TemperatureGrid(glow, n=16, bfloat16=True)
+        return
+    exact = TemperatureGrid(glow, n=16, temperature=0.7)
+    fast = TemperatureGrid(glow, n=16, temperature=0.7, bfloat16=True)
+    assert torch.equal(fast.eps, exact.eps) and fast.images.dtype == torch.float32
+    diff = (fast.images - exact.images).abs()
+    worst, mean = float(diff.max()), float(diff.mean())
+    assert worst < 8 / 255 and mean < 1 / 255, (worst, mean)
+    assert not torch.equal(fast.images, exact.images)  # it did decode in bfloat16

@@ -51,6 +51,12 @@ class TemperatureGrid(Canvas):
     ``model.to(memory_format=torch.channels_last)``, which the CPU's convolutions prefer (see
     ``benchmarks/temperature_latency.py``), and eps is stored that way too. (``channels_last=True``,
     which used to convert the model in place, is deprecated and changes only the noise.)
+
+    ``bfloat16=True`` decodes under ``torch.autocast(dtype=torch.bfloat16)``: the convolutions,
+    nearly all of a Glow's decoding time, then run in bfloat16, which a CPU with AMX or
+    AVX512-BF16 units computes several times faster (a CPU without them is refused: it would be
+    slower). The pictures are an approximation of the float32 ones, a few grey levels apart at
+    most (``tests/test_image_widgets.py`` bounds it; ``benchmarks/temperature_latency.py`` times it).
     """
 
     #: Above this decode time (ms) the slider updates on release only.
@@ -59,8 +65,14 @@ class TemperatureGrid(Canvas):
     def __init__(self, model: nn.Module, n: int = 100, temperatures: Sequence[float] = PAPER_TEMPERATURES,
                  temperature: float = 0.7, nrow: int | None = None, seed: int = 0, cache_size: int = 64,
                  value_range: tuple[float, float] = (0.0, 1.0), size: float = 4.5, dpi: int = 80,
-                 threads: int = 1, precompute: bool = False, channels_last: bool | None = None) -> None:
+                 threads: int = 1, precompute: bool = False, channels_last: bool | None = None,
+                 bfloat16: bool = False) -> None:
         who = "TemperatureGrid"
+        self.bfloat16 = flag(bfloat16, "bfloat16", who)
+        device, _ = placement(model)
+        if self.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise FlowInputError(f"{who}: bfloat16=True needs a CPU with bfloat16 units (AVX512-BF16 or "
+                                 f"AMX); on this one decoding in bfloat16 would be slower, not faster")
         self.event_shape = image_model(model, who)
         base = getattr(model, "base", None)
         if not callable(getattr(base, "latent", None)):
@@ -150,7 +162,8 @@ class TemperatureGrid(Canvas):
     def samples(self, temperature: float) -> Tensor:
         """The n images x = f^{-1}(z) at ``temperature`` (CPU, clamped to ``value_range``)."""
         temperature = fraction(temperature, "temperature", "TemperatureGrid.samples")
-        with evaluating(self.model):
+        device, _ = placement(self.model)
+        with evaluating(self.model), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
             x = self.model.decode(self.latent(temperature))
         return x.detach().to("cpu", torch.float32).clamp(*self.value_range)
 
