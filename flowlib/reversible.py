@@ -153,6 +153,13 @@ class _RecomputeFromInverse(torch.autograd.Function):
         return (grad_x, None, *grads)
 
 
+def _one_call(f: Flow) -> bool:
+    """Whether ``f`` is a sliced coupling without context whose forward and inverse are Coupling's
+    own (a subclass that overrides them would be bypassed by recompute_from_output)."""
+    return (isinstance(f, Coupling) and f.sliced and not f.takes_context
+            and type(f).forward is Coupling.forward and type(f).inverse is Coupling.inverse)
+
+
 class MemorySavingCompose(Compose):
     """f = f_K o ... o f_1 trained with memory O(1) in K: activations recomputed from f_k^{-1}.
 
@@ -226,8 +233,7 @@ class MemorySavingCompose(Compose):
             do = [f.forward for f in layers]
             undo = [f.inverse for f in layers]
             if self.one_call_couplings:
-                redo = [f if isinstance(f, Coupling) and f.sliced and not f.takes_context else None
-                        for f in layers]
+                redo = [f if _one_call(f) else None for f in layers]
         return _Walk(do, undo, params, all_params, redo), all_params
 
     # -- the contract ------------------------------------------------------------------

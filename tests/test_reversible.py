@@ -9,6 +9,8 @@ depth.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from layer_cases import example
@@ -383,3 +385,23 @@ def test_a_sliced_coupling_is_undone_and_redone_with_one_conditioner_call():
     conditioned = AffineCoupling(half_mask(DIM, 0), MLP(HALF + 2, 2 * HALF, 16, 1), context_features=2)
     with pytest.raises(flowlib.FlowInputError, match="recompute_from_output: only for sliced layers"):
         conditioned.double().recompute_from_output(x)
+
+
+def test_a_coupling_that_overrides_its_forward_is_recomputed_the_generic_way():
+    """recompute_from_output knows Coupling's own forward only: a subclass with another forward
+    (here: the output scaled by 2) must still get plain autograd's gradients."""
+
+    class Doubled(AffineCoupling):
+        def forward(self, x, context=None):
+            z, logdet = super().forward(x, context)
+            return 2 * z, logdet + x.shape[1] * math.log(2.0)
+
+        def inverse(self, z, context=None):
+            x, logdet = super().inverse(z / 2, context)
+            return x, logdet - z.shape[1] * math.log(2.0)
+
+    g = torch.Generator().manual_seed(5)
+    layers = [Doubled(half_mask(DIM, k % 2), _perturb(MLP(HALF, 2 * HALF, 16, 1), g)) for k in range(3)]
+    x = torch.randn(8, DIM, generator=g, dtype=torch.float64)
+    want = _grads(Compose(*layers).double().train(), x)
+    _assert_same(_grads(MemorySavingCompose(*layers).train(), x), want, 1e-10, 1e-10)
