@@ -140,10 +140,14 @@ class System:
             self.sampler = torch.compile(self.sampler)
         self.train_times: list[float] = []
         self.sample_times: list[float] = []
+        # --amp bf16: every system's forward passes (training loss, sampling) under the same autocast.
+        self.autocast = {"device_type": torch.device(args.device).type, "dtype": torch.bfloat16,
+                         "enabled": args.amp == "bf16"}
 
     def train_step(self, n: int) -> None:
         self.model.train()
-        loss = self.loss(self.x[:n])
+        with torch.autocast(**self.autocast):
+            loss = self.loss(self.x[:n])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -151,7 +155,8 @@ class System:
     @torch.no_grad()
     def sample(self, n: int) -> None:
         self.model.eval()
-        self.sampler(n)
+        with torch.autocast(**self.autocast):
+            self.sampler(n)
 
 
 def timed(fn: Callable[[], None], clock: Callable[[], float], cuda: bool) -> float:
@@ -228,6 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vector", action="store_true",
                    help="also time the toys' RealNVP: AdamW vs fused AdamW")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"],
+                   help="bfloat16 autocast for every system alike (CUDA, or a CPU with AMX / AVX512-BF16)")
     p.add_argument("--clock", default=None, choices=["cpu", "wall"],
                    help="default: cpu on a CPU, wall on CUDA")
     p.add_argument("--threads", type=int, default=1)
@@ -277,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         return f"{rate(getattr(s, times), n) / rate(getattr(before, times), n):.2f}"
 
     print(f"Glow on 1x32x32 (MNIST padded; data: {source}), {SCALES} scales x {DEPTH} steps, {HIDDEN} "
-          f"hidden channels; {args.device}, {torch.get_num_threads()} torch thread(s), {clock_name} clock; "
+          f"hidden channels; {args.device}, amp {args.amp}, {torch.get_num_threads()} torch thread(s), "
+          f"{clock_name} clock; "
           f"training batch {args.train_batch}, sampling batch {args.sample_batch}; median of {args.rounds} "
           f"alternated rounds after {args.warmup} warm-up steps.\n")
     print("| system | params | train img/s | vs normflows | vs before | sample img/s | vs normflows "

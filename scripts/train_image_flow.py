@@ -128,7 +128,7 @@ def contexts(args: argparse.Namespace, data: dict, labels: dict,
 
 
 # -- the record ----------------------------------------------------------------------------------
-def hardware() -> str:
+def hardware(device: str = "cpu") -> str:
     """CPU model (from /proc/cpuinfo where there is one), threads, torch version, device."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -138,8 +138,11 @@ def hardware() -> str:
                 break
     except OSError:
         pass
+    where = "cpu"
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return (f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} thread(s), "
-            f"torch {torch.__version__}, cpu")
+            f"torch {torch.__version__}, {where}")
 
 
 def update_readme(readme: Path, file_name: str, row: str, start: str = README_START, end: str = README_END,
@@ -191,6 +194,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="ignore an existing training state, start over")
     p.add_argument("--no-readme", action="store_true", help="do not touch the README beside --out")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    p.add_argument("--device", default="cpu", help="where to train and test: cpu, cuda, cuda:1...")
+    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
+                   help="mixed precision of the training steps (CUDA only; see flowlib.train.fit)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -247,16 +253,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = fit(model, split("train"), val_data=split("val"), seconds=60.0 * args.minutes,
                  batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
                  eval_every=eval_every, early_stopping_patience=args.patience, checkpoint=state,
-                 resume=not args.fresh, seed=args.seed, device="cpu", progress=sys.stderr.isatty())
+                 resume=not args.fresh, seed=args.seed, device=args.device, amp=args.amp,
+                 progress=sys.stderr.isatty())
     print(result, flush=True)
 
     t_test = time.perf_counter()
     torch.manual_seed(args.seed + 1)  # the test's dequantization draws
-    test_bpd = mean_bits_per_dim(model, data["test"], args.iw_samples, batch=500,
-                                 context=None if context is None else context["test"])
+    device = next(model.parameters()).device  # where fit left it: the test runs there too
+    test_bpd = mean_bits_per_dim(model, data["test"].to(device), args.iw_samples, batch=500,
+                                 context=None if context is None else context["test"].to(device))
     extra: dict[str, Any] = {}
     if args.classes:  # the flow as a classifier, by Bayes' rule with a uniform prior
-        predicted = classify(model, data["test"][:ACCURACY_IMAGES])
+        predicted = classify(model, data["test"][:ACCURACY_IMAGES].to(device)).cpu()
         extra = {"test_accuracy": float((predicted == labels["test"][:ACCURACY_IMAGES]).float().mean()),
                  "accuracy_images": ACCURACY_IMAGES, "accuracy_iw_samples": 1}
     if args.inpaint:
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "format": FORMAT, "builder": builder, "kwargs": kwargs,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "data": args.data, "grey_levels": info.grey_levels, "pad": args.pad, "metrics": metrics,
-        "command": command, "hardware": hardware(), "torch_version": str(torch.__version__),
+        "command": command, "hardware": hardware(args.device), "torch_version": str(torch.__version__),
     }
     # The checksum of the tensors lets load_pretrained refuse a file corrupted later; a file written
     # into a folder with a manifest (flowlib/checkpoints/) is recorded there, or it would be refused.
