@@ -222,7 +222,9 @@ def convergence_log_prob(maps: Tensor, sigma_8: float | Tensor = 0.8, omega_m: f
         inside = torch.ones(n, dtype=torch.bool)
         u = kappa / sigma_kappa
         log_det = -size**2 * torch.log(sigma_kappa[:, 0, 0])
-    spectra = torch.stack([spectrum_shape(size, float(o)) for o in omega_ms])
+    # One spectrum per distinct Omega_m (a grid of sigma_8 shares one), indexed for every map.
+    values, which = torch.unique(omega_ms, return_inverse=True)
+    spectra = torch.stack([spectrum_shape(size, float(o)) for o in values])[which]
     power = torch.fft.fft2(u).abs() ** 2 / size**2
     log_gauss = -0.5 * (power / spectra).sum((1, 2)) - 0.5 * spectra.log().sum((1, 2)) \
         - 0.5 * size**2 * math.log(2 * math.pi)
