@@ -82,6 +82,13 @@ def _autocast_state(device_type: str) -> dict:
     return {"device_type": device_type, "enabled": enabled, "dtype": dtype}
 
 
+def _accumulate(grads: list[Tensor | None], indices: list[int], got: Sequence[Tensor | None]) -> None:
+    """Add one layer's parameter gradients into the stack's (a module shared by layers sums)."""
+    for i, g in zip(indices, got, strict=True):
+        if g is not None:
+            grads[i] = g if grads[i] is None else grads[i] + g
+
+
 class _RecomputeFromInverse(torch.autograd.Function):
     """z, logdet of a stack, saving only z; the backward recomputes inputs from outputs.
 
@@ -126,9 +133,7 @@ class _RecomputeFromInverse(torch.autograd.Function):
                 parts = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(got[:2], leaves,
                                                                                           strict=True)]
                 grad_z = layer.join(*parts)
-                for i, g in zip(walk.params[k], got[2:], strict=True):
-                    if g is not None:
-                        grads[i] = g if grads[i] is None else grads[i] + g
+                _accumulate(grads, walk.params[k], got[2:])
                 t = layer.join(*(leaf.detach() for leaf in leaves))
                 continue
             # Undo the layer; the result is cast to the input's dtype, since round-off in the
@@ -145,9 +150,7 @@ class _RecomputeFromInverse(torch.autograd.Function):
                 [o for o, _ in pairs], [x_prev, *mine], [g for _, g in pairs], allow_unused=True,
             )
             grad_z = got[0] if got[0] is not None else torch.zeros_like(x_prev)
-            for i, g in zip(walk.params[k], got[1:], strict=True):
-                if g is not None:
-                    grads[i] = g if grads[i] is None else grads[i] + g
+            _accumulate(grads, walk.params[k], got[1:])
             t = x_prev.detach()
         grad_x = grad_z.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         return (grad_x, None, *grads)
