@@ -25,7 +25,7 @@ Simon & Schneider (2007) rescale it by (N - d - 2) / (N - 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -122,13 +122,18 @@ def posterior_moments(grid: Tensor, posterior: Tensor) -> tuple[Tensor, Tensor]:
     return mean, ((posterior * (grid - mean[..., None]) ** 2).sum(-1)).sqrt()
 
 
-def coverage(grid: Tensor, posterior: Tensor, truth: Tensor,
-             levels: Sequence[float] = (0.68, 0.95)) -> dict[float, float]:
+Interval = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
+
+
+def coverage(grid: Tensor, posterior: Tensor, truth: Tensor, levels: Sequence[float] = (0.68, 0.95),
+             interval: Interval | None = None) -> dict[float, float]:
     """The share of rows whose central ``level`` interval contains its true value, for each level.
 
     ``posterior``: (n, G), one posterior per observation; ``truth``: (n,), the parameter each
     observation was simulated with (drawn from the prior, for the test to mean anything). For
     a right posterior the share is ``level`` up to the binomial error sqrt(level (1 - level) / n).
+    ``interval``: the function giving the intervals, ``interval(grid, posterior, level) -> (low,
+    high)`` (default :func:`credible_interval`; a lecture passes a student's own).
 
     >>> grid = torch.linspace(-4, 4, 401)
     >>> truth = torch.randn(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -145,9 +150,10 @@ def coverage(grid: Tensor, posterior: Tensor, truth: Tensor,
         raise FlowInputError(f"{who}: expected posteriors (n, G) and n true values, got "
                              f"{tuple(posterior.shape)} "
                              f"and {tuple(truth.shape)}")
+    interval = credible_interval if interval is None else interval
     out = {}
     for level in levels:
-        low, high = credible_interval(grid, posterior, level)
+        low, high = interval(grid, posterior, level)
         out[level] = float(((truth >= low) & (truth <= high)).double().mean())
     return out
 

@@ -112,6 +112,7 @@ from flowlib.grading import (
 )
 from flowlib.inference import (
     conditional_log_likelihood,
+    coverage,
     credible_interval,
     gaussian_log_likelihood,
     grid_posterior,
@@ -952,9 +953,8 @@ def coverage_table(posts: dict[str, Tensor]) -> dict[str, tuple[float, float, fl
     out = {}
     for name, post in posts.items():
         low, high = interval(GRID, post, 0.68)
-        wide_low, wide_high = interval(GRID, post, 0.95)
-        out[name] = (float((high - low).mean()), float(((truths >= low) & (truths <= high)).double().mean()),
-                     float(((truths >= wide_low) & (truths <= wide_high)).double().mean()))
+        covered = coverage(GRID, post, truths, (0.68, 0.95), interval=interval)
+        out[name] = (float((high - low).mean()), covered[0.68], covered[0.95])
     return out
 
 
@@ -1015,11 +1015,8 @@ _band = 2 * np.sqrt(LEVELS * (1 - LEVELS) / N_COVERAGE)
 axes[0].fill_between(LEVELS, LEVELS - _band, LEVELS + _band, color="0.85", label="+-2 binomial errors")
 axes[0].plot(LEVELS, LEVELS, "k:", lw=1)
 for name, post in observed_posteriors.items():
-    _shares = []
-    for level in LEVELS:
-        low, high = interval(GRID, post, float(level))
-        _shares.append(float(((truths >= low) & (truths <= high)).double().mean()))
-    axes[0].plot(LEVELS, _shares, marker="o", ms=3, label=name)
+    _shares = coverage(GRID, post, truths, [float(level) for level in LEVELS], interval=interval)
+    axes[0].plot(LEVELS, list(_shares.values()), marker="o", ms=3, label=name)
 axes[0].set(xlabel="credible level", ylabel="share of maps covered", title="calibration")
 axes[0].legend(fontsize=8)
 for name in ("exact", "conditional Glow", "Gaussian P(k)"):

@@ -111,3 +111,14 @@ def test_conditional_log_likelihood_scores_every_pair_once_and_refuses_a_trainin
     assert torch.allclose(got, want.double(), atol=1e-6)
     with pytest.raises(FlowInputError, match="conditional_log_likelihood: the model is in training mode"):
         conditional_log_likelihood(model.train(), x, contexts)
+
+
+def test_coverage_takes_the_interval_function_it_is_given():
+    truth = torch.zeros(4, dtype=torch.float64)
+    post = grid_posterior(-0.5 * (GRID[None] - torch.tensor([[0.0], [3.0], [0.5], [-4.0]])) ** 2)
+    assert coverage(GRID, post, truth, (0.68,)) == {0.68: 0.5}  # the truth inside for rows 0 and 2
+
+    def everything(grid, posterior, level):
+        return torch.full(posterior.shape[:1], -10.0), torch.full(posterior.shape[:1], 10.0)
+
+    assert coverage(GRID, post, truth, (0.68,), interval=everything) == {0.68: 1.0}
