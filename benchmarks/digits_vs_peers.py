@@ -1,4 +1,4 @@
-"""flowlib's Glows and transformer flow vs normflows' Glow on the 8x8 digits: test bits/dim after a budget.
+"""flowlib's Glows (affine, spline couplings), transformer flow vs normflows' Glow: digits bits/dim.
 
     python benchmarks/digits_vs_peers.py                    # 60 s and 300 s (CPU clock)
     python benchmarks/digits_vs_peers.py --budgets 60       # the quick table
@@ -16,6 +16,10 @@ hidden width is searched so that its count is the nearest to that (benchmarks/pe
   (``blocks=1``), learned split priors;
 - ``flowlib Glow (Glow conditioner)``: the same with ``conditioner="glow"``, Glow's own
   conv3x3-ReLU-conv1x1-ReLU-zero conv3x3 network (``flowlib.convnets.GlowConditioner``);
+- ``flowlib Glow (spline coupling)``: the ResNet-conditioner Glow with ``transformer="spline"``:
+  each coupling a rational-quadratic spline of 8 bins on [-4, 4] instead of the affine map
+  (Durkan et al., 2019); its conditioners write 23 numbers per transformed entry instead of 2,
+  so its matched hidden width is smaller;
 - ``normflows Glow``: its GlowBlocks (conv3x3-conv1x1-conv3x3 conditioners, sigmoid scales) and
   GlowBase priors, as in normflows' Glow example;
 - ``flowlib transformer flow``: not a Glow but the TarFlow-style model of lecture 6
@@ -94,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 #: The systems, in the table's order. Names may contain commas: ``--systems`` is split back into them.
 SYSTEMS = ("flowlib Glow (ResNet conditioner)", "flowlib Glow (Glow conditioner)", "normflows Glow",
-           "flowlib transformer flow")
+           "flowlib transformer flow", "flowlib Glow (spline coupling)")
 #: The transformer flow's width is HEADS x its searched ``hidden`` (a width must split into the heads).
 HEADS = 4
 DEFAULT = ",".join(SYSTEMS)
@@ -109,6 +113,7 @@ def maker(name: str) -> Callable[[int], nn.Module]:
     makers = {
         "flowlib Glow (ResNet conditioner)": flowlib_glow(),
         "flowlib Glow (Glow conditioner)": flowlib_glow(conditioner="glow"),
+        "flowlib Glow (spline coupling)": flowlib_glow(transformer="spline"),
         "normflows Glow":
             lambda h: peers.NormflowsImageModel(peers.normflows_glow(SHAPE, SCALES, DEPTH, h), SHAPE,
                                                 DIGITS_GREY_LEVELS),

@@ -55,7 +55,8 @@ from flowlib.distributions import StandardNormal
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.metrics import bits_per_dim, mean_bits_per_dim
 from flowlib.multiscale import MultiScale
-from flowlib.transformers import Additive, Affine
+from flowlib.splines import RationalQuadraticSpline
+from flowlib.transformers import Additive, Affine, Transformer
 
 __all__ = [
     "ImageFlowModel", "nice_image", "realnvp_image", "glow_image", "count_parameters", "mean_bits_per_dim",
@@ -232,12 +233,16 @@ def _scale_shapes(shape: tuple[int, int, int], scales: int, who: str) -> list[tu
 
 
 def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, clamp: float | None,
-                     context_features: int = 0) -> Flow:
-    """An affine coupling with ``mask`` and a conditioner of the sizes the mask (and context) need."""
-    c_in, c_out = Coupling.conditioner_sizes(mask, Affine, context_features)
+                     context_features: int = 0, transformer: Transformer | None = None) -> Flow:
+    """A coupling with ``mask``, the ``transformer`` (default: affine, soft-clamped at ``clamp``) and a
+    conditioner of the sizes the mask, the transformer and the context need."""
+    tau = Affine(clamp) if transformer is None else transformer
+    c_in, c_out = Coupling.conditioner_sizes(mask, tau, context_features)
     net = GlowConditioner(c_in, c_out, hidden) if conditioner == "glow" else \
         ResNetConditioner(c_in, c_out, hidden, blocks)
-    return AffineCoupling(mask, net, clamp=clamp, context_features=context_features)
+    if transformer is None:
+        return AffineCoupling(mask, net, clamp=clamp, context_features=context_features)
+    return Coupling(mask, net, tau, context_features=context_features)
 
 
 def _context(classes: int | None, context_shape: Sequence[int] | None, shapes: list[tuple[int, int, int]],
@@ -348,7 +353,7 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
                clamp: float | None = 2.0, split_prior: bool = True,
                dequantization: str | Dequantization = "uniform", conditioner: str = "resnet",
                classes: int | None = None, context_shape: Sequence[int] | None = None,
-               **deprecated: object) -> ImageFlowModel:
+               transformer: str = "affine", spline_bins: int = 8, **deprecated: object) -> ImageFlowModel:
     """Glow (Kingma & Dhariwal, 2018): multi-scale, K = ``depth`` flow steps per scale.
 
     One step: ActNorm -> invertible 1x1 convolution (LU-parameterised when ``lu``) -> affine
@@ -364,7 +369,10 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     ``conditioner``: ``"resnet"`` (:class:`~flowlib.convnets.ResNetConditioner` with ``blocks``
     residual blocks) or ``"glow"`` (the paper's three convolutions,
     :class:`~flowlib.convnets.GlowConditioner`, ``blocks`` unused), about three times faster
-    per step at equal ``hidden``.
+    per step at equal ``hidden``. ``transformer="spline"`` replaces the affine map of each coupling
+    by a rational-quadratic spline of ``spline_bins`` bins on [-4, 4] (identity outside; Durkan et
+    al., 2019, "Neural Spline Flows", who use it in this Glow architecture for images): the
+    conditioner writes 3 ``spline_bins`` - 1 numbers per transformed entry instead of 2.
 
     Conditional Glow, p(x | c) (:mod:`flowlib.conditional`): ``classes`` K (labels 0..K-1, one-hot
     encoded: Glow's class-conditional model) or ``context_shape`` (a float vector (k,) or image
@@ -385,6 +393,8 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     c, h, w = _shape(shape, "glow_image")
     integer(depth, "depth", "glow_image")
     choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
+    choice(transformer, "transformer", ("affine", "spline"), "glow_image")
+    bins = integer(spline_bins, "spline_bins", "glow_image")
     linear = InvertibleLinearLU if lu else InvertibleLinear
     shapes = _scale_shapes((c, h, w), scales, "glow_image")
     ks, context = _context(classes, context_shape, shapes, "glow_image")
@@ -393,7 +403,9 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
         flows: list[Flow] = []
         for k in range(depth):
             mask = channel_mask(cl, hl, wl, k % 2)
-            flows += [ActNorm(cl), linear(cl), _affine_coupling(mask, conditioner, hidden, blocks, clamp, kl)]
+            tau = RationalQuadraticSpline(bins=bins, bound=4.0) if transformer == "spline" else None
+            coupling = _affine_coupling(mask, conditioner, hidden, blocks, clamp, kl, tau)
+            flows += [ActNorm(cl), linear(cl), coupling]
         per_scale.append(flows)
     flow = _multiscale((c, h, w), per_scale, split_prior, ks)
     return _model(flow, (c, h, w), grey_levels, alpha, dequantization, context)

@@ -78,7 +78,7 @@ MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "flowlib.checkpoints-manifest/1"
 #: The largest size keyword a file may ask of its builder (old spellings share the new limit).
 MAX_KWARGS = {"hidden": 4096, "blocks": 64, "depth": 256, "couplings": 256, "scales": 8, "grey_levels": 65536,
-              "patch": 64, "width": 4096, "layers": 64, "heads": 64, "classes": 1000}
+              "patch": 64, "width": 4096, "layers": 64, "heads": 64, "classes": 1000, "spline_bins": 256}
 _OLD_SPELLINGS = {"levels": "scales", "steps": "depth", "bins": "grey_levels"}
 MAX_CHANNELS, MAX_SIDE, MAX_EVENT_SIZE = 64, 4096, 4_194_304
 #: The largest estimated number of parameters and buffers (400 MB in float32).

@@ -48,11 +48,12 @@ def _levels(n: int, levels: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, levels, (n, *SHAPE), generator=g, dtype=torch.uint8)
 
 
-@pytest.fixture(scope="module")
-def glow() -> ImageFlowModel:
-    """A full Glow: 2 levels, 4 steps each, ActNorm initialised on data, couplings perturbed."""
+@pytest.fixture(scope="module", params=["affine", "spline"])
+def glow(request) -> ImageFlowModel:
+    """A full Glow: 2 levels, 4 steps each, ActNorm initialised on data, couplings perturbed; its
+    couplings affine (the paper's) or rational-quadratic splines (Durkan et al., 2019)."""
     torch.manual_seed(0)
-    model = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL)
+    model = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, transformer=request.param, **SMALL)
     model.initialize(_levels(32, 17))
     _perturb(model)
     return model.eval()
@@ -213,8 +214,15 @@ def test_temperature_scales_every_latent_including_split_priors(glow):
     assert spreads[0] < 1e-6 < spreads[1] < spreads[2]
 
 
+def _fresh(glow: ImageFlowModel) -> ImageFlowModel:
+    """A new, untrained Glow of the fixture's architecture (its transformer included)."""
+    spline = type(glow.flow[1].flows[0][2].transformer).__name__ == "RationalQuadraticSpline"
+    return glow_image(SHAPE, scales=2, depth=4, grey_levels=17, transformer="spline" if spline else "affine",
+                      **SMALL)
+
+
 def test_state_dict_round_trip_keeps_log_prob_and_actnorm(glow):
-    fresh = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL)
+    fresh = _fresh(glow)
     assert not any(m.is_initialized for m in fresh.modules() if isinstance(m, ActNorm))
     fresh.load_state_dict(glow.state_dict())
     assert all(m.is_initialized for m in fresh.modules() if isinstance(m, ActNorm))
@@ -250,7 +258,7 @@ def test_multiscale_keeps_its_flows_as_flows_and_steps_is_a_deprecated_view(glow
 def test_a_state_dict_of_the_old_layout_loads_with_identical_outputs(glow):
     old = _old_layout(glow.state_dict())
     assert sum(".steps." in k for k in old) > 20 and not any(k.startswith("flow.flows.1.flows.") for k in old)
-    fresh = glow_image(SHAPE, scales=2, depth=4, grey_levels=17, **SMALL).eval()
+    fresh = _fresh(glow).eval()
     loaded = fresh.load_state_dict(old)  # strict: every key found, none left over
     assert not loaded.missing_keys and not loaded.unexpected_keys
     for (k, a), (_, b) in zip(fresh.state_dict().items(), glow.state_dict().items(), strict=True):
@@ -395,6 +403,18 @@ def test_logit_preprocess_is_finite_at_the_ends():
     torch.testing.assert_close(f.inverse(y)[0], x, atol=1e-6, rtol=0)
     with pytest.raises(FlowInputError, match="alpha"):
         LogitPreprocess(0.7)
+
+
+def test_spline_glow_starts_as_the_identity_map_and_rejects_an_unknown_transformer():
+    model = glow_image(SHAPE, scales=2, depth=2, grey_levels=17, transformer="spline", spline_bins=5, **SMALL)
+    step = model.flow[1].flows[0][2]
+    assert type(step.transformer).__name__ == "RationalQuadraticSpline" and step.transformer.bins == 5
+    h = torch.randn(3, *step.event_shape, generator=torch.Generator().manual_seed(1))
+    z, logdet = step(h)  # zero last convolution: every bin the same width and height, slopes 1
+    torch.testing.assert_close(z, h, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logdet, torch.zeros(3), atol=1e-4, rtol=0)
+    with pytest.raises(FlowInputError, match="glow_image.*transformer"):
+        glow_image(SHAPE, transformer="cubic")
 
 
 def test_conditioner_starts_at_zero():
