@@ -258,12 +258,16 @@ def test_recorded_in_readme(path: Path) -> None:
     assert "scripts/train_image_flow.py" in rows[0] and blob["command"] in rows[0]
 
 
+#: The converted file the old-layout tests start from (glow_mnist.pt was retrained in today's layout).
+OLD_LAYOUT = "realnvp_mnist.pt"
+
+
 def _old_keys(blob: dict) -> dict[str, torch.Tensor]:
     """The file's state dict with the keys it had before RENAMED_ATTRIBUTES (MultiScale ``steps.*``)."""
-    back = {new: old for old, new in CONVERT.key_renames(load_pretrained(FOLDER / "glow_mnist.pt")).items()}
+    back = {new: old for old, new in CONVERT.key_renames(load_pretrained(FOLDER / OLD_LAYOUT)).items()}
     assert back == {"flow.flows.1.flows.": "flow.flows.1.steps."}
     state, moved = CONVERT.rename_keys(blob["state_dict"], back)
-    assert len(moved) == 144
+    assert len(moved) == 104
     return state
 
 
@@ -271,7 +275,7 @@ def test_a_file_of_the_old_layout_still_loads_and_a_broken_one_says_why(tmp_path
     """Old keywords warn, and old sliced couplings (no mask stored) and MultiScale's old key names
     (``steps.<scale>.*``) still load; tensors that do not fit fail with the script that converts
     a file."""
-    blob = torch.load(FOLDER / "glow_mnist.pt", map_location="cpu", weights_only=True)
+    blob = torch.load(FOLDER / OLD_LAYOUT, map_location="cpu", weights_only=True)
     back = {new: old for old, new in CONVERT.RENAMED.items()}
     blob["kwargs"] = {back.get(k, k): v for k, v in blob["kwargs"].items()}
     blob["state_dict"] = {k: v for k, v in _old_keys(blob).items() if not k.endswith(".mask")}
@@ -281,7 +285,8 @@ def test_a_file_of_the_old_layout_still_loads_and_a_broken_one_says_why(tmp_path
         old = load_pretrained(tmp_path / "old.pt")
     said = " ".join(str(w.message) for w in record)
     assert all(f"use {new}=" in said for new in ("scales", "depth", "grey_levels")), said
-    for (k, a), (_, b) in zip(old.state_dict().items(), load_pretrained("glow_mnist").state_dict().items(),
+    again = load_pretrained(OLD_LAYOUT.removesuffix(".pt"))
+    for (k, a), (_, b) in zip(old.state_dict().items(), again.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), k
     blob["state_dict"].pop(next(k for k in blob["state_dict"] if "conditioner" in k))
@@ -316,30 +321,30 @@ def test_convert_renames_the_keys_of_a_converted_file_once_and_changes_no_weight
     ``convert`` leaves it alone; ``checksum`` then gives exactly the shipped file's tensors."""
     from flowlib._integrity import CHECKSUM_KEY, with_checksum
 
-    shipped = torch.load(FOLDER / "glow_mnist.pt", map_location="cpu", weights_only=True)
+    shipped = torch.load(FOLDER / OLD_LAYOUT, map_location="cpu", weights_only=True)
     _test_images(shipped, 1)  # convert checks the MNIST figures too: skips, saying why, without MNIST
     blob = {**shipped, "state_dict": _old_keys(shipped)}
     blob["converted"] = blob["converted"].rsplit("; then ", 1)[0]  # as written by the first conversion
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    torch.save(with_checksum(blob), folder / "glow_mnist.pt")
+    torch.save(with_checksum(blob), folder / OLD_LAYOUT)
     CONVERT.main(["convert", "--checkpoints", str(folder)])
-    after = torch.load(folder / "glow_mnist.pt", weights_only=True)
+    after = torch.load(folder / OLD_LAYOUT, weights_only=True)
     assert CHECKSUM_KEY not in after and list(after["state_dict"]) == list(shipped["state_dict"])
     for k, v in shipped["state_dict"].items():
         assert torch.equal(after["state_dict"][k], v) and after["state_dict"][k].dtype == v.dtype, k
     assert after["converted"].startswith(blob["converted"] + "; then converted ")
-    said = "state-dict keys flow.flows.1.steps.* -> flow.flows.1.flows.* renamed (144 tensors"
+    said = "state-dict keys flow.flows.1.steps.* -> flow.flows.1.flows.* renamed (104 tensors"
     assert said in after["converted"]
-    raw = (folder / "glow_mnist.pt").read_bytes()
+    raw = (folder / OLD_LAYOUT).read_bytes()
     CONVERT.main(["convert", "--checkpoints", str(folder)])  # again: nothing to do
-    assert (folder / "glow_mnist.pt").read_bytes() == raw
+    assert (folder / OLD_LAYOUT).read_bytes() == raw
     CONVERT.main(["checksum", "--checkpoints", str(folder)])
-    assert torch.load(folder / "glow_mnist.pt", weights_only=True)[CHECKSUM_KEY] == shipped[CHECKSUM_KEY]
+    assert torch.load(folder / OLD_LAYOUT, weights_only=True)[CHECKSUM_KEY] == shipped[CHECKSUM_KEY]
     state = dict(blob["state_dict"])  # a tensor changed, the checksum of the file kept: refused
     state["flow.flows.1.steps.0.flows.0.bias"] = state["flow.flows.1.steps.0.flows.0.bias"] + 1.0
     torch.save({**blob, "state_dict": state, CHECKSUM_KEY: with_checksum(blob)[CHECKSUM_KEY]},
-               folder / "glow_mnist.pt")
+               folder / OLD_LAYOUT)
     with pytest.raises(SystemExit, match="no longer match the checksum"):
         CONVERT.main(["convert", "--checkpoints", str(folder)])
 
