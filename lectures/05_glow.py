@@ -1305,15 +1305,15 @@ if "glow_mnist" not in mnist_info:
     print("No Glow for MNIST in flowlib/checkpoints/. To make one, with MNIST available (set FLOWLIB_DATA to a folder\n"
           "holding mnist/*.gz, or let flowlib.data.load_mnist download it), run from the repository root,\n"
           "preferably on a GPU:\n"
-          "    python scripts/train_image_flow.py --model glow --data mnist --minutes 20 --lr 3e-3 "
+          "    python scripts/train_image_flow.py --model glow --data mnist --minutes 60 --lr 2e-3 "
           "--out flowlib/checkpoints/glow_mnist.pt\n"
           "and run this section again.")
 
 # %% [markdown]
 # Read the course's rows honestly. The shipped models are small (the parameters column) and
-# were trained for minutes on a CPU; the published figure comes from a much larger model
-# trained for hours on a GPU, so a gap of half a bit per dimension or more is what one
-# should expect. The shipped runs also had different time budgets (the training column), so
+# were trained for minutes (the Glow for an hour) on a CPU; the published figure comes from a
+# much larger model trained for hours on a GPU, so a gap of a quarter of a bit per dimension or
+# more is what one should expect. The shipped runs also had different time budgets (the training column), so
 # the difference between them is not a clean comparison of the architectures: for that, see
 # the same-budget table on the digits above. All of them are far from the 8 bits/dim of a
 # model that knows nothing.
