@@ -37,7 +37,8 @@ True
   for a model that fills the memory: ``hidden`` at most 4,096, ``blocks`` at most 64,
   ``depth`` at most 256, ``couplings`` at most 256, ``scales`` at most 8, ``grey_levels`` at
   most 65,536, and for the transformer flow ``patch``, ``layers``, ``heads`` at most 64 and
-  ``width`` at most 4,096; a conditional model's ``classes`` at most 1,000 and
+  ``width`` at most 4,096; a spline Glow's ``spline_bins`` at most 256; a conditional model's
+  ``classes`` at most 1,000 and
   ``context_shape`` at most 64 channels by 4,096 pixels a side; ``shape`` at most 64 channels,
   4,096 pixels a side and 4,194,304 values; and an estimate of the parameters and buffers at
   most 100,000,000 (400 MB in float32).
