@@ -47,7 +47,7 @@ from flowlib.image_flow import ImageFlowModel
 from flowlib.linear import InvertibleLinear, InvertibleLinearLU
 from flowlib.metrics import mean_bits_per_dim
 from flowlib.multiscale import MultiScale
-from flowlib.splines import RationalQuadraticSpline
+from flowlib.splines import named_transformer
 from flowlib.transformers import Additive, Affine, Transformer
 
 __all__ = [
@@ -80,16 +80,15 @@ def _scale_shapes(shape: tuple[int, int, int], scales: int, who: str) -> list[tu
         raise FlowInputError(f"{who}: {err}") from err
 
 
-def _affine_coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, clamp: float | None,
-                     context_features: int = 0, transformer: Transformer | None = None) -> Flow:
-    """A coupling with ``mask``, the ``transformer`` (default: affine, soft-clamped at ``clamp``) and a
-    conditioner of the sizes the mask, the transformer and the context need."""
-    tau = Affine(clamp) if transformer is None else transformer
+def _coupling(mask: Tensor, conditioner: str, hidden: int, blocks: int, tau: Transformer,
+              context_features: int = 0) -> Flow:
+    """A coupling with ``mask`` and the transformer ``tau``, and a conditioner of the sizes they (and
+    the context) need; an affine ``tau`` gives the :class:`~flowlib.coupling.AffineCoupling`."""
     c_in, c_out = Coupling.conditioner_sizes(mask, tau, context_features)
     net = GlowConditioner(c_in, c_out, hidden) if conditioner == "glow" else \
         ResNetConditioner(c_in, c_out, hidden, blocks)
-    if transformer is None:
-        return AffineCoupling(mask, net, clamp=clamp, context_features=context_features)
+    if type(tau) is Affine:
+        return AffineCoupling(mask, net, clamp=tau.clamp, context_features=context_features)
     return Coupling(mask, net, tau, context_features=context_features)
 
 
@@ -190,7 +189,8 @@ def realnvp_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden:
             mask_fn = checkerboard_mask if k < (depth + 1) // 2 else channel_mask
             if actnorm:
                 flows.append(ActNorm(cl))
-            flows.append(_affine_coupling(mask_fn(cl, hl, wl, k % 2), conditioner, hidden, blocks, clamp, kl))
+            mask = mask_fn(cl, hl, wl, k % 2)
+            flows.append(_coupling(mask, conditioner, hidden, blocks, Affine(clamp), kl))
         per_scale.append(flows)
     flow = _multiscale((c, h, w), per_scale, split_prior, ks)
     return _model(flow, (c, h, w), grey_levels, alpha, dequantization, context)
@@ -241,7 +241,6 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     c, h, w = _shape(shape, "glow_image")
     integer(depth, "depth", "glow_image")
     choice(conditioner, "conditioner", ("resnet", "glow"), "glow_image")
-    choice(transformer, "transformer", ("affine", "spline"), "glow_image")
     bins = integer(spline_bins, "spline_bins", "glow_image")
     linear = InvertibleLinearLU if lu else InvertibleLinear
     shapes = _scale_shapes((c, h, w), scales, "glow_image")
@@ -251,9 +250,8 @@ def glow_image(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
         flows: list[Flow] = []
         for k in range(depth):
             mask = channel_mask(cl, hl, wl, k % 2)
-            tau = RationalQuadraticSpline(bins=bins, bound=4.0) if transformer == "spline" else None
-            coupling = _affine_coupling(mask, conditioner, hidden, blocks, clamp, kl, tau)
-            flows += [ActNorm(cl), linear(cl), coupling]
+            tau = named_transformer(transformer, bins, 4.0, clamp, "glow_image")
+            flows += [ActNorm(cl), linear(cl), _coupling(mask, conditioner, hidden, blocks, tau, kl)]
         per_scale.append(flows)
     flow = _multiscale((c, h, w), per_scale, split_prior, ks)
     return _model(flow, (c, h, w), grey_levels, alpha, dequantization, context)

@@ -39,8 +39,8 @@ from flowlib.linear import InvertibleLinearLU
 from flowlib.nets import MLP
 from flowlib.permutations import Permutation
 from flowlib.planar import Planar, Radial
-from flowlib.splines import RationalQuadraticSpline
-from flowlib.transformers import Additive, Affine, Transformer
+from flowlib.splines import RationalQuadraticSpline, named_transformer
+from flowlib.transformers import Additive, Affine
 
 __all__ = [
     "nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "planar_flow", "radial_flow",
@@ -222,12 +222,6 @@ def glow(shape: int | Sequence[int], **kwargs: object) -> FlowModel:
     return _dispatch("glow", glow_vector, shape, kwargs)
 
 
-def _transformer(kind: str, bins: int, bound: float, clamp: float | None, who: str) -> Transformer:
-    if choice(kind, "transformer", ("affine", "spline"), who) == "affine":
-        return Affine(clamp)
-    return RationalQuadraticSpline(bins=bins, bound=bound)
-
-
 def _autoregressive(layer_cls: type[MaskedAutoregressive], who: str, dim: int | Sequence[int], layers: int,
                     hidden: int, made_layers: int, transformer: str, bins: int, bound: float,
                     clamp: float | None, actnorm: bool, activation: Callable[[], nn.Module],
@@ -240,7 +234,7 @@ def _autoregressive(layer_cls: type[MaskedAutoregressive], who: str, dim: int | 
         # The order is reversed from one layer to the next (Papamakarios et al., 2017): the
         # coordinate that saw nothing in one layer sees everything in the next.
         order = torch.arange(d) if k % 2 == 0 else torch.arange(d - 1, -1, -1)
-        tau = _transformer(transformer, bins, bound, clamp, who)
+        tau = named_transformer(transformer, bins, bound, clamp, who)
         made = MADE(d, tau.params, hidden=hidden, layers=made_layers, order=order, activation=activation,
                     context_features=k_context)
         flows.append(layer_cls(made, tau))

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowlib._checks import integer, number
-from flowlib.transformers import Transformer
+from flowlib._checks import choice, integer, number
+from flowlib.transformers import Affine, Transformer
 
-__all__ = ["RationalQuadraticSpline"]
+__all__ = ["RationalQuadraticSpline", "named_transformer"]
 
 
 class RationalQuadraticSpline(Transformer):
@@ -141,3 +141,18 @@ class RationalQuadraticSpline(Transformer):
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, bound={self.bound}"
+
+
+def named_transformer(kind: str, bins: int, bound: float, clamp: float | None, who: str) -> Transformer:
+    """The transformer a builder's ``transformer=`` keyword names: ``"affine"`` (Affine(clamp)) or
+    ``"spline"`` (a rational-quadratic spline of ``bins`` bins on [-bound, bound]); ``who`` names the
+    builder in the error for any other name.
+
+    >>> type(named_transformer("spline", 8, 4.0, None, "nsf")).__name__
+    'RationalQuadraticSpline'
+    >>> named_transformer("affine", 8, 4.0, 2.0, "nsf").clamp
+    2.0
+    """
+    if choice(kind, "transformer", ("affine", "spline"), who) == "affine":
+        return Affine(clamp)
+    return RationalQuadraticSpline(bins=bins, bound=bound)
