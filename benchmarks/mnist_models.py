@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowlib.data.images import load_images  # noqa: E402
+from flowlib.data.images import load_images, pad_to  # noqa: E402
 from flowlib.image_models import count_parameters  # noqa: E402
 from flowlib.metrics import mean_bits_per_dim  # noqa: E402
 from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpoints  # noqa: E402
@@ -42,15 +42,16 @@ from flowlib.pretrained import checkpoint_info, load_pretrained, shipped_checkpo
 TARGET_BPD = 1.30
 
 
-def unconditional_mnist() -> list[str]:
-    """The shipped files trained on MNIST that take no context (no labels, no observed pixels)."""
-    names = []
+def unconditional_mnist() -> dict[str, dict]:
+    """The shipped files trained on MNIST that take no context (no labels, no observed pixels), with
+    their records (:func:`checkpoint_info`)."""
+    found = {}
     for name in sorted(shipped_checkpoints()):
         info = checkpoint_info(name)
         kwargs = info.get("kwargs", {})
         if info.get("data") == "mnist" and "classes" not in kwargs and "context_shape" not in kwargs:
-            names.append(name)
-    return names
+            found[name] = info
+    return found
 
 
 def earlier_file(rev: str, folder: Path) -> Path:
@@ -62,14 +63,12 @@ def earlier_file(rev: str, folder: Path) -> Path:
     return path
 
 
-def score(source: str | Path, x: torch.Tensor, samples: int, seed: int) -> tuple[float, float, dict]:
-    """(bits/dim, seconds, the file's own record) of one file on the images ``x``."""
-    info = checkpoint_info(source)
+def score(source: str | Path, info: dict, x: torch.Tensor, samples: int,
+          seed: int) -> tuple[float, float, dict]:
+    """(bits/dim, seconds, the file's record ``info`` with its parameter count) on the images ``x``."""
     model = load_pretrained(source)
     pad = int(info.get("pad") or x.shape[-1])
     if pad != x.shape[-1]:
-        from flowlib.data.images import pad_to
-
         x = pad_to(x, pad)
     torch.manual_seed(seed)
     t0 = time.process_time()
@@ -91,11 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     x, _ = load_images("mnist", "test")
     x = x[:args.images]
     with tempfile.TemporaryDirectory() as tmp:
-        sources: list[tuple[str, str | Path]] = [(n, n) for n in unconditional_mnist()]
+        shipped = unconditional_mnist()
+        sources: list[tuple[str, str | Path, dict]] = [(n, n, info) for n, info in shipped.items()]
         if args.before:
-            sources.insert(1, (f"glow_mnist (before: the file at {args.before})", earlier_file(args.before,
-                                                                                              Path(tmp))))
-        rows = [(label, *score(src, x, args.iw_samples, args.seed)) for label, src in sources]
+            old = earlier_file(args.before, Path(tmp))
+            sources.insert(1, (f"glow_mnist (before: the file at {args.before})", old, checkpoint_info(old)))
+        rows = [(label, *score(src, info, x, args.iw_samples, args.seed)) for label, src, info in sources]
     print(f"MNIST test bits/dim (first {x.shape[0]} of the 10000 test images, {args.iw_samples} "
           f"dequantization draws per image, the same draws for every file; {args.threads} torch thread(s)); "
           f"target <= {TARGET_BPD:.2f} for the shipped Glow.\n")
