@@ -1430,9 +1430,10 @@ plt.show()
 #
 # What the table shows, on these 200 digits (full mode, on the CPU):
 #
-# * the unconditional Glow does no better than the mean training image: MAP 0.096 and the mean
-#   of four Langevin chains 0.095, against 0.091 for the mean image, differences within about
-#   one standard error; the nearest training image on the observed pixels, 0.082, beats all three;
+# * the unconditional Glow's MAP fill, 0.086, is below the mean training image's 0.091 by 0.005,
+#   about one and a half standard errors: a hint of a gain, not a clear one; the mean of four
+#   Langevin chains is worse, 0.103; the nearest training image on the observed pixels, 0.082,
+#   beats all three;
 # * the conditional flow does better: the mean of its four samples, 0.083, beats the mean image
 #   by 0.008, more than twice either standard error, and ties the nearest training image
 #   (0.082); its mode (temperature 0) is worse, 0.101. The mean of its samples is closer than its
@@ -1441,12 +1442,13 @@ plt.show()
 #   the 1.29 of the unconditional Glow's $p(x)$, although the context gives part of $x$ away: the
 #   unconditional file trained ten times as many steps (38155 against 3818).
 #
-# So the flow trained for the task wins, and searching or sampling the latent of the
-# unconditional flow adds nothing measurable to a plain fill at these settings, although it
-# needs no model of its own for each kind of mask. Exercise 9 below shows that a higher
-# posterior density is not a closer completion: on four digits the repaired MAP search ends
-# 140 to 210 nats of $\log p(z \mid y_\text{obs})$ above the draft, and its errors on the hidden
-# pixels are about the same.
+# So the flow trained for the task does best, and searching or sampling the latent of the
+# unconditional flow adds little that these 200 digits can measure over a plain fill (and
+# Langevin at these settings loses), although it needs no model of its own for each kind of
+# mask. Exercise 9 below shows that a higher posterior density is not a closer completion: on
+# four digits the repaired MAP search ends 99 to 235 nats of $\log p(z \mid y_\text{obs})$ above
+# the draft, and its errors on the hidden pixels are no better on the whole (lower on one digit,
+# higher on another, the same on two).
 
 # %% [markdown]
 # ### Exercise 8: the gradient of the latent posterior, and a Langevin step
