@@ -17,7 +17,7 @@ blocks=1, ...)`` with one of its options, so that each change shows as a before 
   (Glow's conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3, ``flowlib.convnets.GlowConditioner``,
   the network normflows uses: with it the model has normflows' architecture). The masked form
   that flowlib used before (the conditioner read all C masked channels and wrote 2C) no longer
-  exists as an option; its before/after figures, measured at commit 49f0667, stay in RESULTS.md;
+  exists as an option; its before/after figures, measured at commit 49f0667, stay in HISTORY.md;
 - ``normflows Glow``: normflows' GlowBlocks and GlowBase priors as its Glow example builds them,
   the reference of the ratio columns;
 - AdamW -> fused AdamW: the Glow-conditioner model trained with ``AdamW(fused=True)``

@@ -30,7 +30,7 @@ What made the difference within a small CPU budget (each choice is a flag; compa
 Measured on the 2-core development machine (shared with other jobs, so timings vary),
 defaults, 200k samples for the KL (standard error <= 0.001), with the masked couplings flowlib
 used then (55,396 parameters; today's one ``Coupling`` slices the vector, 53,068 parameters, and
-its figures are in RESULTS.md)::
+its figures are in HISTORY.md)::
 
     toy              params   120 s CPU time (--clock cpu)   120 s wall clock (load ~4)
     eight_gaussians  55,396   5913 steps, KL 0.033           4279 steps, KL 0.043

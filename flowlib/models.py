@@ -141,7 +141,7 @@ def realnvp_vector(dim: int | Sequence[int], couplings: int = 12, hidden: int = 
     configuration found by ``benchmarks/toy_kl.py``: with Adam at lr 5e-3 (warm-up, cosine
     decay), KL(data || model) of 0.033 / 0.005 / 0.074 nats on eight Gaussians / two moons /
     checkerboard after 120 s of one CPU core, measured with the masked couplings of earlier
-    versions (55k parameters; the sliced ones train faster per step, benchmarks/RESULTS.md).
+    versions (55k parameters; the sliced ones train faster per step, benchmarks/HISTORY.md).
 
     >>> sum(p.numel() for p in realnvp_vector(2).parameters())
     53068

@@ -934,7 +934,7 @@ for name in TOY_NAMES:
 # This is volume preservation at work: couplings only rearrange, and the one scaling layer
 # changes all volumes alike. Letting each coupling scale as well as shift (RealNVP, lecture
 # 4) makes the volume factor vary from place to place, and the floor goes: flowlib's RealNVP
-# reaches 0.055 nats on the checkerboard (`benchmarks/RESULTS.md`).
+# reaches 0.055 nats on the checkerboard (`benchmarks/HISTORY.md`).
 
 # %% [markdown]
 # ### Exercise 4: how close can NICE come to a flat density? (a derivation)

@@ -1302,7 +1302,7 @@ print("every KL non-negative up to Monte Carlo error:", all(v > -0.05 for v in k
 # here; the transformer is what matters. A spline layer can bend a coordinate into several
 # bumps (section 5) where an affine layer can only stretch and shift it, so the eight small
 # Gaussians and the sharp edges of the checkerboard need fewer layers. The numbers move a little
-# from run to run and machine to machine; `benchmarks/RESULTS.md` compares flowlib's flows
+# from run to run and machine to machine; `benchmarks/HISTORY.md` compares flowlib's flows
 # with other libraries' at longer budgets.
 #
 # ### Exercise 6: design a flow under a budget

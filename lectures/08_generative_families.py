@@ -291,7 +291,7 @@ scatter_panels([("data", toy_reference[:2000])] + [(r["family"], r["samples"][:2
 # octagon through the eight centres, lines of mass between the modes (section 4 comes back to
 # them), while the VAE's samples are blurred by its decoder's Gaussian noise. The GANs are not
 # simply under-trained here: with 60 seconds each instead of about ten
-# (`benchmarks/trilemma_toys.py`, recorded in `benchmarks/RESULTS.md`) their energy distances
+# (`benchmarks/trilemma_toys.py`, recorded in `benchmarks/HISTORY.md`) their energy distances
 # were no better, 0.086 and 0.039. Sampling is fastest for the GANs and the VAE (one small
 # network), fast for the discrete flows (one inverse pass through their layers) and slowest for
 # flow matching, whose sampler integrates an ODE with 20 steps of a fourth-order Runge-Kutta
