@@ -72,6 +72,11 @@ class ResNetConditioner(nn.Module):
     image couplings, with the sizes :meth:`flowlib.coupling.Coupling.conditioner_sizes` gives:
     C/2 -> 2 x C/2 for an affine coupling with a channel mask (log-scales and shifts of the
     moved half), C -> 2C with a checkerboard; the additive coupling needs half the outputs.
+
+    >>> net = ResNetConditioner(2, 4, hidden=8, blocks=1)
+    >>> out = net(torch.randn(3, 2, 5, 5))
+    >>> out.shape, out.abs().max().item()      # the zero last layer: a coupling starts as the identity
+    (torch.Size([3, 4, 5, 5]), 0.0)
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> None:
@@ -108,6 +113,11 @@ class GlowConditioner(nn.Module):
     Three convolutions where a ``blocks=1`` :class:`ResNetConditioner` has four 3x3 ones: on
     MNIST-size Glows it trains about three times faster at equal ``hidden``
     (``benchmarks/throughput.py``).
+
+    >>> net = GlowConditioner(2, 4, hidden=8)
+    >>> out = net(torch.randn(3, 2, 5, 5))
+    >>> out.shape, out.abs().max().item()
+    (torch.Size([3, 4, 5, 5]), 0.0)
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64) -> None:

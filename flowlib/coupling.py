@@ -1,4 +1,4 @@
-"""Masks, NICE's scaling and the one coupling structure: a mask, a conditioner, a transformer.
+"""The one coupling structure (a mask, a conditioner, a transformer) and NICE's scaling.
 
 A binary mask m of the event shape separates the coordinates: where m = 1 they are *kept*
 (x_A: they pass unchanged and feed the conditioner), where m = 0 they are *transformed* (x_B),
@@ -30,12 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowlib._checks import FlowInputError, choice, integer, number
+from flowlib._checks import FlowInputError, integer, number
 from flowlib._checks import event_shape as _event_shape
 from flowlib.conditional import context_input
 from flowlib.core import Flow, sum_except_batch
+from flowlib.masks import channel_mask, checkerboard_mask, half_mask
 from flowlib.transformers import Additive, Affine, Transformer, soft_clamp
 
+# The masks live in flowlib.masks; they are re-exported here, beside the structure that reads them.
 __all__ = [
     "half_mask",
     "checkerboard_mask",
@@ -46,57 +48,6 @@ __all__ = [
     "AffineCoupling",
     "Scaling",
 ]
-
-
-# -- masks (1 = kept: passes through and conditions; 0 = transformed) ----------------------
-def half_mask(dim: int, parity: int = 0, kind: str = "half") -> Tensor:
-    """A (dim,) mask for vectors.
-
-    ``kind="half"`` (default): parity 0 keeps the FIRST ceil(dim/2) coordinates, parity 1
-    the others. ``kind="alternate"``: parity 0 keeps the even-indexed coordinates, parity 1
-    the odd ones. The two parities are complements, so alternating them transforms every
-    coordinate. (For dim = 2 both kinds coincide.)
-
-    >>> half_mask(5, 0, kind="alternate")
-    tensor([1., 0., 1., 0., 1.])
-    """
-    dim = integer(dim, "dim", "half_mask")
-    parity = choice(integer(parity, "parity", "half_mask", minimum=0), "parity", (0, 1),
-                    "half_mask")
-    idx = torch.arange(dim)
-    keep = idx < (dim + 1) // 2 if choice(kind, "kind", ("half", "alternate"), "half_mask") == "half" \
-        else idx % 2 == 0
-    keep = keep if parity == 0 else ~keep
-    return keep.to(torch.get_default_dtype())
-
-
-def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
-    """A (C, H, W) mask equal to 1 where (row + column + parity) is even, in every channel."""
-    c, h, w = (integer(v, n, "checkerboard_mask") for v, n in
-               ((channels, "channels"), (height, "height"), (width, "width")))
-    parity = choice(integer(parity, "parity", "checkerboard_mask", minimum=0), "parity", (0, 1),
-                    "checkerboard_mask")
-    rows = torch.arange(h).unsqueeze(1)
-    cols = torch.arange(w).unsqueeze(0)
-    board = ((rows + cols + parity) % 2 == 0).to(torch.get_default_dtype())
-    return board.expand(c, -1, -1).clone()
-
-
-def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> Tensor:
-    """A (C, H, W) mask equal to 1 on the first C//2 channels (parity 0) or on the others (1).
-
-    >>> channel_mask(3, 1, 1, 1).flatten()
-    tensor([0., 1., 1.])
-    """
-    c, h, w = (integer(v, n, "channel_mask") for v, n in
-               ((channels, "channels"), (height, "height"), (width, "width")))
-    parity = choice(integer(parity, "parity", "channel_mask", minimum=0), "parity", (0, 1),
-                    "channel_mask")
-    if c < 2:
-        raise FlowInputError(f"channel_mask: needs at least 2 channels to separate, got {channels}")
-    keep = torch.arange(c) < c // 2
-    keep = keep if parity == 0 else ~keep
-    return keep.to(torch.get_default_dtype()).view(-1, 1, 1).expand(-1, h, w).clone()
 
 
 # -- the coupling structure ---------------------------------------------------------------
@@ -340,6 +291,15 @@ class AdditiveCoupling(Coupling):
 
     The conditioner returns the shift t: |B| entries along dim 1 when the layer slices, C when
     it multiplies by the mask (see :meth:`Coupling.conditioner_sizes`).
+
+    >>> from flowlib.nets import MLP
+    >>> mask = half_mask(4, 0)
+    >>> layer = AdditiveCoupling(mask, MLP(*Coupling.conditioner_sizes(mask, Additive())))
+    >>> _ = [p.data.add_(0.1 * torch.randn_like(p)) for p in layer.parameters()]
+    >>> x = torch.randn(3, 4)
+    >>> z, logdet = layer(x)
+    >>> torch.equal(z[:, :2], x[:, :2]), logdet.tolist()   # x_A passes unchanged; volume kept
+    (True, [0.0, 0.0, 0.0])
     """
 
     def __init__(self, mask: Tensor, conditioner: nn.Module, context_features: int = 0) -> None:
@@ -355,6 +315,16 @@ class AffineCoupling(Coupling):
     The conditioner returns log-scales then shifts: 2|B| entries along dim 1 when the layer
     slices, 2C when it multiplies by the mask. ``clamp`` bounds |s| < clamp (see
     :func:`~flowlib.transformers.soft_clamp`); ``None`` turns the clamp off.
+
+    >>> from flowlib.nets import MLP
+    >>> mask = half_mask(4, 1)
+    >>> layer = AffineCoupling(mask, MLP(*Coupling.conditioner_sizes(mask, Affine)), clamp=2.0)
+    >>> _ = [p.data.add_(0.1 * torch.randn_like(p)) for p in layer.parameters()]
+    >>> x = torch.randn(3, 4)
+    >>> z, logdet = layer(x)
+    >>> x_back, logdet_back = layer.inverse(z)
+    >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(logdet_back, -logdet, atol=1e-5)
+    (True, True)
     """
 
     def __init__(self, mask: Tensor, conditioner: nn.Module, clamp: float | None = 2.0,
@@ -375,6 +345,12 @@ class Scaling(Flow):
 
     Additive couplings preserve volume; this last layer lets the model change it, one
     learned scale per dimension (``s`` has the event shape; it starts at 0, the identity).
+
+    >>> layer = Scaling(2)
+    >>> _ = layer.log_scale.data.copy_(torch.tensor([0.0, 1.0]))
+    >>> z, logdet = layer(torch.ones(1, 2))
+    >>> [round(v, 4) for v in z[0].tolist()], logdet.tolist()
+    ([1.0, 2.7183], [1.0])
     """
 
     def __init__(self, event_shape: int | Sequence[int]) -> None:

@@ -135,7 +135,15 @@ class Dequantization(nn.Module):
 
 
 class UniformDequantization(Dequantization):
-    """y = (x + u) / K with u ~ U[0, 1)^D: q(u|x) = 1, log_correction = -D log K."""
+    """y = (x + u) / K with u ~ U[0, 1)^D: q(u|x) = 1, log_correction = -D log K.
+
+    >>> dequantize = UniformDequantization(grey_levels=4)
+    >>> y, log_correction = dequantize(torch.tensor([[0.0, 3.0]]))
+    >>> bool(((y >= 0) & (y < 1)).all()), bool(y[0, 1] >= 0.75)
+    (True, True)
+    >>> [round(v, 4) for v in log_correction.tolist()]     # -D log K = -2 log 4
+    [-2.7726]
+    """
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -157,6 +165,12 @@ class VariationalDequantization(Dequantization):
     log-determinant, which is therefore log|det dv/deps| exactly. Checkerboard masks of
     alternating parity on eps. Flow++ conditions on deep features of x; here the ResNet
     conditioners compute their own from c.
+
+    >>> dequantize = VariationalDequantization(grey_levels=17, shape=(1, 4, 4), couplings=2, hidden=8)
+    >>> x = torch.randint(0, 17, (3, 1, 4, 4)).float()
+    >>> y, log_correction = dequantize(x)
+    >>> bool(((y * 17 >= x) & (y * 17 < x + 1)).all()), log_correction.shape
+    (True, torch.Size([3]))
     """
 
     def __init__(self, grey_levels: int | None = None, shape: Sequence[int] | None = None,
@@ -221,6 +235,12 @@ class LogitPreprocess(Flow):
       alpha + (1 - 2 alpha) x cancels to 0), and get the largest logit the dtype holds instead of
       +-inf, hence a finite (very low) log-density. Inside the domain, to within a few ulps of its
       ends, nothing is clamped, so values on [0, 1] are unchanged.
+
+    >>> logit = LogitPreprocess(alpha=0.05)
+    >>> x = torch.tensor([[0.0, 0.5, 1.0]])
+    >>> y, logdet = logit(x)
+    >>> [round(v, 4) for v in y[0].tolist()], torch.allclose(logit.inverse(y)[0], x, atol=1e-6)
+    ([-2.9444, 0.0, 2.9444], True)
     """
 
     def __init__(self, alpha: float = 0.05) -> None:

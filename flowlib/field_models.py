@@ -66,6 +66,11 @@ def glow_field(shape: Sequence[int], scales: int = 2, depth: int = 4, hidden: in
     The arguments are those of :func:`~flowlib.image_models.glow_image`, without the image ones
     (grey levels, dequantization, the logit's alpha); ``context_shape=(k,)`` makes it p(x | theta)
     for k parameters, ``log_prob(x, context=theta)`` and ``sample(n, context=theta)``.
+
+    >>> model = glow_field((1, 8, 8), depth=1, hidden=8, blocks=1, context_shape=(2,))
+    >>> theta = torch.zeros(3, 2)
+    >>> model.sample(3, context=theta).shape, model.log_prob(torch.randn(3, 1, 8, 8), context=theta).shape
+    (torch.Size([3, 1, 8, 8]), torch.Size([3]))
     """
     image = glow_image(shape, scales=scales, depth=depth, hidden=hidden, blocks=blocks, lu=lu, clamp=clamp,
                        split_prior=split_prior, conditioner=conditioner, context_shape=context_shape)

@@ -43,7 +43,14 @@ __all__ = ["squeeze", "unsqueeze", "Squeeze", "GaussianSplitPrior", "MultiScale"
 
 
 def squeeze(x: Tensor, factor: int = 2) -> Tensor:
-    """Space to depth: (B, C, H, W) -> (B, C*f*f, H/f, W/f); channel c*f*f + i*f + j holds pixel (i, j)."""
+    """Space to depth: (B, C, H, W) -> (B, C*f*f, H/f, W/f); channel c*f*f + i*f + j holds pixel (i, j).
+
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> squeeze(x).shape, squeeze(x)[0, :, 0, 0].tolist()     # the 2x2 block at the top left
+    (torch.Size([1, 4, 2, 2]), [0.0, 1.0, 4.0, 5.0])
+    >>> torch.equal(unsqueeze(squeeze(x)), x)
+    True
+    """
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // factor, factor, w // factor, factor)
     return x.permute(0, 1, 3, 5, 2, 4).reshape(b, c * factor * factor, h // factor, w // factor)
@@ -60,6 +67,10 @@ class Squeeze(Flow):
     """Space to depth, (C, H, W) -> (f^2 C, H/f, W/f) (Dinh et al., 2017): a permutation, logdet 0.
 
     Changes the shape, so H and W must be divisible by the factor f.
+
+    >>> z, logdet = Squeeze()(torch.randn(3, 1, 8, 8))
+    >>> z.shape, logdet.tolist()
+    (torch.Size([3, 4, 4, 4]), [0.0, 0.0, 0.0])
     """
 
     def __init__(self, factor: int = 2) -> None:
@@ -107,6 +118,12 @@ class GaussianSplitPrior(Flow):
     sigma = 1: the map is the identity and the prior is the standard normal of RealNVP.
     With ``context_features`` k > 0 the convolution also reads the context's k channels
     (:func:`~flowlib.conditional.context_map`), and the layer is called ``prior(x, context)``.
+
+    >>> prior = GaussianSplitPrior(4)          # at initialisation mu = 0, sigma = 1: the identity
+    >>> x = torch.randn(2, 4, 3, 3)
+    >>> y, logdet = prior(x)
+    >>> torch.equal(y, x), bool((logdet == 0).all())
+    (True, True)
     """
 
     def __init__(self, channels: int, bound: float = 5.0, context_features: int = 0) -> None:

@@ -39,6 +39,11 @@ class MLP(nn.Module):
     clearly better than SiLU or tanh on the 2D toys (``benchmarks/toy_kl.py``: KL about
     0.055 against 0.11 on eight Gaussians for the same CPU budget). Use a smooth one (``nn.SiLU``) when the
     density must be smooth.
+
+    >>> net = MLP(2, 4, hidden=16, layers=2)
+    >>> out = net(torch.randn(5, 2))
+    >>> out.shape, out.abs().max().item()      # zero last layer
+    (torch.Size([5, 4]), 0.0)
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 128, layers: int = 2,

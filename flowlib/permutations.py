@@ -39,7 +39,11 @@ class Permutation(Flow):
 
 
 class ReversePermutation(Permutation):
-    """Reverse the order of the coordinates: z = (x_d, ..., x_1)."""
+    """Reverse the order of the coordinates: z = (x_d, ..., x_1).
+
+    >>> ReversePermutation(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+    tensor([[3., 2., 1.]])
+    """
 
     def __init__(self, dim: int) -> None:
         dim = integer(dim, "dim", "ReversePermutation")
@@ -47,7 +51,15 @@ class ReversePermutation(Permutation):
 
 
 class RandomPermutation(Permutation):
-    """A random permutation drawn once at construction from ``seed`` and then fixed."""
+    """A random permutation drawn once at construction from ``seed`` and then fixed.
+
+    >>> layer = RandomPermutation(5, seed=1)
+    >>> x = torch.randn(2, 5)
+    >>> torch.equal(layer.inverse(layer(x)[0])[0], x)
+    True
+    >>> torch.equal(RandomPermutation(5, seed=1).perm, layer.perm)   # the same seed, the same order
+    True
+    """
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         dim = integer(dim, "dim", "RandomPermutation")

@@ -128,6 +128,10 @@ def load_digits(split: str = "train", seed: int = DIGITS_SPLIT_SEED) -> tuple[Te
     Returns ``(images, labels)``: uint8 ``(N, 1, 8, 8)`` with values ``0..16``
     (:data:`DIGITS_GREY_LEVELS` = 17 grey levels) and int64 ``(N,)``. ``split`` is ``"train"``,
     ``"val"``, ``"test"`` (see :func:`digits_split_indices`) or ``"all"`` (all 1797).
+
+    >>> images, labels = load_digits("test")
+    >>> images.shape, images.dtype, int(images.max()), labels[:5].tolist()
+    (torch.Size([359, 1, 8, 8]), torch.uint8, 16, [4, 3, 0, 8, 0])
     """
     images, labels = _digits_arrays()
     if split == "all":
@@ -270,6 +274,10 @@ def load_mnist(split: str = "train", root: str | os.PathLike[str] | None = None,
     overrides the cache folder; see the module docstring for where the files are looked for.
     Raises :class:`DatasetNotFoundError` when no copy can be found or downloaded, and
     :class:`DatasetCorruptError` when a copy is damaged.
+
+    >>> images, labels = load_mnist("test")    # from $FLOWLIB_DATA, the cache or a mirror
+    >>> images.shape, images.dtype, labels[:5].tolist()
+    (torch.Size([10000, 1, 28, 28]), torch.uint8, [7, 2, 1, 0, 4])
     """
     return _load_idx("mnist", split, root, download, "load_mnist")
 
@@ -280,6 +288,10 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
 
     Same shapes, grey levels, splits and errors as :func:`load_mnist`; labels 0..9 are T-shirt/top,
     trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.
+
+    >>> images, labels = load_fashion_mnist("test")
+    >>> images.shape, labels[:5].tolist()       # ankle boot, pullover, trouser, trouser, shirt
+    (torch.Size([10000, 1, 28, 28]), [9, 2, 1, 1, 6])
     """
     return _load_idx("fashion-mnist", split, root, download, "load_fashion_mnist")
 
@@ -313,7 +325,12 @@ DATASETS: dict[str, ImageDataset] = {
 
 
 def load_images(name: str, split: str = "train", **kwargs: object) -> tuple[Tensor, Tensor]:
-    """Load ``split`` of the data set ``name`` (a key of :data:`DATASETS`); ``kwargs`` go to its loader."""
+    """Load ``split`` of the data set ``name`` (a key of :data:`DATASETS`); ``kwargs`` go to its loader.
+
+    >>> images, labels = load_images("digits", "val")
+    >>> images.shape, DATASETS["digits"].grey_levels
+    (torch.Size([179, 1, 8, 8]), 17)
+    """
     return DATASETS[choice(name, "name", sorted(DATASETS), "load_images")].load(split, **kwargs)
 
 
@@ -322,6 +339,10 @@ def pad_to(images: Tensor, size: int | tuple[int, int], value: float = 0) -> Ten
 
     The image stays centred; an odd difference puts the extra row (column) at the bottom
     (right). Padding with 0, the background level, adds pixels a flow learns quickly.
+
+    >>> padded = pad_to(torch.ones(2, 1, 28, 28), 32)
+    >>> padded.shape, padded[0, 0, 2:30, 2:30].min().item(), padded.sum().item() == 2 * 28 * 28
+    (torch.Size([2, 1, 32, 32]), 1.0, True)
     """
     if not isinstance(images, Tensor) or images.dim() < 2:
         raise FlowInputError(f"pad_to: expected a tensor (..., height, width), got {images!r:.80}")

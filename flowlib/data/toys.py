@@ -373,6 +373,11 @@ TOYS: list[str] = list(_TOY_CLASSES)
 
 
 def get_toy(name: str) -> Toy2D:
-    """The toy called ``name`` (one of :data:`TOYS`; ``"u1"`` is accepted for ``"U1"``)."""
+    """The toy called ``name`` (one of :data:`TOYS`; ``"u1"`` is accepted for ``"U1"``).
+
+    >>> toy = get_toy("two_moons")
+    >>> toy.sample(1000, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([1000, 2])
+    """
     key = name if name in _TOY_CLASSES else (name.upper() if isinstance(name, str) else name)
     return _TOY_CLASSES[choice(key, "name", TOYS, "get_toy")]()
