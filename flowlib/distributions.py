@@ -50,7 +50,7 @@ class StandardNormal(nn.Module):
         return -0.5 * (sum_except_batch(z * z) + d * _LOG_2PI)
 
     def latent(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
-        """z = T eps: the latent at temperature T of standard-normal noise eps, (n, *event_shape)."""
+        """z = T eps: the latent at temperature T of standard-normal noise eps, shape (n,) + event_shape."""
         _noise(eps, self.event_shape, "StandardNormal.latent")
         temperature = check_temperature(temperature, "StandardNormal.latent", eps.dtype)
         return temperature * eps

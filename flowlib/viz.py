@@ -70,7 +70,7 @@ def _default_bounds(model: LogProbLike, bounds: Bounds | None) -> Bounds:
 def plot_density_2d(model: LogProbLike, bounds: Bounds | None = None, resolution: int = 200,
                     ax: Axes | None = None, cmap: str = "viridis", log: bool = False,
                     title: str | None = None, vmax: float | None = None, colorbar: bool = False) -> Axes:
-    """A heat map of p(x) (or log p(x) with ``log=True``) on a ``resolution``^2 grid.
+    """A heat map of p(x) (or log p(x) with ``log=True``) on a grid of ``resolution`` x ``resolution`` points.
 
     ``model`` has ``log_prob`` or is a callable; ``bounds`` is L (the square [-L, L]^2),
     (lo, hi) or ((x_lo, x_hi), (y_lo, y_hi)), by default the model's own ``bounds`` or 4.

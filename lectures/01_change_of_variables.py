@@ -940,8 +940,8 @@ print(f"train NLL of the true density: {nll_true:.4f} nats  (what a perfect mode
 # lectures 03 to 05 are of *discrete* data: an image of $D$ pixels with $K$ grey levels each
 # has a probability $P(x)$, and $-\log_2 P(x)/D \ge 0$ is the length per pixel of a code built
 # from the model. Lecture 04 bounds it from the continuous density $p_Y$ of the dequantised
-# pixels scaled to $[0, 1]$: with uniform noise, bits/dim $\le \mathbb E\big[-\log_2 p_Y(y)\big]/D
-# + \log_2 K$, where the $\log_2 K$ turns a density over bins of width $1/K$ into the
+# pixels scaled to $[0, 1]$: with uniform noise, bits/dim $\le \mathbb E\big[-\log_2 p_Y(y)\big]/D +
+# \log_2 K$, where the $\log_2 K$ turns a density over bins of width $1/K$ into the
 # probabilities of the bins (Theis, van den Oord & Bethge, 2016).
 
 # %%

@@ -1005,8 +1005,8 @@ flows = {key: q.cpu().eval() for key, q in flows.items()}
 # %% [markdown]
 # Now the picture of Rezende & Mohamed's Figure 3: each row a target, then the densities
 # $q$ of flows with 2, 8 and 32 planar layers, side by side. The number above each panel is
-# the estimate $\mathrm{KL}(q\,\|\,p) \approx \frac{1}{n}\sum_i \big[\log q(x_i) + U(x_i)\big]
-# + \log Z$ from $n = 20\,000$ fresh samples (in nats; 0 would be a perfect fit).
+# the estimate $\mathrm{KL}(q\,\|\,p) \approx \frac{1}{n}\sum_i \big[\log q(x_i) + U(x_i)\big] +
+# \log Z$ from $n = 20\,000$ fresh samples (in nats; 0 would be a perfect fit).
 
 # %%
 def reverse_kl(q: FlowModel, name: str, n: int = 20_000) -> float:

@@ -1294,8 +1294,8 @@ print("mean absolute change of the pixels: scale 0 " + ", ".join(f"{c:.3f}" for 
 #    density $p_X$ on whole images, and $x = f^{-1}(z)$ is a smooth function of the latent.
 #    With the observed pixels seen through a small Gaussian noise of standard deviation
 #    $\sigma$, Bayes' rule gives the posterior over the latent of the whole image,
-#    $$\log p(z \mid y_{\text{obs}}) = -\frac{\lVert m \odot (f^{-1}(z) - y)\rVert^2}{2\sigma^2}
-#      + \log p_Z(z) + \text{const},$$
+#    $$\log p(z \mid y_{\text{obs}}) = -\frac{\lVert m \odot (f^{-1}(z) - y)\rVert^2}{2\sigma^2} +
+#      \log p_Z(z) + \text{const},$$
 #    a density on $z$ that we can differentiate through the flow. We can climb to its mode
 #    (MAP, with Adam: `inpaint_optimise`) or draw samples from it by *unadjusted Langevin
 #    dynamics* (Roberts & Tweedie, 1996: `inpaint_langevin`), a random walk pushed up the gradient

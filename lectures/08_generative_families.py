@@ -589,8 +589,8 @@ print("Exercise 3 passed")
 # network, the discriminator $D(x) \in (0, 1)$, learns to tell data from samples, and the
 # two play the minimax game
 # $$\min_G \max_D\; \mathbb E_{x \sim p_{\text{data}}}[\log D(x)] + \mathbb E_{z}[\log(1 - D(G(z)))] .$$
-# For the best discriminator the generator minimises $2\,\mathrm{JSD}(p_{\text{data}} \,\|\, p_G)
-# - \log 4$. In practice the generator maximises $\log D(G(z))$ instead, the *non-saturating*
+# For the best discriminator the generator minimises $2\,\mathrm{JSD}(p_{\text{data}} \,\|\, p_G) -
+# \log 4$. In practice the generator maximises $\log D(G(z))$ instead, the *non-saturating*
 # loss, whose gradient does not vanish when the discriminator wins early. The Wasserstein GAN
 # (Arjovsky et al., 2017) replaces $D$ by a critic that estimates the earth mover's distance,
 # $\max_{\|D\|_L \leq 1} \mathbb E[D(x)] - \mathbb E[D(G(z))]$, and the gradient penalty

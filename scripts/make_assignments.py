@@ -41,7 +41,7 @@ and an instructor then works in ``DIR`` with the usual commands::
     nbgrader generate_feedback 01_change_of_variables
 
 The notebooks import ``flowlib``: the grading environment needs it installed
-(``pip install -r requirements.txt`` from this repository does that).
+(``pip install -r requirements-dev.txt`` from this repository does that).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser_support import browser, browser_tools  # noqa: F401 - the Chromium fixtures, for every test
 
 # Plots in tests draw into memory, never into a window. Set before anything imports pyplot.
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 LECTURES = sorted((REPO / "lectures").glob("[0-9][0-9]_*.ipynb"))
 SCRIPT = REPO / "scripts" / "make_assignments.py"
 
-pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements.txt installs it)")
+pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements-dev.txt installs it)")
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"

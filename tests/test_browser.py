@@ -34,7 +34,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -52,10 +51,6 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-# Headless and quiet: no GPU, no sandbox (CI runs as root), and nothing that calls home.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 #: Console errors that say nothing about the course. Each entry: (pattern, why it is harmless).
 BENIGN_CONSOLE_ERRORS: list[tuple[re.Pattern[str], str]] = [
@@ -81,31 +76,8 @@ WIDGET_UPDATE_S = 60
 VIEWPORT = {"width": 1280, "height": 800}
 
 
-def _browser_tools() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is not installed (requirements.txt installs it)"
-    if not Path(CHROMIUM).is_file():
-        return "Chromium is not installed (apt-get install chromium; .ci/run does it)"
-    return None
-
-
-_MISSING = _browser_tools()
-
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request
-
-
-@pytest.fixture(scope="module")
-def browser_tools() -> None:
-    """Skip when Chromium or playwright is missing; fail instead where FLOWLIB_REQUIRE_BROWSER is
-    set (CI sets it: there a missing browser is a broken install, not a reason to skip)."""
-    if _MISSING:
-        if os.environ.get("FLOWLIB_REQUIRE_BROWSER"):
-            pytest.fail(f"FLOWLIB_REQUIRE_BROWSER is set, but {_MISSING}")
-        pytest.skip(_MISSING)
 
 
 # ----------------------------------------------------------------------------------------
@@ -231,18 +203,6 @@ class Console:
 
     def unexplained(self, start: int = 0) -> list[str]:
         return [e for e in self.errors[start:] if not any(p.search(e) for p, _ in BENIGN_CONSOLE_ERRORS)]
-
-
-@pytest.fixture(scope="module")
-def browser(browser_tools: None) -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "make_assignments.py"
 LECTURES = sorted((REPO / "lectures").glob("[0-9][0-9]_*.ipynb"))
 
-pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements.txt installs it)")
+pytest.importorskip("nbgrader", reason="nbgrader is not installed (requirements-dev.txt installs it)")
 
 #: Seconds a single cell may run under autograde. nbgrader's default (30 s) is shorter than
 #: the training cells of the image lectures even at CI sizes; this only has to stop a hang.

@@ -1,7 +1,8 @@
 """The install files agree with each other, and the notebooks are paired, in sync and executed.
 
-- requirements.txt pins every direct dependency exactly (torch to 2.13.0) and installs flowlib;
-  environment.yml (conda) and binder/ carry the same packages at the same versions.
+- requirements.txt pins the course's direct dependencies exactly (torch to 2.13.0) and installs
+  flowlib; requirements-dev.txt adds the tools (tests, browser, website, build, nbgrader) on top
+  of it; environment.yml (conda) and binder/ carry the course's packages at the same versions.
 - README.md opens with the two commands, and .ci/run runs README's test command.
 - the shipped checkpoints are package data (flowlib/checkpoints/, pyproject's package-data);
 - every lectures/*.ipynb has a py:percent twin with the same cells (jupytext), and is committed
@@ -53,6 +54,7 @@ def public(v: str) -> str:
 
 
 REQUIREMENTS = read_pins(ROOT / "requirements.txt")
+DEV_REQUIREMENTS = read_pins(ROOT / "requirements-dev.txt")
 
 
 # -- requirements.txt ------------------------------------------------------------------------------
@@ -62,9 +64,18 @@ def test_requirements_install_flowlib_and_pin_torch():
     # An open range would let pip fetch the newest torch with GBs of CUDA packages.
     assert REQUIREMENTS["torch"] == "2.13.0"
     course = {"torch", "numpy", "scipy", "matplotlib", "scikit-learn", "tqdm", "ipywidgets",
-              "jupyterlab", "ipykernel", "jupytext", "nbformat", "nbclient",
-              "pytest", "pytest-xdist", "hypothesis", "nbval", "ruff"}
-    assert course <= set(REQUIREMENTS), f"missing from requirements.txt: {course - set(REQUIREMENTS)}"
+              "jupyterlab", "ipykernel", "jupytext", "nbformat", "nbclient"}
+    assert course == set(REQUIREMENTS), f"requirements.txt vs the course: {set(REQUIREMENTS) ^ course}"
+
+
+def test_dev_requirements_add_the_tools_to_the_course():
+    lines = [ln.split("#", 1)[0].strip() for ln in (ROOT / "requirements-dev.txt").read_text().splitlines()]
+    assert "-r requirements.txt" in lines, "requirements-dev.txt must install the course first"
+    tools = {"pytest", "pytest-xdist", "hypothesis", "nbval", "ruff", "pyyaml", "playwright", "nbgrader",
+             "sphinx", "myst-nb", "furo", "sphinx-mathjax-offline", "build", "setuptools"}
+    missing = tools - set(DEV_REQUIREMENTS)
+    assert not missing, f"missing from requirements-dev.txt: {missing}"
+    assert not set(DEV_REQUIREMENTS) & set(REQUIREMENTS), "a package is pinned in both requirements files"
 
 
 def test_pyproject_dependencies_are_pinned_in_requirements():
@@ -77,10 +88,10 @@ def test_pyproject_dependencies_are_pinned_in_requirements():
         assert req.specifier.contains(REQUIREMENTS[name]), f"pyproject's {dep} excludes the pin"
 
 
-@pytest.mark.parametrize("name", sorted(REQUIREMENTS))
+@pytest.mark.parametrize("name", sorted({**REQUIREMENTS, **DEV_REQUIREMENTS}))
 def test_installed_versions_match_the_pins(name):
-    """The environment running the tests is the one requirements.txt describes."""
-    assert public(version(name)) == REQUIREMENTS[name]
+    """The environment running the tests is the one the two requirements files describe."""
+    assert public(version(name)) == {**REQUIREMENTS, **DEV_REQUIREMENTS}[name]
 
 
 # -- environment.yml and binder/ ------------------------------------------------------------------
@@ -174,12 +185,13 @@ def readme_commands() -> list[str]:
 
 
 def test_readme_opens_with_two_commands():
-    setup = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && "
+    setup = "python3 -m venv .venv && .venv/bin/pip install --no-compile -r requirements.txt && "
     commands = readme_commands()
     assert len(commands) == 2, commands
     lab, tests = commands
     assert lab == setup + f".venv/bin/jupyter lab {START_NOTEBOOK}"
-    assert tests.startswith(setup + ".venv/bin/python -m pytest ")
+    dev = "python3 -m venv .venv && .venv/bin/pip install --no-compile -r requirements-dev.txt && "
+    assert tests.startswith(dev + ".venv/bin/python -m pytest ")
     for flag in ("--nbval", "--nbval-current-env", "tests", "lectures"):
         assert flag in tests.split(), f"the test command lacks {flag}"
     assert not re.search(r"/(home|root|work|tmp)/", (ROOT / "README.md").read_text()), "a machine path"

@@ -141,8 +141,8 @@ def test_public_api_has_examples():
 
 #: The public doors that must carry a runnable example: the builders, the layers, fit, the loaders.
 DOCUMENTED = {
-    "flowlib.models": ["nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "maf", "iaf",
-                       "nsf", "planar_flow", "radial_flow"],
+    "flowlib.models": ["nice", "realnvp", "glow", "nice_vector", "realnvp_vector", "glow_vector", "maf",
+                       "iaf", "nsf", "planar_flow", "radial_flow"],
     "flowlib.image_models": ["nice_image", "realnvp_image", "glow_image"],
     "flowlib.field_models": ["glow_field"],
     "flowlib.tarflow": ["tarflow_image", "TransformerAutoregressive"],

@@ -6,7 +6,7 @@ Each toy has a ``name``, a plotting box ``bounds = (-L, L)`` (the same interval 
 by every toy alike; points at +-inf get log p = -inf, the density 0 of points far away). The
 definitions are fixed, so that pictures and numbers compare across notebooks, libraries and papers:
 
-==================  =========================================================================
+===================  =========================================================================
 ``eight_gaussians``  equal mixture of 8 Gaussians, centres on the circle of radius 4, std 0.5
 ``two_moons``        scikit-learn's two moons, centred and scaled by 2, as a mixture of 200
                      Gaussians of std 0.2 placed evenly on the arcs (exact ``log_prob``)
@@ -14,7 +14,7 @@ definitions are fixed, so that pictures and numbers compare across notebooks, li
 ``rings``            4 concentric rings of radii 1..4 blurred by Gaussian noise (exact, Bessel)
 ``U1`` .. ``U4``     the energies of Rezende & Mohamed (2015, Table 1) restricted to [-4, 4]^2,
                      normalised numerically on a 1024 x 1024 grid (error well below 1e-3)
-==================  =========================================================================
+===================  =========================================================================
 
 Example::
 
