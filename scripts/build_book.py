@@ -17,9 +17,10 @@ changed in four ways only:
 - nbgrader's hidden tests (``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS``) are cut out
   of the graded cells: they are for the autograder, not for the page.
 
-The API reference has one page per public flowlib module (``automodule`` of its ``__all__``),
-from the docstrings. Math is typeset by MathJax 3 from files copied into the site
-(sphinx-mathjax-offline): the site needs no network, and neither does the build.
+The API reference has one page per public flowlib module (``automodule`` of the members the
+module defines; a package's page is its docstring), from the docstrings. Math is typeset by
+MathJax 3 from files copied into the site (sphinx-mathjax-offline): the site needs no network,
+and neither does the build.
 """
 
 from __future__ import annotations
@@ -110,14 +111,19 @@ def public_modules() -> list[str]:
     return names
 
 
+def documents_members(name: str) -> bool:
+    """Whether module ``name``'s API page lists its members. A package's page (and a deprecated
+    module's) is its docstring: the names it re-exports are documented where they are defined."""
+    return not (ROOT / name.replace(".", "/") / "__init__.py").is_file() and name not in DEPRECATED
+
+
 def api_pages(folder: Path) -> None:
     folder.mkdir(parents=True)
     modules = public_modules()
     for name in modules:
         title = f"``{name}``"
-        # A package's page is its docstring: the names it re-exports are documented where they live.
-        package = (ROOT / name.replace(".", "/") / "__init__.py").is_file() or name in DEPRECATED
-        options = "" if package else "   :members:\n   :ignore-module-all:\n   :show-inheritance:\n"
+        members = "   :members:\n   :ignore-module-all:\n   :show-inheritance:\n"
+        options = members if documents_members(name) else ""
         page = f"{title}\n{'=' * len(title)}\n\n.. automodule:: {name}\n{options}"
         (folder / f"{name}.rst").write_text(page)
     toc = "\n".join(f"   {name}" for name in modules)

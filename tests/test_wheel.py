@@ -15,6 +15,7 @@ the installed package; each forward pass must be finite.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -76,7 +77,8 @@ def _run(args: list[str], timeout: float = 600, **kwargs) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The sdist and the wheel of today's sources, from ``python -m build --no-isolation``."""
-    pytest.importorskip("build", reason="the build package is missing (requirements-dev.txt installs it)")
+    # build is part of the test install (requirements-dev.txt): a missing one fails, never skips.
+    assert importlib.util.find_spec("build"), "build is missing (pip install -r requirements-dev.txt)"
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
